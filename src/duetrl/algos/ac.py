@@ -1,0 +1,218 @@
+"""The chapter's actor-critic, with its variants as options of one algorithm.
+
+Actor: a Gaussian (or categorical) policy. Critic: V(s) or Q(s, a), trained on squared error to a target.
+The actor follows the policy gradient ``-log pi(a|s) * advantage`` where the advantage is the target minus
+V(s) (or Q(s, a) itself with a Q critic, as the chapter writes it). Targets:
+
+- ``mc``: the Monte-Carlo return of the episode (the chapter: update per episode, critic as baseline);
+- ``td``: r + gamma * V(s') (advantage = the one-step TD error);
+- ``nstep``: the n-step return;
+- ``gae``: the GAE(lambda) return (advantage = GAE).
+
+``update_every=0`` learns once every env has finished an episode; ``update_every=n`` every n steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import torch
+from torch import Tensor, nn
+
+from duetrl.algos.base import Agent, clip_and_step
+from duetrl.buffers import Rollout
+from duetrl.config import check_range
+from duetrl.errors import UserError
+from duetrl.nets import QCritic, ValueCritic, orthogonal_init
+from duetrl.normalize import RunningNorm
+from duetrl.policy import Policy, space_dims
+from duetrl.returns import discounted_returns, gae, normalize, nstep_targets, td_errors
+
+ADVANTAGES = ("mc", "td", "nstep", "gae")
+
+
+@dataclass
+class ACConfig:
+    """Hyperparameters of ``ac``. The defaults are the chapter's listing."""
+
+    hidden: list[int] = field(default_factory=lambda: [128, 128])
+    activation: str = "relu"
+    actor_lr: float = 3e-4
+    critic_lr: float = 1e-3
+    optimizer: str = "adam"  # adam | rmsprop
+    gamma: float = 0.99
+    critic: str = "v"  # v = V(s), q = Q(s, a)
+    advantage: str = "mc"  # mc | td | nstep | gae
+    nstep: int = 5
+    gae_lambda: float = 0.95
+    update_every: int = 0  # 0 = once per episode, else every n steps of each env
+    normalize_advantage: bool = True
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    entropy_coef: float = 0.0
+    bootstrap_truncation: bool = True  # False = treat a time limit as a terminal state (the listing)
+    ortho_init: bool = False  # the listing defines an orthogonal init but never applies it
+    state_dependent_std: bool = True
+    log_std_init: float = 0.0
+    log_std_min: float = -20.0
+    log_std_max: float = 2.0
+    squash: str = "clip"  # clip | tanh
+    clip_log_prob: bool = False  # the listing's log-prob ignores the clipping of the action
+    normalize_obs: bool = False
+
+    def validate(self) -> None:
+        check_range("gamma", self.gamma, 0.0, 1.0)
+        check_range("gae_lambda", self.gae_lambda, 0.0, 1.0)
+        check_range("actor_lr", self.actor_lr, 0.0)
+        check_range("critic_lr", self.critic_lr, 0.0)
+        check_range("nstep", self.nstep, 1)
+        check_range("update_every", self.update_every, 0)
+        check_range("max_grad_norm", self.max_grad_norm, 0.0)
+        check_range("entropy_coef", self.entropy_coef, 0.0)
+        _choice("critic", self.critic, ("v", "q"))
+        _choice("advantage", self.advantage, ADVANTAGES)
+        _choice("squash", self.squash, ("clip", "tanh"))
+        _choice("optimizer", self.optimizer, ("adam", "rmsprop"))
+        _choice("activation", self.activation, ("relu", "tanh", "elu", "gelu", "silu"))
+        if not self.hidden or any(w < 1 for w in self.hidden):
+            raise UserError(f"hidden={self.hidden!r} must list positive layer widths, e.g. [128, 128]")
+        if self.log_std_min > self.log_std_max:
+            raise UserError(f"log_std_min={self.log_std_min} must not exceed log_std_max={self.log_std_max}")
+
+
+def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise UserError(f"{key}={value!r} is not one of: {', '.join(options)}")
+
+
+def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.99, eps=1e-5)
+    return torch.optim.Adam(params, lr=lr)
+
+
+class ActorCritic(Agent):
+    """The chapter's actor-critic on a batch of envs."""
+
+    def __init__(self, cfg: ACConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
+        super().__init__(cfg, obs_space, act_space, num_envs, device)
+        obs_dim, act_dim, _ = space_dims(obs_space, act_space)
+        self.policy = Policy(
+            obs_space, act_space, cfg.hidden, cfg.activation, cfg.state_dependent_std, cfg.log_std_init,
+            cfg.log_std_min, cfg.log_std_max, cfg.squash, cfg.clip_log_prob, cfg.ortho_init,
+        ).to(device)
+        if cfg.critic == "q":
+            self.critic: nn.Module = QCritic(obs_dim, act_dim, cfg.hidden, cfg.activation).to(device)
+        else:
+            self.critic = ValueCritic(obs_dim, cfg.hidden, cfg.activation).to(device)
+        if cfg.ortho_init:
+            orthogonal_init(self.critic, last_gain=1.0)
+        self.obs_norm = RunningNorm((obs_dim,)).to(device)
+        self.modules = {"policy": self.policy, "critic": self.critic, "obs_norm": self.obs_norm}
+        self.optimizers = {
+            "actor": make_optimizer(cfg.optimizer, self.policy.parameters(), cfg.actor_lr),
+            "critic": make_optimizer(cfg.optimizer, self.critic.parameters(), cfg.critic_lr),
+        }
+        self.rollout = Rollout()
+        self._pending: dict[str, Tensor] = {}
+        self._episode_ended = torch.zeros(num_envs, dtype=torch.bool, device=device)
+
+    # ------------------------------------------------------------------------------------------ acting
+    def _normalize(self, obs: Tensor, update: bool = False) -> Tensor:
+        if not self.cfg.normalize_obs:
+            return obs
+        if update:
+            self.obs_norm.update(obs)
+        return self.obs_norm(obs)
+
+    @torch.no_grad()
+    def explore(self, obs: Tensor) -> Tensor:
+        obs = self._normalize(obs.to(self.device), update=True)
+        raw, action, _ = self.policy.sample(obs)
+        self._pending = {"obs": obs, "raw": raw, "action": action}
+        return action
+
+    def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
+        terminated, truncated = terminated.to(self.device), truncated.to(self.device)
+        self.rollout.add(
+            **self._pending,
+            reward=reward.to(self.device),
+            terminated=terminated,
+            truncated=truncated,
+            next_obs=self._normalize(next_obs.to(self.device)),
+        )
+        self._episode_ended |= terminated | truncated
+
+    def ready(self) -> bool:
+        if self.cfg.update_every > 0:
+            return len(self.rollout) >= self.cfg.update_every
+        return bool(self._episode_ended.all())
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        return self.policy.act(self._normalize(obs.to(self.device)), deterministic)
+
+    # ------------------------------------------------------------------------------------------ learning
+    def update(self) -> dict[str, float]:
+        cfg = self.cfg
+        batch = self.rollout.stack()  # each [T, N, ...]
+        self.rollout.clear()
+        self._episode_ended.zero_()
+        obs, raw, reward = batch["obs"], batch["raw"], batch["reward"]
+        terminated, truncated = batch["terminated"], batch["truncated"]
+        if not cfg.bootstrap_truncation:
+            terminated = terminated | truncated
+
+        # Critic: estimates for each step (with gradient) and for each next state (as a fixed bootstrap).
+        values, next_values = self._critic_values(batch)  # [T, N]
+        targets = self._targets(reward, values.detach(), next_values, terminated, truncated)  # [T, N]
+        critic_loss = (values - targets).pow(2).mean()
+
+        # Actor: policy gradient weighted by the advantage.
+        advantages = values.detach() if cfg.critic == "q" else targets - values.detach()
+        if cfg.normalize_advantage:
+            advantages = normalize(advantages)
+        dist = self.policy.distribution(obs)
+        log_prob = self.policy.log_prob(dist, raw)  # [T, N]
+        entropy = self.policy.entropy(dist).mean()
+        actor_loss = -(log_prob * advantages).mean() - cfg.entropy_coef * entropy
+
+        actor_grad = clip_and_step(self.optimizers["actor"], actor_loss, self.policy.parameters(), cfg.max_grad_norm)
+        critic_grad = clip_and_step(
+            self.optimizers["critic"], critic_loss, self.critic.parameters(), cfg.max_grad_norm
+        )
+        metrics = {
+            "actor_loss": actor_loss.item(),
+            "critic_loss": critic_loss.item(),
+            "entropy": entropy.item(),
+            "actor_grad_norm": actor_grad,
+            "critic_grad_norm": critic_grad,
+        }
+        if not self.policy.discrete:
+            metrics["policy_std"] = dist.stddev.mean().item()
+        return metrics
+
+    def _critic_values(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(V(s_t) or Q(s_t, a_t) with gradient, the same for the next state without)."""
+        if self.cfg.critic == "q":
+            values = self.critic(batch["obs"], self.policy.one_hot(batch["action"]))
+            with torch.no_grad():
+                _, next_action, _ = self.policy.sample(batch["next_obs"])
+                next_values = self.critic(batch["next_obs"], self.policy.one_hot(next_action))
+            return values, next_values
+        values = self.critic(batch["obs"])
+        with torch.no_grad():
+            next_values = self.critic(batch["next_obs"])
+        return values, next_values
+
+    def _targets(
+        self, reward: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, truncated: Tensor
+    ) -> Tensor:
+        cfg = self.cfg
+        if cfg.advantage == "mc":
+            return discounted_returns(reward, next_values, terminated, truncated, cfg.gamma)
+        if cfg.advantage == "td":
+            return td_errors(reward, values, next_values, terminated, cfg.gamma) + values
+        if cfg.advantage == "nstep":
+            return nstep_targets(reward, next_values, terminated, truncated, cfg.gamma, cfg.nstep)
+        return gae(reward, values, next_values, terminated, truncated, cfg.gamma, cfg.gae_lambda) + values

@@ -1,0 +1,84 @@
+"""What the training loop drives: an :class:`Agent` that acts on batches, learns, and saves its state."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class AlgoSpec:
+    """An algorithm as the registry knows it."""
+
+    name: str
+    config_cls: type
+    agent_cls: type[Agent]
+    description: str
+    discrete: bool = True
+    continuous: bool = True
+
+
+class Agent(ABC):
+    """One algorithm. The loop calls, each env step: ``explore`` -> env.step -> ``observe``; then, when
+    ``ready()``, ``update()``. ``act`` is the trained policy for evaluation and deployment."""
+
+    def __init__(self, cfg: Any, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
+        self.cfg, self.obs_space, self.act_space = cfg, obs_space, act_space
+        self.num_envs, self.device = num_envs, device
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    @abstractmethod
+    def explore(self, obs: Tensor) -> Tensor:
+        """Env actions for a batch of observations ``[N, obs_dim]``, remembering what the update needs."""
+
+    @abstractmethod
+    def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
+        """The outcome of the last ``explore``; ``next_obs`` is the final observation where an episode ended."""
+
+    @abstractmethod
+    def ready(self) -> bool:
+        """True when enough has been collected for ``update``."""
+
+    @abstractmethod
+    def update(self) -> dict[str, float]:
+        """Learn from what was collected; returns metrics by name."""
+
+    @abstractmethod
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """Env actions of the current policy (no learning, no bookkeeping)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": {name: m.state_dict() for name, m in self.modules.items()},
+            "optimizers": {name: o.state_dict() for name, o in self.optimizers.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], weights_only: bool = False) -> None:
+        for name, module in self.modules.items():
+            module.load_state_dict(state["modules"][name])
+        if not weights_only:
+            for name, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(state["optimizers"][name])
+
+    def train_mode(self, training: bool) -> None:
+        for module in self.modules.values():
+            module.train(training)
+
+
+def clip_and_step(optimizer: torch.optim.Optimizer, loss: Tensor, params: Any, max_grad_norm: float | None) -> float:
+    """zero_grad, backward, optional grad-norm clip, step; returns the gradient norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = list(params)
+    if max_grad_norm is not None and max_grad_norm > 0:
+        norm = nn.utils.clip_grad_norm_(params, max_grad_norm)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+    optimizer.step()
+    return float(norm)

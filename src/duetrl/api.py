@@ -1,0 +1,142 @@
+"""The public Python API: ``train``, ``load``, ``evaluate``. The CLI only parses and calls these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from duetrl import checkpoint as ckpt
+from duetrl.config import Config, RunConfig, resolve
+from duetrl.envs import import_modules
+from duetrl.envs.make import env_factory
+from duetrl.errors import UserError
+from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, evaluate_policy, render_episodes
+from duetrl.loop import (
+    TrainResult,
+    Trainer,
+    build_agent,
+    check_spaces,
+    load_agent_state,
+    resolve_device,
+    run_dir_default,
+)
+
+
+def train(
+    env_id: str | None = None,
+    algo: str | None = None,
+    *,
+    preset: str | None = None,
+    config: Config | str | Path | dict | None = None,
+    run_dir: str | Path | None = None,
+    quiet: bool = False,
+    **settings: Any,
+) -> TrainResult:
+    """Train an agent and return where its run directory is and how it evaluates.
+
+    ``settings`` are any config keys (``steps=20_000, seed=1, gamma=0.98, env_kwargs={"g": 0}``), layered over
+    the preset and the config file (``config`` may also be an already resolved :class:`Config`).
+    Example: ``duetrl.train("Pendulum-v1", "ac", preset="chapter")``."""
+    if isinstance(config, Config):
+        cfg = config
+    else:
+        cfg, _ = resolve(env_id, algo, preset, config, settings)
+    run_dir = Path(run_dir) if run_dir else run_dir_default(cfg.run.env_id, cfg.run.algo, cfg.run.seed)
+    return Trainer(cfg, run_dir, quiet=quiet).train()
+
+
+def resume(run_dir: str | Path, steps: int | None = None, quiet: bool = False) -> TrainResult:
+    """Continue a stopped run from its last checkpoint up to ``steps`` env steps in all."""
+    run_dir = Path(run_dir)
+    state = ckpt.load(ckpt.latest_checkpoint(run_dir))
+    values = dict(state["config"])
+    if steps is not None:
+        values["steps"] = steps
+    cfg, _ = resolve(config_file=_without_preset(values))
+    return Trainer(cfg, run_dir, quiet=quiet, resume=True).train()
+
+
+def _without_preset(values: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config as a config-file mapping: every key is explicit, so no preset is applied on top."""
+    values = dict(values)
+    values.pop("preset", None)
+    return values
+
+
+class LoadedAgent:
+    """A trained policy from a run directory: ``act(obs)`` for a single observation or a batch."""
+
+    def __init__(self, config: Config, agent: Any, device: torch.device, checkpoint: Path):
+        self.config, self.agent, self.device, self.checkpoint = config, agent, device, checkpoint
+        self.agent.train_mode(False)
+
+    @property
+    def env_id(self) -> str:
+        return self.config.run.env_id
+
+    def act(self, obs: Any, deterministic: bool | None = None) -> np.ndarray:
+        """Env action(s) for an observation ``[obs_dim]`` or a batch ``[B, obs_dim]``, as numpy."""
+        if deterministic is None:
+            deterministic = self.config.run.eval_deterministic
+        tensor = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
+        single = tensor.dim() == 1
+        batch = tensor[None] if single else tensor
+        with torch.no_grad():
+            action = self.agent.act(batch, deterministic=deterministic).cpu().numpy()
+        return action[0] if single else action
+
+    def act_tensor(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        with torch.no_grad():
+            return self.agent.act(obs.to(self.device), deterministic=deterministic).cpu()
+
+
+def load(run_dir: str | Path, checkpoint: str = "latest", device: str = "cpu") -> LoadedAgent:
+    """The agent saved in ``run_dir`` (``checkpoint``: "latest", "best" or a file path)."""
+    run_dir = Path(run_dir)
+    if checkpoint == "latest":
+        path = ckpt.latest_checkpoint(run_dir)
+    elif checkpoint == "best":
+        path = ckpt.checkpoint_dir(run_dir) / "best.safetensors"
+    else:
+        path = Path(checkpoint)
+    state = ckpt.load(path)
+    if "config" not in state or "agent" not in state:
+        raise UserError(f"checkpoint {path} lacks the config or the agent: it was not written by duetrl train")
+    cfg, _ = resolve(config_file=_without_preset(state["config"]))
+    import_modules(cfg.run.imports)
+    probe = env_factory(cfg.run.env_id, **cfg.run.env_kwargs)()
+    obs_space, act_space = probe.observation_space, probe.action_space
+    probe.close()
+    check_spaces(state, obs_space, act_space, path)
+    torch_device = resolve_device(device)
+    agent = build_agent(cfg, obs_space, act_space, 1, torch_device)
+    load_agent_state(agent, state["agent"], path, weights_only=True)
+    return LoadedAgent(cfg, agent, torch_device, path)
+
+
+def evaluate(
+    agent: LoadedAgent | str | Path,
+    episodes: int = 10,
+    deterministic: bool | None = None,
+    seed: int = EVAL_SEED_BASE,
+    env_kwargs: dict[str, Any] | None = None,
+    render: str | None = None,
+    video: str | Path | None = None,
+) -> EvalResult:
+    """Evaluate a loaded agent (or a run directory) on held-out episodes of Gymnasium's own environment.
+
+    ``render="human"`` opens a window; ``video="out.mp4"`` (or .gif) records the episodes instead."""
+    if episodes < 1:
+        raise UserError(f"episodes={episodes} must be at least 1")
+    loaded = agent if isinstance(agent, LoadedAgent) else load(agent)
+    run: RunConfig = loaded.config.run
+    if deterministic is None:
+        deterministic = run.eval_deterministic
+    kwargs = run.env_kwargs if env_kwargs is None else env_kwargs
+    act = lambda obs: loaded.act_tensor(obs, deterministic)  # noqa: E731
+    if render is not None or video is not None:
+        return render_episodes(act, run.env_id, kwargs, episodes, seed, render or "human", video)
+    return evaluate_policy(act, run.env_id, kwargs, episodes, seed)

@@ -1,0 +1,178 @@
+"""The ``duetrl`` command: parses arguments and calls the Python API, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from typing import Any, NoReturn
+
+from duetrl.errors import TrainingError, UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("env_id", nargs="?", help="Gymnasium env id, e.g. Pendulum-v1 (or module:Class)")
+    p.add_argument("--algo", help="algorithm: ac, a2c, ppo, ... (default ac)")
+    p.add_argument("--preset", help="named preset (see `duetrl presets`); default: the env/algo's own")
+    p.add_argument("--config", help="YAML file of settings (layered over the preset)")
+    p.add_argument("--set", dest="sets", nargs="+", default=[], metavar="KEY=VALUE", help="any setting")
+    p.add_argument("--steps", type=float, help="total env steps")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-envs", type=int)
+    p.add_argument("--env-kwargs", nargs="+", default=[], metavar="K=V", help="env constructor args, e.g. g=0")
+    p.add_argument("--backend", choices=["auto", "gymnasium", "torch"])
+    p.add_argument("--device", help="auto, cpu or cuda[:N]")
+    p.add_argument("--run-dir", help="where metrics, config and checkpoints go")
+    p.add_argument("--import", dest="imports", nargs="+", default=[], metavar="MODULE",
+                   help="modules to import first (they may register envs)")
+    p.add_argument("--target-return", type=float, help="stop when the periodic eval mean reaches this")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline without a key)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="duetrl", description="Actor-critic reinforcement learning on Gymnasium environments.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train an agent")
+    _train_args(train)
+
+    ev = sub.add_parser("eval", help="evaluate a trained run")
+    ev.add_argument("run_dir")
+    ev.add_argument("--episodes", type=int, default=10)
+    mode = ev.add_mutually_exclusive_group()
+    mode.add_argument("--deterministic", action="store_true", default=None, help="act with the policy's mode")
+    mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
+    ev.add_argument("--checkpoint", default="latest", help="latest, best, or a checkpoint file")
+    ev.add_argument("--env-kwargs", nargs="+", default=None, metavar="K=V", help="override env args")
+    ev.add_argument("--seed", type=int, default=None, help="first episode seed (default: held-out seeds)")
+    ev.add_argument("--render", choices=["human"], help="show the episodes in a window")
+    ev.add_argument("--video", help="record the episodes to FILE.mp4 or FILE.gif")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub.add_parser("presets", help="list shipped presets")
+    params = sub.add_parser("params", help="list an algorithm's settings and defaults")
+    params.add_argument("--algo", default="ac")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from duetrl.config import parse_assignments
+
+    values = parse_assignments(args.sets)
+    if args.env_kwargs:
+        values["env_kwargs"] = parse_assignments(args.env_kwargs, "--env-kwargs")
+    for flag in ("steps", "seed", "num_envs", "backend", "device", "target_return"):
+        value = getattr(args, flag)
+        if value is not None:
+            values[flag] = value
+    if args.imports:
+        values["imports"] = args.imports
+    if args.wandb:
+        values["wandb"] = True
+    return values
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import duetrl
+    from duetrl.config import resolve
+
+    if args.resume:
+        result = duetrl.resume(args.resume, steps=int(args.steps) if args.steps else None, quiet=args.quiet)
+    else:
+        overrides = _overrides(args)
+        cfg, preset_id = resolve(args.env_id, args.algo, args.preset, args.config, overrides)
+        if preset_id:
+            print(f"duetrl: preset {preset_id}", file=sys.stderr)
+        result = duetrl.train(config=cfg, run_dir=args.run_dir, quiet=args.quiet)
+    summary = {"run_dir": str(result.run_dir), "env_steps": result.env_steps,
+               "wall_time_s": round(result.wall_time_s, 2)}
+    if result.stopped_early:
+        summary["stopped"] = result.stopped_early
+    if result.final_eval is not None:
+        summary.update({k: v for k, v in result.final_eval.to_dict().items() if v is not None})
+    print(json.dumps(summary))
+    return 130 if result.stopped_early == "interrupted" else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import duetrl
+    from duetrl.config import parse_assignments
+    from duetrl.evaluate import EVAL_SEED_BASE
+
+    agent = duetrl.load(args.run_dir, checkpoint=args.checkpoint)
+    env_kwargs = parse_assignments(args.env_kwargs, "--env-kwargs") if args.env_kwargs else None
+    result = duetrl.evaluate(agent, episodes=args.episodes, deterministic=args.deterministic,
+                             seed=EVAL_SEED_BASE if args.seed is None else args.seed, env_kwargs=env_kwargs,
+                             render=args.render, video=args.video)
+    out = result.to_dict()
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{agent.env_id}: mean return {out['mean_return']:.1f} +/- {out['std_return']:.1f} "
+              f"over {out['episodes']} episodes ({agent.checkpoint})")
+        if args.video:
+            print(f"video written to {args.video}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from duetrl.config import list_presets
+
+    rows = list_presets()
+    width = max(len(f"{r['env']} / {r['algo']} / {r['name']}") for r in rows)
+    for r in rows:
+        name = f"{r['env']} / {r['algo']} / {r['name']}"
+        print(f"{name:<{width}}  {r['description']}")
+    print("\n`duetrl train ENV --algo ALGO` uses ENV / ALGO / default when it exists; any / ALGO / NAME fit "
+          "every env (--preset NAME).")
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from duetrl.algos import get_algo
+    from duetrl.config import RunConfig, describe_fields
+
+    spec = get_algo(args.algo)
+    for title, cls in (("run settings", RunConfig), (f"{spec.name} settings", spec.config_cls)):
+        print(f"# {title}")
+        for name, kind, default in describe_fields(cls):
+            print(f"{name:<24} {kind:<12} {default!r}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "params": cmd_params}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"duetrl: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"duetrl: training stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("duetrl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,331 @@
+"""Typed configuration: run settings plus one dataclass of hyperparameters per algorithm.
+
+Layers, later wins: dataclass defaults < preset < ``--config`` file < flags (``--set key=value``).
+Keys are flat: a key names a :class:`RunConfig` field or a field of the algorithm's config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from duetrl.errors import UserError
+
+BACKENDS = ("auto", "gymnasium", "torch")
+
+
+@dataclass
+class RunConfig:
+    """Settings of a run that do not depend on the algorithm."""
+
+    env_id: str = "Pendulum-v1"
+    algo: str = "ac"
+    preset: str | None = None
+    steps: int = 100_000  # total environment steps (summed over parallel envs)
+    seed: int = 0
+    num_envs: int = 1
+    env_kwargs: dict = field(default_factory=dict)
+    backend: str = "gymnasium"  # gymnasium | torch | auto
+    vector: str = "sync"  # sync | async (Gymnasium vector envs)
+    device: str = "auto"  # auto = CUDA when present, else CPU
+    torch_threads: int = 1  # small MLPs run fastest single-threaded
+    eval_every: int = 10_000  # env steps between evaluations; 0 = only at the end
+    eval_episodes: int = 10
+    eval_deterministic: bool = True
+    log_every: int = 0  # env steps between metric rows; 0 = after every update
+    checkpoint_every: int = 0  # env steps between checkpoints; 0 = time-based only
+    checkpoint_seconds: float = 30.0
+    keep_checkpoints: int = 3
+    target_return: float | None = None
+    wandb: bool = False
+    wandb_project: str = "duetrl"
+    imports: list = field(default_factory=list)
+
+    def validate(self) -> None:
+        _check(self.steps > 0, "steps", self.steps, "must be a positive number of env steps")
+        _check(self.num_envs >= 1, "num_envs", self.num_envs, "must be at least 1")
+        _check(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0 (0 = only at the end)")
+        _check(self.eval_episodes >= 1, "eval_episodes", self.eval_episodes, "must be at least 1")
+        _check(self.log_every >= 0, "log_every", self.log_every, "must be >= 0")
+        _check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0")
+        _check(self.checkpoint_seconds > 0, "checkpoint_seconds", self.checkpoint_seconds, "must be > 0")
+        _check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "must be at least 1")
+        _check(self.torch_threads >= 1, "torch_threads", self.torch_threads, "must be at least 1")
+        _check(self.backend in BACKENDS, "backend", self.backend, f"must be one of {', '.join(BACKENDS)}")
+        _check(self.vector in ("sync", "async"), "vector", self.vector, "must be sync or async")
+        _check(
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            "device",
+            self.device,
+            "must be auto, cpu or cuda[:N]",
+        )
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise UserError(f"{key}={value!r} {why}")
+
+
+def check_range(key: str, value: float, low: float | None = None, high: float | None = None) -> None:
+    """Raise a UserError unless low <= value <= high."""
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise UserError(f"{key}={value!r} is out of range: must be in [{lo}, {hi}]")
+
+
+@dataclass
+class Config:
+    """A fully resolved configuration: run settings and the algorithm's hyperparameters."""
+
+    run: RunConfig
+    algo: Any  # the algorithm's own config dataclass
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self.run), **dataclasses.asdict(self.algo)}
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------- values
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value as YAML (numbers, booleans, lists), falling back to the raw string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_assignments(items: list[str], what: str = "--set") -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{what} expects key=value, got {item!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert ``value`` to the field's declared type, or raise a UserError that says what was expected."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _coerce(key, value, a)
+            except UserError as e:
+                errors.append(e)
+        raise errors[0]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise UserError(f"{key}={value!r}: expected true or false")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise UserError(f"{key}={value!r}: expected an integer")
+        if isinstance(value, int):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{key}={value!r}: expected an integer") from None
+        if number != number or number in (float("inf"), float("-inf")) or not number.is_integer():
+            raise UserError(f"{key}={value!r}: expected an integer")
+        return int(number)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise UserError(f"{key}={value!r}: expected a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{key}={value!r}: expected a number") from None
+        if number != number:
+            raise UserError(f"{key}={value!r}: expected a number, not NaN")
+        return number
+    if annotation is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise UserError(f"{key}={value!r}: expected a string")
+        return str(value)
+    if annotation is list or origin is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key}={value!r}: expected a list such as [64, 64]")
+        if args:
+            return [_coerce(key, v, args[0]) for v in value]
+        return list(value)
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{key}={value!r}: expected a mapping such as {{g: 0}}")
+        return dict(value)
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def apply_overrides(obj: Any, overrides: dict[str, Any], source: str) -> None:
+    """Set fields of a config dataclass from a flat mapping, coercing types."""
+    hints = _hints(type(obj))
+    for key, value in overrides.items():
+        setattr(obj, key, _coerce(key, value, hints[key]))
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+
+def _preset_files() -> dict[str, Any]:
+    """Shipped preset files: env id (or 'any') -> parsed YAML."""
+    out = {}
+    for entry in resources.files("duetrl.presets").iterdir():
+        if entry.name.endswith(".yaml"):
+            out[entry.name[: -len(".yaml")]] = yaml.safe_load(entry.read_text()) or {}
+    return out
+
+
+def list_presets() -> list[dict[str, str]]:
+    """Every shipped preset as {env, algo, name, description}."""
+    rows = []
+    for env_id, algos in sorted(_preset_files().items()):
+        for algo, presets in sorted(algos.items()):
+            for name, body in presets.items():
+                rows.append(
+                    {
+                        "env": env_id,
+                        "algo": algo,
+                        "name": name,
+                        "description": str((body or {}).get("description", "")),
+                    }
+                )
+    return rows
+
+
+def find_preset(env_id: str, algo: str, name: str | None) -> tuple[str | None, dict[str, Any]]:
+    """The preset's settings. ``name=None`` picks 'default' for the pair if one ships, else nothing.
+
+    Env-specific presets win over generic ones (file ``any.yaml``)."""
+    files = _preset_files()
+    for scope in (env_id, "any"):
+        presets = files.get(scope, {}).get(algo, {})
+        wanted = name or "default"
+        if wanted in presets:
+            body = dict(presets[wanted] or {})
+            body.pop("description", None)
+            return f"{scope}/{algo}/{wanted}", body
+        if name is None and scope == env_id:
+            continue
+    if name is None:
+        return None, {}
+    known = sorted({n for scope in (env_id, "any") for n in files.get(scope, {}).get(algo, {})})
+    hint = f"; presets for {env_id} / {algo}: {', '.join(known)}" if known else ""
+    raise UserError(f"unknown preset {name!r} for {env_id} with --algo {algo}{hint} (see `duetrl presets`)")
+
+
+# ---------------------------------------------------------------------------------------------- resolve
+
+
+def load_yaml_file(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file, or a UserError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise UserError(f"malformed YAML in {path}{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config file {path}: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of key: value, not {type(data).__name__}")
+    return data
+
+
+def resolve(
+    env_id: str | None = None,
+    algo: str | None = None,
+    preset: str | None = None,
+    config_file: str | Path | dict | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[Config, str | None]:
+    """Layer defaults < preset < config file < overrides into a validated :class:`Config`.
+
+    Returns the config and the id of the preset used (None if none)."""
+    from duetrl.algos import get_algo
+
+    file_values = (
+        dict(config_file) if isinstance(config_file, dict) else load_yaml_file(config_file) if config_file else {}
+    )
+    overrides = dict(overrides or {})
+    for key, value in (("env_id", env_id), ("algo", algo), ("preset", preset)):
+        if value is not None:
+            overrides[key] = value
+
+    def pick(key: str, default: Any) -> Any:
+        return overrides.get(key, file_values.get(key, default))
+
+    run = RunConfig()
+    env_id = str(pick("env_id", run.env_id))
+    algo_name = str(pick("algo", run.algo))
+    preset_name = pick("preset", None)
+    spec = get_algo(algo_name)
+    preset_id, preset_values = find_preset(env_id, algo_name, preset_name)
+
+    algo_cfg = spec.config_cls()
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    algo_fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    for source, values in (("preset " + str(preset_id), preset_values), ("config file", file_values), ("flags", overrides)):
+        run_part, algo_part = {}, {}
+        for key, value in values.items():
+            if key in run_fields:
+                run_part[key] = value
+            elif key in algo_fields:
+                algo_part[key] = value
+            else:
+                raise UserError(_unknown_key_message(key, run_fields | algo_fields, algo_name, source))
+        apply_overrides(run, run_part, source)
+        apply_overrides(algo_cfg, algo_part, source)
+    run.env_id, run.algo, run.preset = env_id, algo_name, preset_id
+    run.validate()
+    algo_cfg.validate()
+    return Config(run=run, algo=algo_cfg), preset_id
+
+
+def _unknown_key_message(key: str, known: set[str], algo: str, source: str) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; see `duetrl params --algo {algo}` for the keys"
+    return f"unknown setting {key!r} for --algo {algo} (from {source}){hint}"
+
+
+def describe_fields(cls: type) -> list[tuple[str, str, Any]]:
+    """(name, type, default) for each field of a config dataclass."""
+    hints = _hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        rows.append((f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), default))
+    return rows

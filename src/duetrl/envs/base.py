@@ -1,0 +1,42 @@
+"""The batched-environment interface every backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import gymnasium as gym
+import torch
+from torch import Tensor
+
+
+class BatchEnv(ABC):
+    """``num_envs`` copies of one environment stepped together, speaking torch tensors on ``device``.
+
+    ``step`` resets finished copies by itself (same step): the returned ``obs`` row of a finished copy is the
+    first observation of its next episode, and ``info["final_obs"]`` holds, for every row, the observation
+    that the action led to (the final one where an episode ended) for bootstrapping. ``info["episode_return"]``
+    and ``info["episode_length"]`` list the undiscounted return and length of each episode that ended.
+    """
+
+    num_envs: int
+    device: torch.device
+    single_observation_space: gym.Space
+    single_action_space: gym.Space
+
+    @abstractmethod
+    def reset(self, seed: int | None = None) -> tuple[Tensor, dict[str, Any]]:
+        """Reset every copy; ``seed`` seeds copy i with ``seed + i``."""
+
+    @abstractmethod
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+        """(obs, reward, terminated, truncated, info), each with a leading ``num_envs`` dimension."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> BatchEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,147 @@
+"""Evaluation on held-out episodes, on-screen rendering, and video."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+
+from duetrl.envs.make import env_factory
+from duetrl.errors import UserError
+
+EVAL_SEED_BASE = 1_000_000  # evaluation episodes use seeds from here on, never used by training
+MAX_PARALLEL = 50
+
+ActFn = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class EvalResult:
+    returns: list[float]
+    lengths: list[int] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.returns))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.returns))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mean_return": self.mean,
+            "std_return": self.std,
+            "episodes": len(self.returns),
+            "min_return": float(np.min(self.returns)),
+            "max_return": float(np.max(self.returns)),
+            "mean_length": float(np.mean(self.lengths)) if self.lengths else None,
+        }
+
+
+def evaluate_policy(
+    act: ActFn,
+    env_id: str,
+    env_kwargs: dict[str, Any] | None = None,
+    episodes: int = 10,
+    seed: int = EVAL_SEED_BASE,
+    device: torch.device | str = "cpu",
+) -> EvalResult:
+    """Run ``episodes`` full episodes of Gymnasium's own env, seeded ``seed, seed+1, ...``, many in parallel.
+
+    ``act`` maps a batch of observations to env actions."""
+    factory = env_factory(env_id, **(env_kwargs or {}))
+    returns: list[float] = []
+    lengths: list[int] = []
+    while len(returns) < episodes:
+        n = min(MAX_PARALLEL, episodes - len(returns))
+        vec = gym.vector.SyncVectorEnv([factory] * n, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        discrete = isinstance(vec.single_action_space, gym.spaces.Discrete)
+        obs, _ = vec.reset(seed=[seed + len(returns) + i for i in range(n)])
+        total, length = np.zeros(n), np.zeros(n, dtype=np.int64)
+        running = np.ones(n, dtype=bool)
+        while running.any():
+            with torch.no_grad():
+                action = act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+            if discrete:
+                action = action.astype(np.int64)
+            obs, reward, terminated, truncated, _ = vec.step(action)
+            total += reward * running
+            length += running
+            running &= ~(terminated | truncated)
+        vec.close()
+        returns += total.tolist()
+        lengths += length.tolist()
+    return EvalResult(returns, lengths)
+
+
+def render_episodes(
+    act: ActFn,
+    env_id: str,
+    env_kwargs: dict[str, Any] | None = None,
+    episodes: int = 1,
+    seed: int = EVAL_SEED_BASE,
+    render_mode: str = "human",
+    video: str | Path | None = None,
+    fps: int | None = None,
+    device: torch.device | str = "cpu",
+) -> EvalResult:
+    """Play episodes one at a time in a window (``render_mode="human"``) or into a video file (.mp4/.gif)."""
+    if video is not None:
+        render_mode = "rgb_array"
+        writer_module = _imageio()
+    env = env_factory(env_id, render_mode=render_mode, **(env_kwargs or {}))()
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
+    frames: list[np.ndarray] = []
+    returns, lengths = [], []
+    for k in range(episodes):
+        obs, _ = env.reset(seed=seed + k)
+        total, length, done = 0.0, 0, False
+        while not done:
+            if video is not None:
+                frames.append(env.render())
+            with torch.no_grad():
+                action = act(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0].cpu().numpy()
+            obs, reward, terminated, truncated, _ = env.step(int(action) if discrete else action)
+            total += float(reward)
+            length += 1
+            done = terminated or truncated
+        returns.append(total)
+        lengths.append(length)
+    if video is not None:
+        frames.append(env.render())
+        fps = fps or int(env.metadata.get("render_fps", 30))
+        write_video(writer_module, Path(video), frames, fps)
+    env.close()
+    return EvalResult(returns, lengths)
+
+
+def _imageio() -> Any:
+    try:
+        import imageio.v2 as imageio
+    except ImportError:
+        raise UserError("recording video needs imageio: pip install 'duetrl[video]'") from None
+    return imageio
+
+
+def write_video(imageio: Any, path: Path, frames: list[np.ndarray], fps: int) -> None:
+    suffix = path.suffix.lower()
+    if suffix not in (".mp4", ".gif"):
+        raise UserError(f"video file must end in .mp4 or .gif, got {path.name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{suffix}")
+    try:
+        if suffix == ".gif":
+            imageio.mimsave(tmp, frames, duration=1000 / fps, loop=0)
+        else:
+            imageio.mimsave(tmp, frames, fps=fps, macro_block_size=1)
+    except (ImportError, ValueError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path.name}: {e} (pip install 'duetrl[video]')") from None
+    tmp.replace(path)

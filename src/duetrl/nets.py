@@ -1,0 +1,119 @@
+"""Networks: an MLP trunk, actor heads (Gaussian, categorical) and critics (V, Q)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+def mlp(in_dim: int, hidden: Sequence[int], activation: str = "relu", out_dim: int | None = None) -> nn.Sequential:
+    """Linear layers with an activation after each hidden layer (and none after the optional output)."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), ACTIVATIONS[activation]()]
+        in_dim = width
+    if out_dim is not None:
+        layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def orthogonal_init(module: nn.Module, gain: float = math.sqrt(2), last_gain: float | None = None) -> None:
+    """The chapter's intended (and never applied) init: orthogonal weights, zero biases.
+
+    ``last_gain`` overrides the gain of the final Linear layer (0.01 for a policy head is common)."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    for i, layer in enumerate(linears):
+        g = last_gain if (last_gain is not None and i == len(linears) - 1) else gain
+        nn.init.orthogonal_(layer.weight, gain=g)
+        nn.init.zeros_(layer.bias)
+
+
+def last_linear(module: nn.Module) -> nn.Linear:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
+
+
+class GaussianActor(nn.Module):
+    """Diagonal Gaussian policy: a mean head and a clamped log-std, either a head of the trunk (the chapter's
+    state-dependent std) or a free parameter (state-independent, as PPO usually does)."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (128, 128),
+        activation: str = "relu",
+        state_dependent_std: bool = True,
+        log_std_init: float = 0.0,
+        log_std_min: float = -20.0,
+        log_std_max: float = 2.0,
+    ):
+        super().__init__()
+        self.trunk = mlp(obs_dim, hidden, activation)
+        width = hidden[-1] if hidden else obs_dim
+        self.mean = nn.Linear(width, act_dim)
+        self.state_dependent_std = state_dependent_std
+        if state_dependent_std:
+            self.log_std = nn.Linear(width, act_dim)
+        else:
+            self.log_std_param = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, log_std), the log-std clamped to [log_std_min, log_std_max]."""
+        features = self.trunk(obs)
+        mean = self.mean(features)
+        log_std = self.log_std(features) if self.state_dependent_std else self.log_std_param.expand_as(mean)
+        return mean, log_std.clamp(self.log_std_min, self.log_std_max)
+
+    def dist(self, obs: Tensor) -> Normal:
+        mean, log_std = self(obs)
+        return Normal(mean, log_std.exp())
+
+
+class CategoricalActor(nn.Module):
+    """Categorical policy over a discrete action space."""
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden: Sequence[int] = (128, 128), activation: str = "relu"):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, activation, out_dim=num_actions)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.net(obs)
+
+    def dist(self, obs: Tensor) -> Categorical:
+        return Categorical(logits=self(obs))
+
+
+class ValueCritic(nn.Module):
+    """V(s)."""
+
+    def __init__(self, obs_dim: int, hidden: Sequence[int] = (128, 128), activation: str = "relu"):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, activation, out_dim=1)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+class QCritic(nn.Module):
+    """Q(s, a): the action is concatenated to the observation (one-hot for discrete actions)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (128, 128), activation: str = "relu"):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim, hidden, activation, out_dim=1)
+
+    def forward(self, obs: Tensor, action: Tensor) -> Tensor:
+        return self.net(torch.cat([obs, action], dim=-1)).squeeze(-1)
+
+
+def diag_log_prob(dist: Distribution, actions: Tensor) -> Tensor:
+    """Log-probability summed over action dimensions for a Normal, as-is for a Categorical."""
+    if isinstance(dist, Normal):
+        return Independent(dist, 1).log_prob(actions)
+    return dist.log_prob(actions)

@@ -1,0 +1,120 @@
+"""A stochastic policy that knows its action space: sampling, log-probabilities and env actions.
+
+Continuous actions: a Gaussian over an unbounded ``raw`` action, mapped to the env's bounds either by clipping
+(the chapter) or by a tanh squash. The log-probability is always of ``raw``; with clipping it can optionally
+account for the clipping (``clip_log_prob``: the probability mass beyond a bound, as in Fujita & Maeda 2018,
+"Clipped Action Policy Gradient"), which fixes the chapter's log-prob of an action the env never saw.
+Discrete actions: a categorical; ``raw`` is the action index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gymnasium as gym
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Normal
+from torch.special import log_ndtr
+
+from duetrl.errors import UserError
+from duetrl.nets import CategoricalActor, GaussianActor, last_linear, orthogonal_init
+
+
+def space_dims(obs_space: gym.Space, act_space: gym.Space) -> tuple[int, int, bool]:
+    """(obs_dim, act_dim, discrete); act_dim is the number of actions for a discrete space."""
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise UserError(f"observation space {obs_space} is not supported: duetrl needs a flat Box observation")
+    if isinstance(act_space, gym.spaces.Discrete):
+        return obs_space.shape[0], int(act_space.n), True
+    if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
+        return obs_space.shape[0], act_space.shape[0], False
+    raise UserError(f"action space {act_space} is not supported: use a Discrete or a flat Box action space")
+
+
+class Policy(nn.Module):
+    """The actor, plus the mapping from its samples to env actions."""
+
+    def __init__(
+        self,
+        obs_space: gym.Space,
+        act_space: gym.Space,
+        hidden: Sequence[int] = (128, 128),
+        activation: str = "relu",
+        state_dependent_std: bool = True,
+        log_std_init: float = 0.0,
+        log_std_min: float = -20.0,
+        log_std_max: float = 2.0,
+        squash: str = "clip",
+        clip_log_prob: bool = False,
+        ortho_init: bool = False,
+    ):
+        super().__init__()
+        obs_dim, act_dim, self.discrete = space_dims(obs_space, act_space)
+        self.act_dim, self.squash, self.clip_log_prob = act_dim, squash, clip_log_prob
+        if self.discrete:
+            self.actor: nn.Module = CategoricalActor(obs_dim, act_dim, hidden, activation)
+        else:
+            self.actor = GaussianActor(
+                obs_dim, act_dim, hidden, activation, state_dependent_std, log_std_init, log_std_min, log_std_max
+            )
+            low = torch.as_tensor(act_space.low, dtype=torch.float32)
+            high = torch.as_tensor(act_space.high, dtype=torch.float32)
+            if squash == "tanh" and not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+                raise UserError("squash=tanh needs a bounded action space; use squash=clip")
+            self.register_buffer("low", low)
+            self.register_buffer("high", high)
+        if ortho_init:
+            orthogonal_init(self.actor)
+            head = self.actor.mean if not self.discrete else last_linear(self.actor)
+            orthogonal_init(head, gain=0.01)
+
+    def distribution(self, obs: Tensor) -> Distribution:
+        return self.actor.dist(obs)
+
+    def sample(self, obs: Tensor) -> tuple[Tensor, Tensor, Distribution]:
+        """(raw action, env action, distribution) for a batch of observations."""
+        dist = self.distribution(obs)
+        raw = dist.sample()
+        return raw, self.to_env(raw), dist
+
+    def to_env(self, raw: Tensor) -> Tensor:
+        """The action the environment receives for a raw sample."""
+        if self.discrete:
+            return raw
+        if self.squash == "tanh":
+            return self.low + (torch.tanh(raw) + 1.0) * 0.5 * (self.high - self.low)
+        return torch.maximum(torch.minimum(raw, self.high), self.low)
+
+    def log_prob(self, dist: Distribution, raw: Tensor) -> Tensor:
+        """log pi(raw | s), summed over action dimensions: ``[B]``."""
+        if self.discrete:
+            return dist.log_prob(raw)
+        assert isinstance(dist, Normal)
+        log_prob = dist.log_prob(raw)
+        if self.clip_log_prob and self.squash == "clip":
+            below = log_ndtr((self.low - dist.mean) / dist.stddev)
+            above = log_ndtr((dist.mean - self.high) / dist.stddev)
+            log_prob = torch.where(raw <= self.low, below, torch.where(raw >= self.high, above, log_prob))
+        return log_prob.sum(-1)
+
+    def entropy(self, dist: Distribution) -> Tensor:
+        """Entropy of the (unsquashed) distribution: ``[B]``."""
+        entropy = dist.entropy()
+        return entropy if self.discrete else entropy.sum(-1)
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """Env actions: the mode if deterministic, else a sample."""
+        dist = self.distribution(obs)
+        if deterministic:
+            raw = dist.probs.argmax(-1) if self.discrete else dist.mean
+        else:
+            raw = dist.sample()
+        return self.to_env(raw)
+
+    def one_hot(self, actions: Tensor) -> Tensor:
+        """Actions as critic inputs: one-hot for discrete, as-is for continuous."""
+        if self.discrete:
+            return nn.functional.one_hot(actions.long(), self.act_dim).float()
+        return actions
