@@ -159,11 +159,13 @@ class Trainer:
                         raise TrainingError(f"the environment raised {type(e).__name__}: {e}") from e
                     self.agent.observe(reward, terminated, truncated, info["final_obs"])
                     self.env_steps += run.num_envs
+                    postfix = {}
                     if "episode_return" in info:
                         self.episodes += len(info["episode_return"])
                         pending_returns += info["episode_return"]
                         pending_lengths += info["episode_length"]
                         recent_returns.extend(info["episode_return"])
+                        postfix["return"] = float(np.mean(recent_returns))
 
                     updated = False
                     if self.agent.ready():
@@ -178,8 +180,7 @@ class Trainer:
                             pending_metrics, pending_returns, pending_lengths = {}, [], []
                             last_log_step = self.env_steps
 
-                    progress.advance(run.num_envs, **({"return": float(np.mean(recent_returns))}
-                                                      if recent_returns else {}))
+                    progress.advance(run.num_envs, **postfix)
                     if self.env_steps >= self.next_eval and self.env_steps < run.steps:
                         self.next_eval += run.eval_every
                         result = self._evaluate()

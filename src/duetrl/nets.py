@@ -73,7 +73,7 @@ class GaussianActor(nn.Module):
 
     def dist(self, obs: Tensor) -> Normal:
         mean, log_std = self(obs)
-        return Normal(mean, log_std.exp())
+        return Normal(mean, log_std.exp(), validate_args=False)
 
 
 class CategoricalActor(nn.Module):
@@ -87,7 +87,7 @@ class CategoricalActor(nn.Module):
         return self.net(obs)
 
     def dist(self, obs: Tensor) -> Categorical:
-        return Categorical(logits=self(obs))
+        return Categorical(logits=self(obs), validate_args=False)
 
 
 class ValueCritic(nn.Module):

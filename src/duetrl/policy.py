@@ -9,6 +9,7 @@ Discrete actions: a categorical; ``raw`` is the action index.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import gymnasium as gym
@@ -19,6 +20,8 @@ from torch.special import log_ndtr
 
 from duetrl.errors import UserError
 from duetrl.nets import CategoricalActor, GaussianActor, last_linear, orthogonal_init
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def space_dims(obs_space: gym.Space, act_space: gym.Space) -> tuple[int, int, bool]:
@@ -72,11 +75,22 @@ class Policy(nn.Module):
     def distribution(self, obs: Tensor) -> Distribution:
         return self.actor.dist(obs)
 
-    def sample(self, obs: Tensor) -> tuple[Tensor, Tensor, Distribution]:
-        """(raw action, env action, distribution) for a batch of observations."""
-        dist = self.distribution(obs)
-        raw = dist.sample()
-        return raw, self.to_env(raw), dist
+    def sample(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(raw action, env action, log pi(raw | s)) for a batch of observations, without building a
+        distribution object (this runs once per env step, where torch's per-call overhead dominates)."""
+        if self.discrete:
+            log_probs = torch.log_softmax(self.actor(obs), -1)
+            flat = log_probs.reshape(-1, self.act_dim)
+            raw = torch.multinomial(flat.exp(), 1).view(log_probs.shape[:-1])
+            return raw, raw, log_probs.gather(-1, raw.unsqueeze(-1)).squeeze(-1)
+        mean, log_std = self.actor(obs)
+        noise = torch.randn_like(mean)
+        raw = mean + log_std.exp() * noise
+        if self.clip_log_prob and self.squash == "clip":
+            log_prob = self.log_prob(Normal(mean, log_std.exp(), validate_args=False), raw)
+        else:
+            log_prob = (-0.5 * noise.pow(2) - log_std - HALF_LOG_2PI).sum(-1)
+        return raw, self.to_env(raw), log_prob
 
     def to_env(self, raw: Tensor) -> Tensor:
         """The action the environment receives for a raw sample."""
