@@ -15,8 +15,8 @@ from duetrl.envs.make import env_factory
 from duetrl.errors import UserError
 from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, evaluate_policy, render_episodes
 from duetrl.loop import (
-    TrainResult,
     Trainer,
+    TrainResult,
     build_agent,
     check_spaces,
     load_agent_state,
@@ -104,7 +104,9 @@ def load(run_dir: str | Path, checkpoint: str = "latest", device: str = "cpu") -
         path = Path(checkpoint)
     state = ckpt.load(path)
     if "config" not in state or "agent" not in state:
-        raise UserError(f"checkpoint {path} lacks the config or the agent: it was not written by duetrl train")
+        raise UserError(
+            f"checkpoint {path} lacks the config or the agent: it was not written by duetrl train"
+        )
     cfg, _ = resolve(config_file=_without_preset(state["config"]))
     import_modules(cfg.run.imports)
     probe = env_factory(cfg.run.env_id, **cfg.run.env_kwargs)()

@@ -30,22 +30,25 @@ STEP_FILE = re.compile(r"^step_(\d+)\.safetensors$")
 # ---------------------------------------------------------------------------------------------- packing
 
 
-def pack(obj: Any, tensors: dict[str, torch.Tensor], path: str = "t") -> Any:
-    """Replace tensors (and numpy arrays) in a nested structure by references into ``tensors``."""
+def pack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace tensors (and numpy arrays) in a nested structure by references into ``tensors``, each under
+    a fresh numbered name (names derived from keys could collide: ``{"a.b": x, "a": {"b": y}}``)."""
     if isinstance(obj, torch.Tensor):
-        tensors[path] = obj.detach().cpu().contiguous().clone()
-        return {"__tensor__": path}
+        name = str(len(tensors))
+        tensors[name] = obj.detach().cpu().contiguous().clone()
+        return {"__tensor__": name}
     if isinstance(obj, np.ndarray):
-        tensors[path] = torch.from_numpy(np.ascontiguousarray(obj)).clone()
-        return {"__ndarray__": path}
+        name = str(len(tensors))
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(obj)).clone()
+        return {"__ndarray__": name}
     if isinstance(obj, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
-            return {k: pack(v, tensors, f"{path}.{k}") for k, v in obj.items()}
-        return {"__items__": [[k, pack(v, tensors, f"{path}.{i}")] for i, (k, v) in enumerate(obj.items())]}
+            return {k: pack(v, tensors) for k, v in obj.items()}
+        return {"__items__": [[k, pack(v, tensors)] for k, v in obj.items()]}
     if isinstance(obj, tuple):
-        return {"__tuple__": [pack(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
+        return {"__tuple__": [pack(v, tensors) for v in obj]}
     if isinstance(obj, list):
-        return [pack(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+        return [pack(v, tensors) for v in obj]
     if isinstance(obj, (np.integer, np.floating, np.bool_)):
         return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str)):
@@ -116,7 +119,9 @@ def load(path: Path) -> dict[str, Any]:
         with safetensors.safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except Exception as e:  # safetensors raises several types for a damaged file
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({_first_line(e)}); use an earlier one") from None
+        raise UserError(
+            f"checkpoint {path} is truncated or corrupt ({_first_line(e)}); use an earlier one"
+        ) from None
     if metadata.get("format") != FORMAT:
         raise UserError(f"{path} is not a duetrl checkpoint (format {metadata.get('format')!r})")
     try:

@@ -25,20 +25,32 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=float, help="total env steps")
     p.add_argument("--seed", type=int)
     p.add_argument("--num-envs", type=int)
-    p.add_argument("--env-kwargs", nargs="+", default=[], metavar="K=V", help="env constructor args, e.g. g=0")
+    p.add_argument(
+        "--env-kwargs", nargs="+", default=[], metavar="K=V", help="env constructor args, e.g. g=0"
+    )
     p.add_argument("--backend", choices=["auto", "gymnasium", "torch"])
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
     p.add_argument("--run-dir", help="where metrics, config and checkpoints go")
-    p.add_argument("--import", dest="imports", nargs="+", default=[], metavar="MODULE",
-                   help="modules to import first (they may register envs)")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        nargs="+",
+        default=[],
+        metavar="MODULE",
+        help="modules to import first (they may register envs)",
+    )
     p.add_argument("--target-return", type=float, help="stop when the periodic eval mean reaches this")
-    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline without a key)")
+    p.add_argument(
+        "--wandb", action="store_true", help="also log to Weights & Biases (offline without a key)"
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="duetrl", description="Actor-critic reinforcement learning on Gymnasium environments.")
+    parser = _Parser(
+        prog="duetrl", description="Actor-critic reinforcement learning on Gymnasium environments."
+    )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -93,8 +105,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if preset_id:
             print(f"duetrl: preset {preset_id}", file=sys.stderr)
         result = duetrl.train(config=cfg, run_dir=args.run_dir, quiet=args.quiet)
-    summary = {"run_dir": str(result.run_dir), "env_steps": result.env_steps,
-               "wall_time_s": round(result.wall_time_s, 2)}
+    summary = {
+        "run_dir": str(result.run_dir),
+        "env_steps": result.env_steps,
+        "wall_time_s": round(result.wall_time_s, 2),
+    }
     if result.stopped_early:
         summary["stopped"] = result.stopped_early
     if result.final_eval is not None:
@@ -110,15 +125,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     agent = duetrl.load(args.run_dir, checkpoint=args.checkpoint)
     env_kwargs = parse_assignments(args.env_kwargs, "--env-kwargs") if args.env_kwargs else None
-    result = duetrl.evaluate(agent, episodes=args.episodes, deterministic=args.deterministic,
-                             seed=EVAL_SEED_BASE if args.seed is None else args.seed, env_kwargs=env_kwargs,
-                             render=args.render, video=args.video)
+    result = duetrl.evaluate(
+        agent,
+        episodes=args.episodes,
+        deterministic=args.deterministic,
+        seed=EVAL_SEED_BASE if args.seed is None else args.seed,
+        env_kwargs=env_kwargs,
+        render=args.render,
+        video=args.video,
+    )
     out = result.to_dict()
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{agent.env_id}: mean return {out['mean_return']:.1f} +/- {out['std_return']:.1f} "
-              f"over {out['episodes']} episodes ({agent.checkpoint})")
+        print(
+            f"{agent.env_id}: mean return {out['mean_return']:.1f} +/- {out['std_return']:.1f} "
+            f"over {out['episodes']} episodes ({agent.checkpoint})"
+        )
         if args.video:
             print(f"video written to {args.video}")
     return 0
@@ -132,8 +155,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
     for r in rows:
         name = f"{r['env']} / {r['algo']} / {r['name']}"
         print(f"{name:<{width}}  {r['description']}")
-    print("\n`duetrl train ENV --algo ALGO` uses ENV / ALGO / default when it exists; any / ALGO / NAME fit "
-          "every env (--preset NAME).")
+    print(
+        "\n`duetrl train ENV --algo ALGO` uses ENV / ALGO / default when it exists; any / ALGO / NAME fit "
+        "every env (--preset NAME)."
+    )
     return 0
 
 
@@ -175,4 +200,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

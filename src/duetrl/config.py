@@ -278,7 +278,11 @@ def resolve(
     from duetrl.algos import get_algo
 
     file_values = (
-        dict(config_file) if isinstance(config_file, dict) else load_yaml_file(config_file) if config_file else {}
+        dict(config_file)
+        if isinstance(config_file, dict)
+        else load_yaml_file(config_file)
+        if config_file
+        else {}
     )
     overrides = dict(overrides or {})
     for key, value in (("env_id", env_id), ("algo", algo), ("preset", preset)):
@@ -298,7 +302,11 @@ def resolve(
     algo_cfg = spec.config_cls()
     run_fields = {f.name for f in dataclasses.fields(RunConfig)}
     algo_fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    for source, values in (("preset " + str(preset_id), preset_values), ("config file", file_values), ("flags", overrides)):
+    for source, values in (
+        ("preset " + str(preset_id), preset_values),
+        ("config file", file_values),
+        ("flags", overrides),
+    ):
         run_part, algo_part = {}, {}
         for key, value in values.items():
             if key in run_fields:

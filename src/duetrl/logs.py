@@ -27,7 +27,9 @@ class CSVLog:
             with path.open(newline="") as f:
                 reader = csv.DictReader(f)
                 self.columns = list(reader.fieldnames or BASE_COLUMNS)
-                self.rows = [r for r in reader if r.get("env_steps") and int(float(r["env_steps"])) <= resume_at]
+                self.rows = [
+                    r for r in reader if r.get("env_steps") and int(float(r["env_steps"])) <= resume_at
+                ]
             self._rewrite()
         else:
             self._rewrite()
@@ -79,7 +81,11 @@ class WandbLog:
 
         mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
         self.run = wandb.init(
-            project=project, name=name, config=config, dir=str(run_dir), mode=mode,
+            project=project,
+            name=name,
+            config=config,
+            dir=str(run_dir),
+            mode=mode,
             settings=wandb.Settings(init_timeout=30, silent=True),
         )
 
@@ -114,18 +120,23 @@ class Logger:
                 warnings.warn(f"{type(sink).__name__} failed to close: {e}", stacklevel=2)
 
 
-def make_logger(run_dir: Path, config: dict[str, Any], use_wandb: bool, wandb_project: str,
-                resume_at: int | None = None) -> Logger:
+def make_logger(
+    run_dir: Path, config: dict[str, Any], use_wandb: bool, wandb_project: str, resume_at: int | None = None
+) -> Logger:
     sinks: list[Any] = [CSVLog(run_dir / "metrics.csv", resume_at=resume_at)]
     try:
         sinks.append(TensorBoardLog(run_dir / "tb"))
     except ImportError:
-        warnings.warn("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)", stacklevel=2)
+        warnings.warn(
+            "tensorboard is not installed: no TensorBoard logs (pip install tensorboard)", stacklevel=2
+        )
     if use_wandb:
         try:
             sinks.append(WandbLog(run_dir, wandb_project, run_dir.name, config))
         except ImportError:
-            warnings.warn("wandb is not installed: pip install 'duetrl[wandb]'; continuing without it", stacklevel=2)
+            warnings.warn(
+                "wandb is not installed: pip install 'duetrl[wandb]'; continuing without it", stacklevel=2
+            )
         except Exception as e:
             warnings.warn(f"W&B could not start ({e}); continuing without it", stacklevel=2)
     return Logger(sinks)
@@ -136,8 +147,14 @@ class Progress:
 
     def __init__(self, total: int, initial: int = 0, quiet: bool = False):
         self.bar = tqdm(
-            total=total, initial=initial, unit="step", unit_scale=True, dynamic_ncols=True,
-            disable=quiet, file=sys.stderr, smoothing=0.05,
+            total=total,
+            initial=initial,
+            unit="step",
+            unit_scale=True,
+            dynamic_ncols=True,
+            disable=quiet,
+            file=sys.stderr,
+            smoothing=0.05,
         )
 
     def advance(self, steps: int, **postfix: float) -> None:

@@ -60,8 +60,10 @@ def build_agent(cfg: Config, obs_space: Any, act_space: Any, num_envs: int, devi
     spec = get_algo(cfg.run.algo)
     discrete = isinstance(act_space, gym.spaces.Discrete)
     if discrete and not spec.discrete:
-        raise UserError(f"--algo {spec.name} needs continuous actions; {cfg.run.env_id} has discrete actions "
-                        "(try --algo ppo, a2c or ac)")
+        raise UserError(
+            f"--algo {spec.name} needs continuous actions; {cfg.run.env_id} has discrete actions "
+            "(try --algo ppo, a2c or ac)"
+        )
     if not discrete and not spec.continuous:
         raise UserError(f"--algo {spec.name} needs discrete actions; {cfg.run.env_id} has continuous actions")
     return spec.agent_cls(cfg.algo, obs_space, act_space, num_envs, device)
@@ -70,8 +72,14 @@ def build_agent(cfg: Config, obs_space: Any, act_space: Any, num_envs: int, devi
 def make_env(cfg: Config, device: torch.device) -> BatchEnv:
     import_modules(cfg.run.imports)
     env_device = device if cfg.run.backend != "gymnasium" else torch.device("cpu")
-    return make(cfg.run.env_id, cfg.run.num_envs, backend=cfg.run.backend, device=env_device,
-                vector=cfg.run.vector, **cfg.run.env_kwargs)
+    return make(
+        cfg.run.env_id,
+        cfg.run.num_envs,
+        backend=cfg.run.backend,
+        device=env_device,
+        vector=cfg.run.vector,
+        **cfg.run.env_kwargs,
+    )
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
@@ -82,9 +90,13 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"cannot write to run directory {run_dir}: {e.strerror}; choose another --run-dir") from None
+        raise UserError(
+            f"cannot write to run directory {run_dir}: {e.strerror}; choose another --run-dir"
+        ) from None
     if not resume and ckpt.list_checkpoints(run_dir):
-        raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} to continue it, or a new --run-dir")
+        raise UserError(
+            f"{run_dir} already holds a run; use --resume {run_dir} to continue it, or a new --run-dir"
+        )
 
 
 @contextmanager
@@ -121,8 +133,9 @@ class Trainer:
         seed_everything(run.seed)
         self.device = resolve_device(run.device)
         self.env = make_env(cfg, self.device)
-        self.agent = build_agent(cfg, self.env.single_observation_space, self.env.single_action_space,
-                                 run.num_envs, self.device)
+        self.agent = build_agent(
+            cfg, self.env.single_observation_space, self.env.single_action_space, run.num_envs, self.device
+        )
         self.env_steps = self.updates = self.episodes = 0
         self.elapsed_before = 0.0  # wall time of earlier sessions of a resumed run
         self.best_eval = -math.inf
@@ -133,7 +146,9 @@ class Trainer:
         if resume:
             resume_at = self._restore(ckpt.latest_checkpoint(self.run_dir))
         cfg.save(self.run_dir / "config.yaml")
-        self.logger: Logger = make_logger(self.run_dir, cfg.to_dict(), run.wandb, run.wandb_project, resume_at)
+        self.logger: Logger = make_logger(
+            self.run_dir, cfg.to_dict(), run.wandb, run.wandb_project, resume_at
+        )
 
     # ------------------------------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
@@ -169,6 +184,7 @@ class Trainer:
 
                     updated = False
                     if self.agent.ready():
+                        self.agent.set_progress(self.env_steps / run.steps)
                         metrics = self.agent.update()
                         self.updates += 1
                         updated = True
@@ -208,8 +224,12 @@ class Trainer:
         return self.elapsed_before + time.perf_counter() - self.start
 
     def _log(self, metrics: dict[str, list[float]], returns: list[float], lengths: list[int]) -> None:
-        row: dict[str, Any] = {"env_steps": self.env_steps, "wall_time_s": round(self._wall_time(), 3),
-                               "updates": self.updates, "episodes": self.episodes}
+        row: dict[str, Any] = {
+            "env_steps": self.env_steps,
+            "wall_time_s": round(self._wall_time(), 3),
+            "updates": self.updates,
+            "episodes": self.episodes,
+        }
         if returns:
             row["episode_return"] = float(np.mean(returns))
             row["episode_length"] = float(np.mean(lengths))
@@ -221,12 +241,21 @@ class Trainer:
         self.agent.train_mode(False)
         result = evaluate_policy(
             lambda o: self.agent.act(o, deterministic=run.eval_deterministic).to("cpu"),
-            run.env_id, run.env_kwargs, run.eval_episodes, seed=EVAL_SEED_BASE,
+            run.env_id,
+            run.env_kwargs,
+            run.eval_episodes,
+            seed=EVAL_SEED_BASE,
             device=self.device,
         )
         self.agent.train_mode(True)
-        self.logger.write({"env_steps": self.env_steps, "wall_time_s": round(self._wall_time(), 3),
-                           "eval_return_mean": result.mean, "eval_return_std": result.std})
+        self.logger.write(
+            {
+                "env_steps": self.env_steps,
+                "wall_time_s": round(self._wall_time(), 3),
+                "eval_return_mean": result.mean,
+                "eval_return_std": result.std,
+            }
+        )
         if result.mean > self.best_eval:
             self.best_eval = result.mean
             ckpt.save(ckpt.checkpoint_dir(self.run_dir) / "best.safetensors", self._state())
@@ -243,9 +272,14 @@ class Trainer:
         return {
             "config": self.cfg.to_dict(),
             "agent": self.agent.state_dict(),
-            "counters": {"env_steps": self.env_steps, "updates": self.updates, "episodes": self.episodes,
-                         "wall_time_s": self._wall_time() if hasattr(self, "start") else self.elapsed_before,
-                         "best_eval": self.best_eval, "next_eval": self.next_eval},
+            "counters": {
+                "env_steps": self.env_steps,
+                "updates": self.updates,
+                "episodes": self.episodes,
+                "wall_time_s": self._wall_time() if hasattr(self, "start") else self.elapsed_before,
+                "best_eval": self.best_eval,
+                "next_eval": self.next_eval,
+            },
             "spaces": space_signature(self.env.single_observation_space, self.env.single_action_space),
             "rng": ckpt.rng_state(),
         }
@@ -271,8 +305,10 @@ class Trainer:
 def _check_finite(metrics: dict[str, float], env_steps: int) -> None:
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
-        raise TrainingError(f"{', '.join(bad)} became {metrics[bad[0]]} at env step {env_steps}; the last good "
-                            "checkpoint is kept (try a lower learning rate or max_grad_norm)")
+        raise TrainingError(
+            f"{', '.join(bad)} became {metrics[bad[0]]} at env step {env_steps}; the last good "
+            "checkpoint is kept (try a lower learning rate or max_grad_norm)"
+        )
 
 
 def space_signature(obs_space: Any, act_space: Any) -> dict[str, Any]:
@@ -283,8 +319,10 @@ def check_spaces(state: dict[str, Any], obs_space: Any, act_space: Any, path: Pa
     saved = state.get("spaces", {})
     now = space_signature(obs_space, act_space)
     if saved and saved != now:
-        raise UserError(f"checkpoint {path} was trained on other spaces ({saved['observation']} -> "
-                        f"{saved['action']}) than this environment ({now['observation']} -> {now['action']})")
+        raise UserError(
+            f"checkpoint {path} was trained on other spaces ({saved['observation']} -> "
+            f"{saved['action']}) than this environment ({now['observation']} -> {now['action']})"
+        )
 
 
 def load_agent_state(agent: Agent, state: dict[str, Any], path: Path, weights_only: bool = False) -> None:
@@ -292,7 +330,9 @@ def load_agent_state(agent: Agent, state: dict[str, Any], path: Path, weights_on
         agent.load_state_dict(state, weights_only=weights_only)
     except (RuntimeError, KeyError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} does not fit this agent (other shapes or algorithm): {first}") from None
+        raise UserError(
+            f"checkpoint {path} does not fit this agent (other shapes or algorithm): {first}"
+        ) from None
 
 
 def run_dir_default(env_id: str, algo: str, seed: int) -> Path:

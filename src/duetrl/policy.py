@@ -27,7 +27,9 @@ HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 def space_dims(obs_space: gym.Space, act_space: gym.Space) -> tuple[int, int, bool]:
     """(obs_dim, act_dim, discrete); act_dim is the number of actions for a discrete space."""
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise UserError(f"observation space {obs_space} is not supported: duetrl needs a flat Box observation")
+        raise UserError(
+            f"observation space {obs_space} is not supported: duetrl needs a flat Box observation"
+        )
     if isinstance(act_space, gym.spaces.Discrete):
         return obs_space.shape[0], int(act_space.n), True
     if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
@@ -59,7 +61,14 @@ class Policy(nn.Module):
             self.actor: nn.Module = CategoricalActor(obs_dim, act_dim, hidden, activation)
         else:
             self.actor = GaussianActor(
-                obs_dim, act_dim, hidden, activation, state_dependent_std, log_std_init, log_std_min, log_std_max
+                obs_dim,
+                act_dim,
+                hidden,
+                activation,
+                state_dependent_std,
+                log_std_init,
+                log_std_min,
+                log_std_max,
             )
             low = torch.as_tensor(act_space.low, dtype=torch.float32)
             high = torch.as_tensor(act_space.high, dtype=torch.float32)

@@ -7,11 +7,19 @@ import difflib
 from duetrl.algos.a2c import A2CConfig
 from duetrl.algos.ac import ACConfig, ActorCritic
 from duetrl.algos.base import Agent, AlgoSpec
+from duetrl.algos.ppo import PPO, PPOConfig
 from duetrl.errors import UserError
 
 ALGOS: dict[str, AlgoSpec] = {
-    "ac": AlgoSpec("ac", ACConfig, ActorCritic, "the chapter's actor-critic and its variants (V/Q, MC/TD/n-step/GAE)"),
-    "a2c": AlgoSpec("a2c", A2CConfig, ActorCritic, "advantage actor-critic: ac with n-step batches over parallel envs"),
+    "ac": AlgoSpec(
+        "ac", ACConfig, ActorCritic, "the chapter's actor-critic and its variants (V/Q, MC/TD/n-step/GAE)"
+    ),
+    "a2c": AlgoSpec(
+        "a2c", A2CConfig, ActorCritic, "advantage actor-critic: ac with n-step batches over parallel envs"
+    ),
+    "ppo": AlgoSpec(
+        "ppo", PPOConfig, PPO, "proximal policy optimisation: clipped surrogate, minibatch epochs"
+    ),
 }
 
 

@@ -95,12 +95,23 @@ def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
 class ActorCritic(Agent):
     """The chapter's actor-critic on a batch of envs."""
 
-    def __init__(self, cfg: ACConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
+    def __init__(
+        self, cfg: ACConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device
+    ):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
         obs_dim, act_dim, _ = space_dims(obs_space, act_space)
         self.policy = Policy(
-            obs_space, act_space, cfg.hidden, cfg.activation, cfg.state_dependent_std, cfg.log_std_init,
-            cfg.log_std_min, cfg.log_std_max, cfg.squash, cfg.clip_log_prob, cfg.ortho_init,
+            obs_space,
+            act_space,
+            cfg.hidden,
+            cfg.activation,
+            cfg.state_dependent_std,
+            cfg.log_std_init,
+            cfg.log_std_min,
+            cfg.log_std_max,
+            cfg.squash,
+            cfg.clip_log_prob,
+            cfg.ortho_init,
         ).to(device)
         if cfg.critic == "q":
             self.critic: nn.Module = QCritic(obs_dim, act_dim, cfg.hidden, cfg.activation).to(device)
@@ -177,7 +188,9 @@ class ActorCritic(Agent):
         entropy = self.policy.entropy(dist).mean()
         actor_loss = -(log_prob * advantages).mean() - cfg.entropy_coef * entropy
 
-        actor_grad = clip_and_step(self.optimizers["actor"], actor_loss, self.policy.parameters(), cfg.max_grad_norm)
+        actor_grad = clip_and_step(
+            self.optimizers["actor"], actor_loss, self.policy.parameters(), cfg.max_grad_norm
+        )
         critic_grad = clip_and_step(
             self.optimizers["critic"], critic_loss, self.critic.parameters(), cfg.max_grad_norm
         )

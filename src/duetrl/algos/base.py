@@ -27,7 +27,9 @@ class Agent(ABC):
     """One algorithm. The loop calls, each env step: ``explore`` -> env.step -> ``observe``; then, when
     ``ready()``, ``update()``. ``act`` is the trained policy for evaluation and deployment."""
 
-    def __init__(self, cfg: Any, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
+    def __init__(
+        self, cfg: Any, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device
+    ):
         self.cfg, self.obs_space, self.act_space = cfg, obs_space, act_space
         self.num_envs, self.device = num_envs, device
         self.modules: dict[str, nn.Module] = {}
@@ -39,7 +41,7 @@ class Agent(ABC):
 
     @abstractmethod
     def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
-        """The outcome of the last ``explore``; ``next_obs`` is the final observation where an episode ended."""
+        """The outcome of the last ``explore``; ``next_obs`` is the final observation on episode end."""
 
     @abstractmethod
     def ready(self) -> bool:
@@ -52,6 +54,9 @@ class Agent(ABC):
     @abstractmethod
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         """Env actions of the current policy (no learning, no bookkeeping)."""
+
+    def set_progress(self, fraction: float) -> None:
+        """Told before each update how much of the run is done (0..1), for schedules such as lr annealing."""
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -71,7 +76,9 @@ class Agent(ABC):
             module.train(training)
 
 
-def clip_and_step(optimizer: torch.optim.Optimizer, loss: Tensor, params: Any, max_grad_norm: float | None) -> float:
+def clip_and_step(
+    optimizer: torch.optim.Optimizer, loss: Tensor, params: Any, max_grad_norm: float | None
+) -> float:
     """zero_grad, backward, optional grad-norm clip, step; returns the gradient norm before clipping."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -15,7 +15,7 @@ class BatchEnv(ABC):
 
     ``step`` resets finished copies by itself (same step): the returned ``obs`` row of a finished copy is the
     first observation of its next episode, and ``info["final_obs"]`` holds, for every row, the observation
-    that the action led to (the final one where an episode ended) for bootstrapping. ``info["episode_return"]``
+    that the action led to (the final one where an episode ended). ``info["episode_return"]``
     and ``info["episode_length"]`` list the undiscounted return and length of each episode that ended.
     """
 

@@ -91,12 +91,21 @@ class Pendulum(TorchBatchEnv):
     max_episode_steps = 200
     max_speed, max_torque, dt = 8.0, 2.0, 0.05
 
-    def __init__(self, num_envs: int, device: Any = "cpu", g: float = 10.0, m: float = 1.0, l: float = 1.0,
-                 dtype: torch.dtype = torch.float32):  # noqa: E741
+    def __init__(
+        self,
+        num_envs: int,
+        device: Any = "cpu",
+        g: float = 10.0,
+        m: float = 1.0,
+        l: float = 1.0,
+        dtype: torch.dtype = torch.float32,
+    ):  # noqa: E741
         self.g, self.m, self.l = float(g), float(m), float(l)
         high = np.array([1.0, 1.0, self.max_speed], dtype=np.float32)
         self.single_observation_space = gym.spaces.Box(-high, high, dtype=np.float32)
-        self.single_action_space = gym.spaces.Box(-self.max_torque, self.max_torque, shape=(1,), dtype=np.float32)
+        self.single_action_space = gym.spaces.Box(
+            -self.max_torque, self.max_torque, shape=(1,), dtype=np.float32
+        )
         super().__init__(num_envs, device, dtype)
 
     def _initial_state(self, n: int) -> Tensor:

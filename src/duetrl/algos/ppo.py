@@ -1,0 +1,237 @@
+"""PPO (Schulman et al. 2017): the actor-critic with a clipped surrogate, several epochs per rollout.
+
+Per rollout of ``num_steps`` steps from each env: GAE(lambda) advantages from the critic, then ``epochs``
+passes over shuffled minibatches minimising
+
+    -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) - ent_coef * entropy + vf_coef * (V - return)^2
+
+where ratio = pi(a|s) / pi_old(a|s). Stops the epochs early when the approximate KL exceeds ``target_kl``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import torch
+from torch import Tensor
+
+from duetrl.algos.ac import _choice
+from duetrl.algos.base import Agent, clip_and_step
+from duetrl.buffers import Rollout
+from duetrl.config import check_range
+from duetrl.errors import UserError
+from duetrl.nets import ValueCritic, orthogonal_init
+from duetrl.normalize import RewardScaler, RunningNorm
+from duetrl.policy import Policy, space_dims
+from duetrl.returns import gae, normalize
+
+
+@dataclass
+class PPOConfig:
+    """Hyperparameters of ``ppo`` (defaults close to CleanRL's continuous-action PPO)."""
+
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    lr: float = 3e-4
+    anneal_lr: bool = True
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    num_steps: int = 256  # rollout length per env
+    epochs: int = 10
+    minibatch_size: int = 64
+    clip_coef: float = 0.2
+    clip_vf: float = 0.0  # 0 = no value clipping
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float = 0.0  # 0 = no early stop
+    normalize_advantage: bool = True
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    state_dependent_std: bool = False
+    log_std_init: float = 0.0
+    log_std_min: float = -20.0
+    log_std_max: float = 2.0
+    squash: str = "clip"  # clip | tanh
+    ortho_init: bool = True
+
+    def validate(self) -> None:
+        check_range("gamma", self.gamma, 0.0, 1.0)
+        check_range("gae_lambda", self.gae_lambda, 0.0, 1.0)
+        check_range("lr", self.lr, 0.0)
+        check_range("num_steps", self.num_steps, 1)
+        check_range("epochs", self.epochs, 1)
+        check_range("minibatch_size", self.minibatch_size, 1)
+        check_range("clip_coef", self.clip_coef, 0.0)
+        check_range("clip_vf", self.clip_vf, 0.0)
+        check_range("ent_coef", self.ent_coef, 0.0)
+        check_range("vf_coef", self.vf_coef, 0.0)
+        check_range("max_grad_norm", self.max_grad_norm, 0.0)
+        check_range("target_kl", self.target_kl, 0.0)
+        _choice("squash", self.squash, ("clip", "tanh"))
+        _choice("activation", self.activation, ("relu", "tanh", "elu", "gelu", "silu"))
+        if not self.hidden or any(w < 1 for w in self.hidden):
+            raise UserError(f"hidden={self.hidden!r} must list positive layer widths, e.g. [64, 64]")
+
+
+class PPO(Agent):
+    def __init__(
+        self, cfg: PPOConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device
+    ):
+        super().__init__(cfg, obs_space, act_space, num_envs, device)
+        obs_dim, _, _ = space_dims(obs_space, act_space)
+        self.policy = Policy(
+            obs_space,
+            act_space,
+            cfg.hidden,
+            cfg.activation,
+            cfg.state_dependent_std,
+            cfg.log_std_init,
+            cfg.log_std_min,
+            cfg.log_std_max,
+            cfg.squash,
+            False,
+            cfg.ortho_init,
+        ).to(device)
+        self.critic = ValueCritic(obs_dim, cfg.hidden, cfg.activation).to(device)
+        if cfg.ortho_init:
+            orthogonal_init(self.critic, last_gain=1.0)
+        self.obs_norm = RunningNorm((obs_dim,)).to(device)
+        self.reward_scaler = RewardScaler(num_envs, cfg.gamma).to(device)
+        self.modules = {
+            "policy": self.policy,
+            "critic": self.critic,
+            "obs_norm": self.obs_norm,
+            "reward_scaler": self.reward_scaler,
+        }
+        params = list(self.policy.parameters()) + list(self.critic.parameters())
+        self.optimizers = {"ppo": torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)}
+        self.rollout = Rollout()
+        self._pending: dict[str, Tensor] = {}
+        self._progress = 0.0
+
+    # ------------------------------------------------------------------------------------------ acting
+    def _normalize(self, obs: Tensor, update: bool = False) -> Tensor:
+        if not self.cfg.normalize_obs:
+            return obs
+        if update:
+            self.obs_norm.update(obs)
+        return self.obs_norm(obs)
+
+    @torch.no_grad()
+    def explore(self, obs: Tensor) -> Tensor:
+        obs = self._normalize(obs.to(self.device), update=True)
+        raw, action, log_prob = self.policy.sample(obs)
+        self._pending = {"obs": obs, "raw": raw, "log_prob": log_prob}
+        return action
+
+    def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
+        reward, terminated, truncated = (
+            reward.to(self.device),
+            terminated.to(self.device),
+            truncated.to(self.device),
+        )
+        if self.cfg.normalize_reward:
+            reward = self.reward_scaler(reward, terminated | truncated)
+        self.rollout.add(
+            **self._pending,
+            reward=reward,
+            terminated=terminated,
+            truncated=truncated,
+            next_obs=self._normalize(next_obs.to(self.device)),
+        )
+
+    def ready(self) -> bool:
+        return len(self.rollout) >= self.cfg.num_steps
+
+    def set_progress(self, fraction: float) -> None:
+        self._progress = fraction  # for learning-rate annealing
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        return self.policy.act(self._normalize(obs.to(self.device)), deterministic)
+
+    # ------------------------------------------------------------------------------------------ learning
+    def update(self) -> dict[str, float]:
+        cfg = self.cfg
+        batch = self.rollout.stack()  # each [T, N, ...]
+        self.rollout.clear()
+        optimizer = self.optimizers["ppo"]
+        if cfg.anneal_lr:
+            optimizer.param_groups[0]["lr"] = cfg.lr * max(1.0 - self._progress, 0.0)
+
+        # Advantages and returns with the critic as it was during the rollout.
+        with torch.no_grad():
+            values = self.critic(batch["obs"])  # [T, N]
+            next_values = self.critic(batch["next_obs"])
+            advantages = gae(
+                batch["reward"],
+                values,
+                next_values,
+                batch["terminated"],
+                batch["truncated"],
+                cfg.gamma,
+                cfg.gae_lambda,
+            )
+            returns = advantages + values
+        flat = {
+            "obs": batch["obs"].flatten(0, 1),
+            "raw": batch["raw"].flatten(0, 1),
+            "log_prob": batch["log_prob"].flatten(0, 1),
+            "advantages": advantages.flatten(),
+            "returns": returns.flatten(),
+            "values": values.flatten(),
+        }
+        size = flat["returns"].shape[0]
+        stats: dict[str, list[Tensor]] = {
+            k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+        }
+        for _ in range(cfg.epochs):
+            order = torch.randperm(size, device=self.device)
+            for start in range(0, size, cfg.minibatch_size):
+                mb = {k: v[order[start : start + cfg.minibatch_size]] for k, v in flat.items()}
+                dist = self.policy.distribution(mb["obs"])
+                log_prob = self.policy.log_prob(dist, mb["raw"])
+                log_ratio = log_prob - mb["log_prob"]
+                ratio = log_ratio.exp()
+                adv = normalize(mb["advantages"]) if cfg.normalize_advantage else mb["advantages"]
+
+                # Clipped surrogate: the pessimistic of the unclipped and clipped objectives.
+                policy_loss = torch.max(
+                    -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
+                ).mean()
+                value = self.critic(mb["obs"])
+                value_loss = (value - mb["returns"]).pow(2)
+                if cfg.clip_vf > 0:
+                    clipped = mb["values"] + (value - mb["values"]).clamp(-cfg.clip_vf, cfg.clip_vf)
+                    value_loss = torch.max(value_loss, (clipped - mb["returns"]).pow(2))
+                value_loss = 0.5 * value_loss.mean()
+                entropy = self.policy.entropy(dist).mean()
+                loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+                clip_and_step(optimizer, loss, optimizer.param_groups[0]["params"], cfg.max_grad_norm)
+
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - log_ratio).mean()
+                    clip_fraction = ((ratio - 1).abs() > cfg.clip_coef).float().mean()
+                for key, value_ in (
+                    ("policy_loss", policy_loss),
+                    ("value_loss", value_loss),
+                    ("entropy", entropy),
+                    ("approx_kl", approx_kl),
+                    ("clip_fraction", clip_fraction),
+                ):
+                    stats[key].append(value_.detach())
+            if cfg.target_kl > 0 and stats["approx_kl"][-1].item() > cfg.target_kl:
+                break
+        metrics = {k: torch.stack(v).mean().item() for k, v in stats.items()}
+        metrics["actor_loss"], metrics["critic_loss"] = metrics.pop("policy_loss"), metrics.pop("value_loss")
+        metrics["explained_variance"] = _explained_variance(flat["values"], flat["returns"])
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        if not self.policy.discrete:
+            metrics["policy_std"] = dist.stddev.mean().item()
+        return metrics
+
+
+def _explained_variance(predicted: Tensor, target: Tensor) -> float:
+    var = target.var()
+    return 0.0 if var == 0 else float(1 - (target - predicted).var() / var)

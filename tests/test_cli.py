@@ -1,0 +1,194 @@
+"""The ``duetrl`` command: listings, user errors as one line with exit code 2, and train -> eval."""
+
+import json
+
+import pytest
+
+from duetrl import checkpoint as ckpt
+from duetrl.cli import main
+
+CRASH_ENV = '''
+import gymnasium as gym
+import numpy as np
+
+
+class CrashEnv(gym.Env):
+    """Raises on its 31st step."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, dtype=np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        if self.t > 30:
+            raise RuntimeError("boom")
+        return np.zeros(2, dtype=np.float32), 1.0, False, False, {}
+'''
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code, out, err, match=None):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("duetrl: error:"), err
+    assert "Traceback" not in err and "Traceback" not in out
+    if match is not None:
+        assert match in lines[0], lines[0]
+
+
+def assert_no_checkpoint(run_dir):
+    assert ckpt.list_checkpoints(run_dir) == []
+    assert not (run_dir / "checkpoints" / "best.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------------------ listings
+
+
+def test_presets(capsys):
+    code, out, _ = run(capsys, "presets")
+    assert code == 0
+    assert any("ac" in line and "chapter" in line for line in out.splitlines())
+
+
+def test_params(capsys):
+    code, out, _ = run(capsys, "params", "--algo", "ac")
+    assert code == 0
+    names = {line.split()[0] for line in out.splitlines() if line and not line.startswith("#")}
+    assert {"gamma", "actor_lr", "critic_lr", "advantage", "steps", "seed", "eval_every"} <= names
+    assert any(line.split()[:1] == ["gamma"] and "0.99" in line for line in out.splitlines())
+
+
+def test_params_unknown_algo(capsys):
+    assert_user_error(*run(capsys, "params", "--algo", "nope"), match="unknown algorithm")
+
+
+# ------------------------------------------------------------------------------------------ user errors
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["NoSuchEnv-v0"], "unknown or unusable environment 'NoSuchEnv-v0'"),
+        (["Pendulum-v1", "--algo", "nope"], "unknown algorithm 'nope'"),
+        (["Pendulum-v1", "--set", "gama=0.9"], "did you mean 'gamma'"),
+        (["Pendulum-v1", "--set", "gamma=2"], "gamma=2"),
+        (["Pendulum-v1", "--set", "gamma=abc"], "gamma='abc'"),
+        (["Pendulum-v1", "--preset", "nope"], "unknown preset 'nope'"),
+        (["Pendulum-v1", "--set", "gamma"], "key=value"),
+        (["Pendulum-v1", "--bogus-flag"], "unrecognized arguments"),
+        (["Pendulum-v1", "--env-kwargs", "nope=1"], "rejected its arguments"),
+    ],
+)
+def test_train_user_errors(capsys, tmp_path, argv, match):
+    run_dir = tmp_path / "run"
+    result = run(capsys, "train", *argv, "--steps", 50, "--run-dir", run_dir, "--quiet")
+    assert_user_error(*result, match=match)
+    assert_no_checkpoint(run_dir)
+
+
+def test_negative_steps(capsys, tmp_path):
+    result = run(capsys, "train", "Pendulum-v1", "--steps", -5, "--run-dir", tmp_path / "run", "--quiet")
+    assert_user_error(*result, match="steps=-5")
+    assert_no_checkpoint(tmp_path / "run")
+
+
+def test_malformed_config_file(capsys, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("gamma: [0.9\n")
+    assert_user_error(
+        *run(capsys, "train", "Pendulum-v1", "--config", config, "--run-dir", tmp_path / "run", "--quiet"),
+        match="malformed YAML",
+    )
+    assert_no_checkpoint(tmp_path / "run")
+
+
+def test_eval_missing_run_dir(capsys, tmp_path):
+    assert_user_error(*run(capsys, "eval", tmp_path / "missing"), match="run directory not found")
+
+
+def test_eval_corrupt_checkpoint(capsys, tmp_path):
+    path = tmp_path / "run" / "checkpoints" / "step_000000000100.safetensors"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x00\x01not a checkpoint" * 10)
+    assert_user_error(*run(capsys, "eval", tmp_path / "run", "--json"), match="truncated or corrupt")
+
+
+def test_crash_mid_training_exits_1_and_writes_no_checkpoint(capsys, tmp_path, monkeypatch):
+    (tmp_path / "duetrl_test_crash_env.py").write_text(CRASH_ENV)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_dir = tmp_path / "run"
+    code, out, err = run(
+        capsys,
+        "train",
+        "duetrl_test_crash_env:CrashEnv",
+        "--steps",
+        1000,
+        "--set",
+        "update_every=5",
+        "eval_episodes=1",
+        "--run-dir",
+        run_dir,
+        "--quiet",
+    )
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("duetrl: training stopped:") and "boom" in lines[0]
+    assert "Traceback" not in err
+    assert_no_checkpoint(run_dir)
+
+
+# ------------------------------------------------------------------------------------------ train -> eval
+
+
+def test_train_then_eval(capsys, tmp_path):
+    run_dir = tmp_path / "X"
+    code, out, err = run(
+        capsys,
+        "train",
+        "Pendulum-v1",
+        "--preset",
+        "chapter",
+        "--steps",
+        400,
+        "--set",
+        "eval_every=200",
+        "eval_episodes=2",
+        "--run-dir",
+        run_dir,
+        "--quiet",
+    )
+    assert code == 0, err
+    assert "any/ac/chapter" in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["env_steps"] == 400 and summary["episodes"] == 2
+    assert summary["run_dir"] == str(run_dir)
+    assert ckpt.list_checkpoints(run_dir)[-1].name == "step_000000000400.safetensors"
+
+    code, out, err = run(capsys, "eval", run_dir, "--episodes", 3, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["episodes"] == 3
+    assert isinstance(result["mean_return"], float) and isinstance(result["std_return"], float)
+    assert result["std_return"] >= 0 and result["mean_return"] < 0
+
+    code, out, err = run(capsys, "eval", run_dir, "--episodes", 2, "--deterministic")
+    assert code == 0, err
+    assert "Pendulum-v1: mean return" in out and "over 2 episodes" in out
+
+    # a second train into the same directory is refused, and the run is left intact
+    assert_user_error(
+        *run(capsys, "train", "Pendulum-v1", "--steps", 50, "--run-dir", run_dir, "--quiet"),
+        match="already holds a run",
+    )
+    assert ckpt.list_checkpoints(run_dir)[-1].name == "step_000000000400.safetensors"

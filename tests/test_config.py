@@ -1,0 +1,151 @@
+"""Config layering (defaults < preset < file < overrides), the chapter preset, and user errors."""
+
+import pytest
+
+from duetrl.algos.ac import ACConfig
+from duetrl.config import RunConfig, list_presets, parse_assignments, resolve
+from duetrl.errors import UserError
+
+
+def test_defaults_without_preset():
+    cfg, preset_id = resolve("Pendulum-v1", "ac")
+    assert preset_id is None
+    assert cfg.run.env_id == "Pendulum-v1" and cfg.run.algo == "ac"
+    assert cfg.run.steps == RunConfig().steps
+    assert cfg.algo == ACConfig()
+
+
+def test_chapter_preset_values():
+    cfg, preset_id = resolve("Pendulum-v1", "ac", "chapter")
+    assert preset_id == "any/ac/chapter"
+    a = cfg.algo
+    assert a.hidden == [128, 128]
+    assert a.actor_lr == 3e-4 and a.critic_lr == 1e-3
+    assert a.gamma == 0.99
+    assert a.advantage == "mc" and a.critic == "v"
+    assert a.update_every == 0
+    assert a.bootstrap_truncation is False
+    assert a.max_grad_norm == 1.0
+    assert cfg.run.num_envs == 1
+    assert cfg.run.eval_deterministic is False
+    assert cfg.run.preset == "any/ac/chapter"
+
+
+def test_chapter_preset_is_listed():
+    assert any(r["algo"] == "ac" and r["name"] == "chapter" and r["description"] for r in list_presets())
+
+
+def test_layering_preset_over_defaults_file_over_preset_flags_over_file(tmp_path):
+    assert resolve("Pendulum-v1", "ac")[0].algo.bootstrap_truncation is True  # default
+    assert resolve("Pendulum-v1", "ac", "chapter")[0].algo.bootstrap_truncation is False  # preset > default
+
+    path = tmp_path / "c.yaml"
+    path.write_text("eval_deterministic: true\ngamma: 0.9\ncritic_lr: 0.005\nseed: 3\n")
+    cfg, _ = resolve("Pendulum-v1", "ac", "chapter", path, {"gamma": 0.8, "seed": 4})
+    assert cfg.algo.bootstrap_truncation is False  # from the preset, untouched by file and flags
+    assert cfg.run.eval_deterministic is True  # file > preset
+    assert cfg.algo.critic_lr == 0.005  # file > default
+    assert cfg.algo.gamma == 0.8 and cfg.run.seed == 4  # flags > file
+
+
+def test_config_file_as_dict_and_file_may_name_env_algo_preset(tmp_path):
+    cfg, preset_id = resolve(
+        config_file={"env_id": "CartPole-v1", "algo": "ac", "preset": "chapter", "gamma": 0.95}
+    )
+    assert cfg.run.env_id == "CartPole-v1" and preset_id == "any/ac/chapter"
+    assert cfg.algo.gamma == 0.95 and cfg.algo.bootstrap_truncation is False
+    # explicit arguments win over the file
+    cfg, preset_id = resolve("Pendulum-v1", None, None, {"env_id": "CartPole-v1", "preset": "chapter"})
+    assert cfg.run.env_id == "Pendulum-v1" and preset_id == "any/ac/chapter"
+
+
+def test_a2c_has_its_own_defaults():
+    cfg, _ = resolve("CartPole-v1", "a2c", overrides={"gae_lambda": 0.9})
+    assert cfg.algo.advantage == "gae" and cfg.algo.update_every == 5 and cfg.algo.optimizer == "rmsprop"
+    assert cfg.algo.gae_lambda == 0.9
+
+
+def test_string_coercion():
+    cfg, _ = resolve(
+        "Pendulum-v1",
+        "ac",
+        overrides={"steps": "1e5", "gamma": "0.5", "normalize_obs": "true", "hidden": [32, "16"]},
+    )
+    assert cfg.run.steps == 100_000 and isinstance(cfg.run.steps, int)
+    assert cfg.algo.gamma == 0.5
+    assert cfg.algo.normalize_obs is True
+    assert cfg.algo.hidden == [32, 16]
+    assert resolve("Pendulum-v1", "ac", overrides={"steps": 2e3})[0].run.steps == 2000
+    assert parse_assignments(["steps=1e5", "hidden=[8, 8]", "gamma=0.9"]) == {
+        "steps": "1e5",
+        "hidden": [8, 8],
+        "gamma": 0.9,
+    }
+
+
+# ------------------------------------------------------------------------------------------ user errors
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(UserError, match=r"unknown setting 'gama'.*did you mean 'gamma'"):
+        resolve("Pendulum-v1", "ac", overrides={"gama": 0.9})
+
+
+def test_unknown_key_in_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("actor_l: 0.1\n")
+    with pytest.raises(UserError, match=r"actor_l.*config file.*actor_lr"):
+        resolve("Pendulum-v1", "ac", config_file=path)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"gamma": "abc"}, r"gamma='abc'.*number"),
+        ({"steps": "many"}, r"steps='many'.*integer"),
+        ({"steps": 1.5}, r"steps=1.5.*integer"),
+        ({"steps": True}, r"steps=True.*integer"),
+        ({"normalize_obs": "maybe"}, r"normalize_obs.*true or false"),
+        ({"hidden": {"a": 1}}, r"hidden.*list"),
+        ({"gamma": 1.5}, r"gamma=1.5.*range"),
+        ({"gamma": -0.1}, r"gamma=-0.1.*range"),
+        ({"steps": -1}, r"steps=-1"),
+        ({"steps": 0}, r"steps=0"),
+        ({"num_envs": 0}, r"num_envs=0"),
+        ({"advantage": "q-lambda"}, r"advantage='q-lambda'"),
+        ({"hidden": []}, r"hidden"),
+        ({"log_std_min": 3.0}, r"log_std_min"),
+    ],
+)
+def test_bad_values_raise_user_error(overrides, match):
+    with pytest.raises(UserError, match=match):
+        resolve("Pendulum-v1", "ac", overrides=overrides)
+
+
+def test_malformed_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("gamma: [0.9\nsteps: 10\n")
+    with pytest.raises(UserError, match=r"malformed YAML.*bad.yaml"):
+        resolve("Pendulum-v1", "ac", config_file=path)
+
+
+def test_yaml_file_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="mapping"):
+        resolve("Pendulum-v1", "ac", config_file=path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        resolve("Pendulum-v1", "ac", config_file=tmp_path / "nope.yaml")
+
+
+def test_unknown_algo():
+    with pytest.raises(UserError, match=r"unknown algorithm 'a2d'.*did you mean 'a2c'"):
+        resolve("Pendulum-v1", "a2d")
+
+
+def test_unknown_preset():
+    with pytest.raises(UserError, match=r"unknown preset 'chaptr'.*chapter"):
+        resolve("Pendulum-v1", "ac", "chaptr")

@@ -1,0 +1,183 @@
+"""Tiny end-to-end runs: training writes its run directory, loads back, and is reproducible."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import duetrl
+from duetrl.config import resolve
+from duetrl.loop import Trainer
+
+CHAPTER = dict(preset="chapter", steps=400, eval_every=200, eval_episodes=2, quiet=True)
+COLUMNS = [
+    "env_steps",
+    "wall_time_s",
+    "episode_return",
+    "actor_loss",
+    "critic_loss",
+    "policy_std",
+    "eval_return_mean",
+    "eval_return_std",
+]
+
+
+def read_metrics(run_dir):
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def without_wall_time(rows):
+    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def pendulum_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pendulum") / "r"
+    result = duetrl.train("Pendulum-v1", "ac", run_dir=run_dir, **CHAPTER)
+    return run_dir, result
+
+
+def test_train_result(pendulum_run):
+    run_dir, result = pendulum_run
+    assert result.run_dir == run_dir
+    assert result.env_steps == 400
+    assert result.stopped_early is None
+    assert len(result.final_eval.returns) == 2
+    assert all(math.isfinite(r) and r < 0 for r in result.final_eval.returns)  # Pendulum's rewards are costs
+
+
+def test_run_dir_contents(pendulum_run):
+    run_dir, _ = pendulum_run
+    columns, rows = read_metrics(run_dir)
+    for column in COLUMNS:
+        assert column in columns, column
+    train_rows = [r for r in rows if r["actor_loss"]]
+    eval_rows = [r for r in rows if r["eval_return_mean"]]
+    assert len(train_rows) == 2  # the chapter updates once per 200-step episode
+    assert [int(r["env_steps"]) for r in eval_rows] == [200, 400]  # periodic + final
+    for r in train_rows:
+        for key in ("episode_return", "actor_loss", "critic_loss", "policy_std"):
+            assert math.isfinite(float(r[key])), key
+        assert float(r["policy_std"]) > 0
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["env_id"] == "Pendulum-v1" and config["algo"] == "ac" and config["steps"] == 400
+    assert config["advantage"] == "mc" and config["bootstrap_truncation"] is False
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["best.safetensors", "step_000000000400.safetensors"]
+
+
+def test_load_act_shapes_and_repeatability(pendulum_run):
+    run_dir, _ = pendulum_run
+    a, b = duetrl.load(run_dir), duetrl.load(run_dir)
+    assert a.env_id == "Pendulum-v1"
+    obs = np.random.default_rng(0).uniform(-1, 1, size=(16, 3)).astype(np.float32)
+    act_a = a.act(obs, deterministic=True)
+    assert isinstance(act_a, np.ndarray) and act_a.shape == (16, 1)
+    np.testing.assert_array_equal(act_a, b.act(obs, deterministic=True))
+    np.testing.assert_array_equal(act_a, a.act(obs, deterministic=True))
+    assert np.all(np.abs(act_a) <= 2.0)
+    single = a.act(obs[0], deterministic=True)
+    assert single.shape == (1,)
+    np.testing.assert_allclose(single, act_a[0], rtol=1e-5, atol=1e-6)  # batch size may change rounding
+    # the chapter preset evaluates stochastically: the default action is a sample
+    assert not np.array_equal(a.act(obs), a.act(obs))
+    # the best checkpoint loads as well
+    assert duetrl.load(run_dir, checkpoint="best").act(obs[0], deterministic=True).shape == (1,)
+
+
+def test_evaluate_a_run_dir(pendulum_run):
+    run_dir, _ = pendulum_run
+    result = duetrl.evaluate(run_dir, episodes=2, deterministic=True)
+    again = duetrl.evaluate(duetrl.load(run_dir), episodes=2, deterministic=True)
+    assert len(result.returns) == 2 and result.lengths == [200, 200]
+    assert result.returns == again.returns
+
+
+def test_same_seed_same_metrics_and_loaded_agent_matches_trained(pendulum_run, tmp_path):
+    run_dir, _ = pendulum_run
+    cfg, _ = resolve(
+        "Pendulum-v1", "ac", "chapter", overrides={"steps": 400, "eval_every": 200, "eval_episodes": 2}
+    )
+    trainer = Trainer(cfg, tmp_path / "again", quiet=True)
+    trainer.train()
+
+    columns, rows = read_metrics(run_dir)
+    columns2, rows2 = read_metrics(tmp_path / "again")
+    assert columns == columns2
+    assert without_wall_time(rows) == without_wall_time(rows2)
+
+    obs = torch.as_tensor(np.random.default_rng(1).uniform(-1, 1, size=(8, 3)), dtype=torch.float32)
+    trainer.agent.train_mode(False)
+    in_memory = trainer.agent.act(obs, deterministic=True).numpy()
+    for directory in (tmp_path / "again", run_dir):
+        np.testing.assert_array_equal(duetrl.load(directory).act(obs.numpy(), deterministic=True), in_memory)
+
+
+def test_existing_run_dir_is_refused(pendulum_run):
+    run_dir, _ = pendulum_run
+    with pytest.raises(duetrl.UserError, match="already holds a run"):
+        duetrl.train("Pendulum-v1", "ac", run_dir=run_dir, **CHAPTER)
+
+
+# ------------------------------------------------------------------------------------------ variants
+
+
+def _short(tmp_path, env_id, algo, **settings):
+    settings = {"steps": 400, "eval_episodes": 2, **settings}
+    result = duetrl.train(env_id, algo, run_dir=tmp_path / "r", quiet=True, **settings)
+    columns, rows = read_metrics(tmp_path / "r")
+    train_rows = [r for r in rows if r.get("critic_loss")]
+    assert result.env_steps == settings["steps"]
+    assert train_rows, "no update was logged"
+    assert all(
+        math.isfinite(float(r["critic_loss"])) and math.isfinite(float(r["actor_loss"])) for r in train_rows
+    )
+    return result, columns
+
+
+def test_cartpole_ac_discrete(tmp_path):
+    result, columns = _short(tmp_path, "CartPole-v1", "ac")
+    assert "policy_std" not in columns  # a categorical policy
+    assert all(r > 0 for r in result.final_eval.returns)
+    agent = duetrl.load(tmp_path / "r")
+    obs = np.zeros((5, 4), dtype=np.float32)
+    actions = agent.act(obs, deterministic=True)
+    assert actions.shape == (5,) and set(actions.tolist()) <= {0, 1}
+    assert agent.act(obs[0], deterministic=True).shape == ()
+
+
+def test_cartpole_a2c_parallel_envs(tmp_path):
+    result, _ = _short(tmp_path, "CartPole-v1", "a2c", num_envs=2)
+    assert result.env_steps == 400
+
+
+@pytest.mark.parametrize(
+    "env_id, settings",
+    [
+        ("Pendulum-v1", {"critic": "q", "update_every": 20}),
+        ("CartPole-v1", {"critic": "q", "update_every": 20}),
+        ("Pendulum-v1", {"advantage": "td", "update_every": 10}),
+        ("Pendulum-v1", {"advantage": "nstep", "nstep": 3, "update_every": 16}),
+        ("Pendulum-v1", {"advantage": "gae", "update_every": 16, "num_envs": 2}),
+        (
+            "Pendulum-v1",
+            {
+                "advantage": "gae",
+                "clip_log_prob": True,
+                "ortho_init": True,
+                "normalize_obs": True,
+                "state_dependent_std": False,
+                "update_every": 16,
+            },
+        ),
+        ("Pendulum-v1", {"squash": "tanh", "entropy_coef": 0.01, "optimizer": "rmsprop", "update_every": 16}),
+    ],
+)
+def test_variants_train(tmp_path, env_id, settings):
+    _short(tmp_path, env_id, "ac", steps=200, eval_episodes=1, **settings)
