@@ -49,9 +49,7 @@ def test_layering_preset_over_defaults_file_over_preset_flags_over_file(tmp_path
 
 
 def test_config_file_as_dict_and_file_may_name_env_algo_preset(tmp_path):
-    cfg, preset_id = resolve(
-        config_file={"env_id": "CartPole-v1", "algo": "ac", "preset": "chapter", "gamma": 0.95}
-    )
+    cfg, preset_id = resolve(config_file={"env_id": "CartPole-v1", "algo": "ac", "preset": "chapter", "gamma": 0.95})
     assert cfg.run.env_id == "CartPole-v1" and preset_id == "any/ac/chapter"
     assert cfg.algo.gamma == 0.95 and cfg.algo.bootstrap_truncation is False
     # explicit arguments win over the file

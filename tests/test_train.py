@@ -101,9 +101,7 @@ def test_evaluate_a_run_dir(pendulum_run):
 
 def test_same_seed_same_metrics_and_loaded_agent_matches_trained(pendulum_run, tmp_path):
     run_dir, _ = pendulum_run
-    cfg, _ = resolve(
-        "Pendulum-v1", "ac", "chapter", overrides={"steps": 400, "eval_every": 200, "eval_episodes": 2}
-    )
+    cfg, _ = resolve("Pendulum-v1", "ac", "chapter", overrides={"steps": 400, "eval_every": 200, "eval_episodes": 2})
     trainer = Trainer(cfg, tmp_path / "again", quiet=True)
     trainer.train()
 
@@ -135,9 +133,7 @@ def _short(tmp_path, env_id, algo, **settings):
     train_rows = [r for r in rows if r.get("critic_loss")]
     assert result.env_steps == settings["steps"]
     assert train_rows, "no update was logged"
-    assert all(
-        math.isfinite(float(r["critic_loss"])) and math.isfinite(float(r["actor_loss"])) for r in train_rows
-    )
+    assert all(math.isfinite(float(r["critic_loss"])) and math.isfinite(float(r["actor_loss"])) for r in train_rows)
     return result, columns
 
 

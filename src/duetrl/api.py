@@ -104,9 +104,7 @@ def load(run_dir: str | Path, checkpoint: str = "latest", device: str = "cpu") -
         path = Path(checkpoint)
     state = ckpt.load(path)
     if "config" not in state or "agent" not in state:
-        raise UserError(
-            f"checkpoint {path} lacks the config or the agent: it was not written by duetrl train"
-        )
+        raise UserError(f"checkpoint {path} lacks the config or the agent: it was not written by duetrl train")
     cfg, _ = resolve(config_file=_without_preset(state["config"]))
     import_modules(cfg.run.imports)
     probe = env_factory(cfg.run.env_id, **cfg.run.env_kwargs)()
@@ -114,7 +112,7 @@ def load(run_dir: str | Path, checkpoint: str = "latest", device: str = "cpu") -
     probe.close()
     check_spaces(state, obs_space, act_space, path)
     torch_device = resolve_device(device)
-    agent = build_agent(cfg, obs_space, act_space, 1, torch_device)
+    agent = build_agent(cfg, obs_space, act_space, cfg.run.num_envs, torch_device)
     load_agent_state(agent, state["agent"], path, weights_only=True)
     return LoadedAgent(cfg, agent, torch_device, path)
 

@@ -119,9 +119,7 @@ def load(path: Path) -> dict[str, Any]:
         with safetensors.safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except Exception as e:  # safetensors raises several types for a damaged file
-        raise UserError(
-            f"checkpoint {path} is truncated or corrupt ({_first_line(e)}); use an earlier one"
-        ) from None
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({_first_line(e)}); use an earlier one") from None
     if metadata.get("format") != FORMAT:
         raise UserError(f"{path} is not a duetrl checkpoint (format {metadata.get('format')!r})")
     try:

@@ -21,13 +21,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algo", help="algorithm: ac, a2c, ppo, ... (default ac)")
     p.add_argument("--preset", help="named preset (see `duetrl presets`); default: the env/algo's own")
     p.add_argument("--config", help="YAML file of settings (layered over the preset)")
-    p.add_argument("--set", dest="sets", nargs="+", default=[], metavar="KEY=VALUE", help="any setting")
+    p.add_argument(
+        "--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="any setting"
+    )
     p.add_argument("--steps", type=float, help="total env steps")
     p.add_argument("--seed", type=int)
     p.add_argument("--num-envs", type=int)
-    p.add_argument(
-        "--env-kwargs", nargs="+", default=[], metavar="K=V", help="env constructor args, e.g. g=0"
-    )
+    p.add_argument("--env-kwargs", nargs="+", default=[], metavar="K=V", help="env constructor args, e.g. g=0")
     p.add_argument("--backend", choices=["auto", "gymnasium", "torch"])
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
     p.add_argument("--run-dir", help="where metrics, config and checkpoints go")
@@ -40,17 +40,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="modules to import first (they may register envs)",
     )
     p.add_argument("--target-return", type=float, help="stop when the periodic eval mean reaches this")
-    p.add_argument(
-        "--wandb", action="store_true", help="also log to Weights & Biases (offline without a key)"
-    )
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline without a key)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="duetrl", description="Actor-critic reinforcement learning on Gymnasium environments."
-    )
+    parser = _Parser(prog="duetrl", description="Actor-critic reinforcement learning on Gymnasium environments.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

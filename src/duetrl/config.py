@@ -278,11 +278,7 @@ def resolve(
     from duetrl.algos import get_algo
 
     file_values = (
-        dict(config_file)
-        if isinstance(config_file, dict)
-        else load_yaml_file(config_file)
-        if config_file
-        else {}
+        dict(config_file) if isinstance(config_file, dict) else load_yaml_file(config_file) if config_file else {}
     )
     overrides = dict(overrides or {})
     for key, value in (("env_id", env_id), ("algo", algo), ("preset", preset)):

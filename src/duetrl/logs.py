@@ -27,9 +27,7 @@ class CSVLog:
             with path.open(newline="") as f:
                 reader = csv.DictReader(f)
                 self.columns = list(reader.fieldnames or BASE_COLUMNS)
-                self.rows = [
-                    r for r in reader if r.get("env_steps") and int(float(r["env_steps"])) <= resume_at
-                ]
+                self.rows = [r for r in reader if r.get("env_steps") and int(float(r["env_steps"])) <= resume_at]
             self._rewrite()
         else:
             self._rewrite()
@@ -127,16 +125,12 @@ def make_logger(
     try:
         sinks.append(TensorBoardLog(run_dir / "tb"))
     except ImportError:
-        warnings.warn(
-            "tensorboard is not installed: no TensorBoard logs (pip install tensorboard)", stacklevel=2
-        )
+        warnings.warn("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)", stacklevel=2)
     if use_wandb:
         try:
             sinks.append(WandbLog(run_dir, wandb_project, run_dir.name, config))
         except ImportError:
-            warnings.warn(
-                "wandb is not installed: pip install 'duetrl[wandb]'; continuing without it", stacklevel=2
-            )
+            warnings.warn("wandb is not installed: pip install 'duetrl[wandb]'; continuing without it", stacklevel=2)
         except Exception as e:
             warnings.warn(f"W&B could not start ({e}); continuing without it", stacklevel=2)
     return Logger(sinks)

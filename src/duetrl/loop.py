@@ -90,13 +90,9 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise UserError(
-            f"cannot write to run directory {run_dir}: {e.strerror}; choose another --run-dir"
-        ) from None
+        raise UserError(f"cannot write to run directory {run_dir}: {e.strerror}; choose another --run-dir") from None
     if not resume and ckpt.list_checkpoints(run_dir):
-        raise UserError(
-            f"{run_dir} already holds a run; use --resume {run_dir} to continue it, or a new --run-dir"
-        )
+        raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} to continue it, or a new --run-dir")
 
 
 @contextmanager
@@ -146,9 +142,7 @@ class Trainer:
         if resume:
             resume_at = self._restore(ckpt.latest_checkpoint(self.run_dir))
         cfg.save(self.run_dir / "config.yaml")
-        self.logger: Logger = make_logger(
-            self.run_dir, cfg.to_dict(), run.wandb, run.wandb_project, resume_at
-        )
+        self.logger: Logger = make_logger(self.run_dir, cfg.to_dict(), run.wandb, run.wandb_project, resume_at)
 
     # ------------------------------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
@@ -330,9 +324,7 @@ def load_agent_state(agent: Agent, state: dict[str, Any], path: Path, weights_on
         agent.load_state_dict(state, weights_only=weights_only)
     except (RuntimeError, KeyError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"checkpoint {path} does not fit this agent (other shapes or algorithm): {first}"
-        ) from None
+        raise UserError(f"checkpoint {path} does not fit this agent (other shapes or algorithm): {first}") from None
 
 
 def run_dir_default(env_id: str, algo: str, seed: int) -> Path:

@@ -12,9 +12,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
-def mlp(
-    in_dim: int, hidden: Sequence[int], activation: str = "relu", out_dim: int | None = None
-) -> nn.Sequential:
+def mlp(in_dim: int, hidden: Sequence[int], activation: str = "relu", out_dim: int | None = None) -> nn.Sequential:
     """Linear layers with an activation after each hidden layer (and none after the optional output)."""
     layers: list[nn.Module] = []
     for width in hidden:
@@ -81,9 +79,7 @@ class GaussianActor(nn.Module):
 class CategoricalActor(nn.Module):
     """Categorical policy over a discrete action space."""
 
-    def __init__(
-        self, obs_dim: int, num_actions: int, hidden: Sequence[int] = (128, 128), activation: str = "relu"
-    ):
+    def __init__(self, obs_dim: int, num_actions: int, hidden: Sequence[int] = (128, 128), activation: str = "relu"):
         super().__init__()
         self.net = mlp(obs_dim, hidden, activation, out_dim=num_actions)
 
@@ -108,9 +104,7 @@ class ValueCritic(nn.Module):
 class QCritic(nn.Module):
     """Q(s, a): the action is concatenated to the observation (one-hot for discrete actions)."""
 
-    def __init__(
-        self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (128, 128), activation: str = "relu"
-    ):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (128, 128), activation: str = "relu"):
         super().__init__()
         self.net = mlp(obs_dim + act_dim, hidden, activation, out_dim=1)
 

@@ -27,9 +27,7 @@ HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 def space_dims(obs_space: gym.Space, act_space: gym.Space) -> tuple[int, int, bool]:
     """(obs_dim, act_dim, discrete); act_dim is the number of actions for a discrete space."""
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise UserError(
-            f"observation space {obs_space} is not supported: duetrl needs a flat Box observation"
-        )
+        raise UserError(f"observation space {obs_space} is not supported: duetrl needs a flat Box observation")
     if isinstance(act_space, gym.spaces.Discrete):
         return obs_space.shape[0], int(act_space.n), True
     if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:

@@ -42,9 +42,7 @@ def discounted_returns(
     return returns
 
 
-def td_errors(
-    rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, gamma: float
-) -> Tensor:
+def td_errors(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, gamma: float) -> Tensor:
     """One-step TD errors delta_t = r_t + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t)."""
     return rewards + gamma * (1.0 - terminated.float()) * next_values - values
 

@@ -11,15 +11,9 @@ from duetrl.algos.ppo import PPO, PPOConfig
 from duetrl.errors import UserError
 
 ALGOS: dict[str, AlgoSpec] = {
-    "ac": AlgoSpec(
-        "ac", ACConfig, ActorCritic, "the chapter's actor-critic and its variants (V/Q, MC/TD/n-step/GAE)"
-    ),
-    "a2c": AlgoSpec(
-        "a2c", A2CConfig, ActorCritic, "advantage actor-critic: ac with n-step batches over parallel envs"
-    ),
-    "ppo": AlgoSpec(
-        "ppo", PPOConfig, PPO, "proximal policy optimisation: clipped surrogate, minibatch epochs"
-    ),
+    "ac": AlgoSpec("ac", ACConfig, ActorCritic, "the chapter's actor-critic and its variants (V/Q, MC/TD/n-step/GAE)"),
+    "a2c": AlgoSpec("a2c", A2CConfig, ActorCritic, "advantage actor-critic: ac with n-step batches over parallel envs"),
+    "ppo": AlgoSpec("ppo", PPOConfig, PPO, "proximal policy optimisation: clipped surrogate, minibatch epochs"),
 }
 
 

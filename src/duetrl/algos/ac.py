@@ -21,13 +21,11 @@ import gymnasium as gym
 import torch
 from torch import Tensor, nn
 
-from duetrl.algos.base import Agent, clip_and_step
-from duetrl.buffers import Rollout
+from duetrl.algos.base import adam, clip_and_step
+from duetrl.algos.onpolicy import OnPolicyAgent
 from duetrl.config import check_range
 from duetrl.errors import UserError
 from duetrl.nets import QCritic, ValueCritic, orthogonal_init
-from duetrl.normalize import RunningNorm
-from duetrl.policy import Policy, space_dims
 from duetrl.returns import discounted_returns, gae, normalize, nstep_targets, td_errors
 
 ADVANTAGES = ("mc", "td", "nstep", "gae")
@@ -60,6 +58,7 @@ class ACConfig:
     squash: str = "clip"  # clip | tanh
     clip_log_prob: bool = False  # the listing's log-prob ignores the clipping of the action
     normalize_obs: bool = False
+    normalize_reward: bool = False  # divide rewards by the running std of the discounted return
 
     def validate(self) -> None:
         check_range("gamma", self.gamma, 0.0, 1.0)
@@ -89,79 +88,35 @@ def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
 def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, alpha=0.99, eps=1e-5)
-    return torch.optim.Adam(params, lr=lr)
+    return adam(params, lr=lr)
 
 
-class ActorCritic(Agent):
+class ActorCritic(OnPolicyAgent):
     """The chapter's actor-critic on a batch of envs."""
 
-    def __init__(
-        self, cfg: ACConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device
-    ):
+    def __init__(self, cfg: ACConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
-        obs_dim, act_dim, _ = space_dims(obs_space, act_space)
-        self.policy = Policy(
-            obs_space,
-            act_space,
-            cfg.hidden,
-            cfg.activation,
-            cfg.state_dependent_std,
-            cfg.log_std_init,
-            cfg.log_std_min,
-            cfg.log_std_max,
-            cfg.squash,
-            cfg.clip_log_prob,
-            cfg.ortho_init,
-        ).to(device)
         if cfg.critic == "q":
-            self.critic: nn.Module = QCritic(obs_dim, act_dim, cfg.hidden, cfg.activation).to(device)
+            self.critic: nn.Module = QCritic(self.obs_dim, self.act_dim, cfg.hidden, cfg.activation).to(device)
         else:
-            self.critic = ValueCritic(obs_dim, cfg.hidden, cfg.activation).to(device)
+            self.critic = ValueCritic(self.obs_dim, cfg.hidden, cfg.activation).to(device)
         if cfg.ortho_init:
             orthogonal_init(self.critic, last_gain=1.0)
-        self.obs_norm = RunningNorm((obs_dim,)).to(device)
-        self.modules = {"policy": self.policy, "critic": self.critic, "obs_norm": self.obs_norm}
+        self.modules["critic"] = self.critic
         self.optimizers = {
             "actor": make_optimizer(cfg.optimizer, self.policy.parameters(), cfg.actor_lr),
             "critic": make_optimizer(cfg.optimizer, self.critic.parameters(), cfg.critic_lr),
         }
-        self.rollout = Rollout()
-        self._pending: dict[str, Tensor] = {}
         self._episode_ended = torch.zeros(num_envs, dtype=torch.bool, device=device)
 
-    # ------------------------------------------------------------------------------------------ acting
-    def _normalize(self, obs: Tensor, update: bool = False) -> Tensor:
-        if not self.cfg.normalize_obs:
-            return obs
-        if update:
-            self.obs_norm.update(obs)
-        return self.obs_norm(obs)
-
-    @torch.no_grad()
-    def explore(self, obs: Tensor) -> Tensor:
-        obs = self._normalize(obs.to(self.device), update=True)
-        raw, action, _ = self.policy.sample(obs)
-        self._pending = {"obs": obs, "raw": raw, "action": action}
-        return action
-
     def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
-        terminated, truncated = terminated.to(self.device), truncated.to(self.device)
-        self.rollout.add(
-            **self._pending,
-            reward=reward.to(self.device),
-            terminated=terminated,
-            truncated=truncated,
-            next_obs=self._normalize(next_obs.to(self.device)),
-        )
-        self._episode_ended |= terminated | truncated
+        super().observe(reward, terminated, truncated, next_obs)
+        self._episode_ended |= (terminated | truncated).to(self.device)
 
     def ready(self) -> bool:
         if self.cfg.update_every > 0:
             return len(self.rollout) >= self.cfg.update_every
         return bool(self._episode_ended.all())
-
-    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
-        return self.policy.act(self._normalize(obs.to(self.device)), deterministic)
 
     # ------------------------------------------------------------------------------------------ learning
     def update(self) -> dict[str, float]:
@@ -188,12 +143,8 @@ class ActorCritic(Agent):
         entropy = self.policy.entropy(dist).mean()
         actor_loss = -(log_prob * advantages).mean() - cfg.entropy_coef * entropy
 
-        actor_grad = clip_and_step(
-            self.optimizers["actor"], actor_loss, self.policy.parameters(), cfg.max_grad_norm
-        )
-        critic_grad = clip_and_step(
-            self.optimizers["critic"], critic_loss, self.critic.parameters(), cfg.max_grad_norm
-        )
+        actor_grad = clip_and_step(self.optimizers["actor"], actor_loss, self.policy.parameters(), cfg.max_grad_norm)
+        critic_grad = clip_and_step(self.optimizers["critic"], critic_loss, self.critic.parameters(), cfg.max_grad_norm)
         metrics = {
             "actor_loss": actor_loss.item(),
             "critic_loss": critic_loss.item(),

@@ -17,13 +17,11 @@ import torch
 from torch import Tensor
 
 from duetrl.algos.ac import _choice
-from duetrl.algos.base import Agent, clip_and_step
-from duetrl.buffers import Rollout
+from duetrl.algos.base import adam, clip_and_step
+from duetrl.algos.onpolicy import OnPolicyAgent
 from duetrl.config import check_range
 from duetrl.errors import UserError
 from duetrl.nets import ValueCritic, orthogonal_init
-from duetrl.normalize import RewardScaler, RunningNorm
-from duetrl.policy import Policy, space_dims
 from duetrl.returns import gae, normalize
 
 
@@ -75,81 +73,22 @@ class PPOConfig:
             raise UserError(f"hidden={self.hidden!r} must list positive layer widths, e.g. [64, 64]")
 
 
-class PPO(Agent):
-    def __init__(
-        self, cfg: PPOConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device
-    ):
+class PPO(OnPolicyAgent):
+    def __init__(self, cfg: PPOConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
-        obs_dim, _, _ = space_dims(obs_space, act_space)
-        self.policy = Policy(
-            obs_space,
-            act_space,
-            cfg.hidden,
-            cfg.activation,
-            cfg.state_dependent_std,
-            cfg.log_std_init,
-            cfg.log_std_min,
-            cfg.log_std_max,
-            cfg.squash,
-            False,
-            cfg.ortho_init,
-        ).to(device)
-        self.critic = ValueCritic(obs_dim, cfg.hidden, cfg.activation).to(device)
+        self.critic = ValueCritic(self.obs_dim, cfg.hidden, cfg.activation).to(device)
         if cfg.ortho_init:
             orthogonal_init(self.critic, last_gain=1.0)
-        self.obs_norm = RunningNorm((obs_dim,)).to(device)
-        self.reward_scaler = RewardScaler(num_envs, cfg.gamma).to(device)
-        self.modules = {
-            "policy": self.policy,
-            "critic": self.critic,
-            "obs_norm": self.obs_norm,
-            "reward_scaler": self.reward_scaler,
-        }
+        self.modules["critic"] = self.critic
         params = list(self.policy.parameters()) + list(self.critic.parameters())
-        self.optimizers = {"ppo": torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)}
-        self.rollout = Rollout()
-        self._pending: dict[str, Tensor] = {}
+        self.optimizers = {"ppo": adam(params, lr=cfg.lr, eps=1e-5)}
         self._progress = 0.0
-
-    # ------------------------------------------------------------------------------------------ acting
-    def _normalize(self, obs: Tensor, update: bool = False) -> Tensor:
-        if not self.cfg.normalize_obs:
-            return obs
-        if update:
-            self.obs_norm.update(obs)
-        return self.obs_norm(obs)
-
-    @torch.no_grad()
-    def explore(self, obs: Tensor) -> Tensor:
-        obs = self._normalize(obs.to(self.device), update=True)
-        raw, action, log_prob = self.policy.sample(obs)
-        self._pending = {"obs": obs, "raw": raw, "log_prob": log_prob}
-        return action
-
-    def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
-        reward, terminated, truncated = (
-            reward.to(self.device),
-            terminated.to(self.device),
-            truncated.to(self.device),
-        )
-        if self.cfg.normalize_reward:
-            reward = self.reward_scaler(reward, terminated | truncated)
-        self.rollout.add(
-            **self._pending,
-            reward=reward,
-            terminated=terminated,
-            truncated=truncated,
-            next_obs=self._normalize(next_obs.to(self.device)),
-        )
 
     def ready(self) -> bool:
         return len(self.rollout) >= self.cfg.num_steps
 
     def set_progress(self, fraction: float) -> None:
         self._progress = fraction  # for learning-rate annealing
-
-    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
-        return self.policy.act(self._normalize(obs.to(self.device)), deterministic)
 
     # ------------------------------------------------------------------------------------------ learning
     def update(self) -> dict[str, float]:
@@ -197,9 +136,7 @@ class PPO(Agent):
                 adv = normalize(mb["advantages"]) if cfg.normalize_advantage else mb["advantages"]
 
                 # Clipped surrogate: the pessimistic of the unclipped and clipped objectives.
-                policy_loss = torch.max(
-                    -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
-                ).mean()
+                policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
                 value = self.critic(mb["obs"])
                 value_loss = (value - mb["returns"]).pow(2)
                 if cfg.clip_vf > 0:

@@ -54,9 +54,7 @@ def _check_factory(factory: Callable[[], gym.Env], env_id: str) -> None:
     except gym.error.Error as e:
         raise UserError(f"unknown or unusable environment {env_id!r}: {_one_line(e)}") from None
     except TypeError as e:
-        raise UserError(
-            f"environment {env_id!r} rejected its arguments (--env-kwargs): {_one_line(e)}"
-        ) from None
+        raise UserError(f"environment {env_id!r} rejected its arguments (--env-kwargs): {_one_line(e)}") from None
     except ModuleNotFoundError as e:
         extra = " (install it with: pip install 'duetrl[mujoco]')" if "mujoco" in str(e) else ""
         raise UserError(f"environment {env_id!r} needs a missing package: {e}{extra}") from None

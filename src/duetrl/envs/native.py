@@ -103,9 +103,7 @@ class Pendulum(TorchBatchEnv):
         self.g, self.m, self.l = float(g), float(m), float(l)
         high = np.array([1.0, 1.0, self.max_speed], dtype=np.float32)
         self.single_observation_space = gym.spaces.Box(-high, high, dtype=np.float32)
-        self.single_action_space = gym.spaces.Box(
-            -self.max_torque, self.max_torque, shape=(1,), dtype=np.float32
-        )
+        self.single_action_space = gym.spaces.Box(-self.max_torque, self.max_torque, shape=(1,), dtype=np.float32)
         super().__init__(num_envs, device, dtype)
 
     def _initial_state(self, n: int) -> Tensor:
