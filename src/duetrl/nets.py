@@ -117,3 +117,66 @@ def diag_log_prob(dist: Distribution, actions: Tensor) -> Tensor:
     if isinstance(dist, Normal):
         return Independent(dist, 1).log_prob(actions)
     return dist.log_prob(actions)
+
+
+class EnsembleLinear(nn.Module):
+    """``E`` independent linear layers applied in one batched matmul: ``[E, B, in] -> [E, B, out]``."""
+
+    def __init__(self, ensemble: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(ensemble, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(ensemble, 1, out_dim))
+        bound = 1.0 / math.sqrt(in_dim)  # PyTorch's default Linear init, per member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleQ(nn.Module):
+    """``ensemble`` Q(s, a) networks evaluated together (twin critics in one pass): returns ``[E, B]``.
+
+    ``layer_norm`` and ``dropout`` after each hidden layer keep Q estimates stable at high update-to-data
+    ratios (Hiraoka et al. 2022, "Dropout Q-Functions"; Ball et al. 2023)."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        ensemble: int = 2,
+        activation: str = "relu",
+        layer_norm: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.ensemble = ensemble
+        layers: list[nn.Module] = []
+        in_dim = obs_dim + act_dim
+        for width in hidden:
+            layers.append(EnsembleLinear(ensemble, in_dim, width))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            if layer_norm:
+                layers.append(nn.LayerNorm(width))
+            layers.append(ACTIVATIONS[activation]())
+            in_dim = width
+        layers.append(EnsembleLinear(ensemble, in_dim, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, obs: Tensor, action: Tensor) -> Tensor:
+        x = torch.cat([obs, action], dim=-1)
+        x = x.unsqueeze(0).expand(self.ensemble, *x.shape) if x.dim() == 2 else x
+        return self.net(x).squeeze(-1)
+
+
+class DeterministicActor(nn.Module):
+    """a = tanh(MLP(s)), in [-1, 1] (scaled to the env's bounds outside): TD3 and DDPG."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), activation: str = "relu"):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, activation, out_dim=act_dim)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return torch.tanh(self.net(obs))

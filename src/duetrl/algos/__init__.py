@@ -7,13 +7,25 @@ import difflib
 from duetrl.algos.a2c import A2CConfig
 from duetrl.algos.ac import ACConfig, ActorCritic
 from duetrl.algos.base import Agent, AlgoSpec
+from duetrl.algos.ddpg import DDPG, DDPGConfig
 from duetrl.algos.ppo import PPO, PPOConfig
+from duetrl.algos.sac import SAC, SACConfig
+from duetrl.algos.td3 import TD3, TD3Config
 from duetrl.errors import UserError
 
 ALGOS: dict[str, AlgoSpec] = {
     "ac": AlgoSpec("ac", ACConfig, ActorCritic, "the chapter's actor-critic and its variants (V/Q, MC/TD/n-step/GAE)"),
     "a2c": AlgoSpec("a2c", A2CConfig, ActorCritic, "advantage actor-critic: ac with n-step batches over parallel envs"),
     "ppo": AlgoSpec("ppo", PPOConfig, PPO, "proximal policy optimisation: clipped surrogate, minibatch epochs"),
+    "sac": AlgoSpec(
+        "sac", SACConfig, SAC, "soft actor-critic: twin Q critics, squashed Gaussian, auto entropy", discrete=False
+    ),
+    "td3": AlgoSpec(
+        "td3", TD3Config, TD3, "twin delayed DDPG: clipped double-Q, delayed actor, target smoothing", discrete=False
+    ),
+    "ddpg": AlgoSpec(
+        "ddpg", DDPGConfig, DDPG, "deep deterministic policy gradient: TD3 with one critic", discrete=False
+    ),
 }
 
 

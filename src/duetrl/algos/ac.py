@@ -145,13 +145,9 @@ class ActorCritic(OnPolicyAgent):
 
         actor_grad = clip_and_step(self.optimizers["actor"], actor_loss, self.policy.parameters(), cfg.max_grad_norm)
         critic_grad = clip_and_step(self.optimizers["critic"], critic_loss, self.critic.parameters(), cfg.max_grad_norm)
-        metrics = {
-            "actor_loss": actor_loss.item(),
-            "critic_loss": critic_loss.item(),
-            "entropy": entropy.item(),
-            "actor_grad_norm": actor_grad,
-            "critic_grad_norm": critic_grad,
-        }
+        metrics = {"actor_loss": actor_loss.item(), "critic_loss": critic_loss.item(), "entropy": entropy.item()}
+        if actor_grad is not None and critic_grad is not None:
+            metrics.update(actor_grad_norm=actor_grad.item(), critic_grad_norm=critic_grad.item())
         if not self.policy.discrete:
             metrics["policy_std"] = dist.stddev.mean().item()
         return metrics

@@ -74,17 +74,15 @@ class Agent(ABC):
             module.train(training)
 
 
-def clip_and_step(optimizer: torch.optim.Optimizer, loss: Tensor, params: Any, max_grad_norm: float | None) -> float:
-    """zero_grad, backward, optional grad-norm clip, step; returns the gradient norm before clipping."""
+def clip_and_step(optimizer: torch.optim.Optimizer, loss: Tensor, params: Any, max_grad_norm: float) -> Tensor | None:
+    """zero_grad, backward, grad-norm clip (when ``max_grad_norm`` > 0), step.
+
+    Returns the gradient norm before clipping when clipping (as a tensor: no device sync here), else None."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    params = list(params)
-    if max_grad_norm is not None and max_grad_norm > 0:
-        norm = nn.utils.clip_grad_norm_(params, max_grad_norm)
-    else:
-        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+    norm = nn.utils.clip_grad_norm_(list(params), max_grad_norm) if max_grad_norm > 0 else None
     optimizer.step()
-    return float(norm)
+    return norm
 
 
 def adam(params: Any, lr: float, **kwargs: Any) -> torch.optim.Adam:

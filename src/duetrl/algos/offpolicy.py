@@ -1,0 +1,129 @@
+"""What SAC, TD3 and DDPG share: a replay buffer, random actions until ``learning_starts``, actions in
+[-1, 1] scaled to the env's bounds, an update-to-data ratio, and Polyak-averaged target networks."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import gymnasium as gym
+import torch
+from torch import Tensor, nn
+
+from duetrl.algos.base import Agent
+from duetrl.buffers import ReplayBuffer
+from duetrl.errors import UserError
+from duetrl.policy import space_dims
+
+
+def polyak(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """target <- (1 - tau) * target + tau * source, for parameters and buffers alike."""
+    with torch.no_grad():
+        target_tensors = list(target.parameters()) + [b for b in target.buffers() if b.is_floating_point()]
+        source_tensors = list(source.parameters()) + [b for b in source.buffers() if b.is_floating_point()]
+        torch._foreach_lerp_(target_tensors, source_tensors, tau)
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A target network: a copy that no optimiser touches."""
+    import copy
+
+    target = copy.deepcopy(module)
+    target.requires_grad_(False)
+    return target
+
+
+class OffPolicyAgent(Agent):
+    """Config fields used: ``buffer_size``, ``batch_size``, ``learning_starts``, ``utd`` (gradient steps per env
+    step), ``save_buffer``."""
+
+    name = "off-policy"
+
+    def __init__(self, cfg: Any, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
+        super().__init__(cfg, obs_space, act_space, num_envs, device)
+        self.obs_dim, self.act_dim, discrete = space_dims(obs_space, act_space)
+        if discrete:
+            raise UserError(f"--algo {self.name} needs a continuous (Box) action space, not {act_space}")
+        low = torch.as_tensor(act_space.low, dtype=torch.float32, device=device)
+        high = torch.as_tensor(act_space.high, dtype=torch.float32, device=device)
+        if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+            raise UserError(f"--algo {self.name} needs a bounded action space, not {act_space}")
+        self.action_center, self.action_scale = (high + low) / 2, (high - low) / 2
+        self.buffer = ReplayBuffer(cfg.buffer_size, self.obs_dim, self.act_dim, device)
+        self.env_steps_seen = 0
+        self.updates_owed = 0.0
+        self.gradient_steps = 0
+        self._pending: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------------------------------ acting
+    @abstractmethod
+    def exploration_action(self, obs: Tensor) -> Tensor:
+        """Actions in [-1, 1] for collecting data (with the algorithm's exploration)."""
+
+    @abstractmethod
+    def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:
+        """Actions in [-1, 1] of the learned policy."""
+
+    def to_env(self, action: Tensor) -> Tensor:
+        return self.action_center + self.action_scale * action
+
+    @torch.no_grad()
+    def explore(self, obs: Tensor) -> Tensor:
+        obs = obs.to(self.device)
+        if self.env_steps_seen < self.cfg.learning_starts:
+            action = torch.rand(obs.shape[0], self.act_dim, device=self.device) * 2 - 1
+        else:
+            action = self.exploration_action(obs)
+        self._pending = {"obs": obs, "action": action}
+        return self.to_env(action)
+
+    def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
+        self.buffer.add(**self._pending, reward=reward, terminated=terminated, next_obs=next_obs)
+        self.env_steps_seen += self.num_envs
+        if self.env_steps_seen >= self.cfg.learning_starts:
+            self.updates_owed += self.cfg.utd * self.num_envs
+
+    def ready(self) -> bool:
+        return self.updates_owed >= 1 and len(self.buffer) >= self.cfg.batch_size
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        with torch.no_grad():
+            return self.to_env(self.policy_action(obs.to(self.device), deterministic))
+
+    # ------------------------------------------------------------------------------------------ learning
+    @abstractmethod
+    def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One update of every network from one sampled batch; returns metrics as 0-d tensors."""
+
+    def update(self) -> dict[str, float]:
+        steps = int(self.updates_owed)
+        self.updates_owed -= steps
+        totals: dict[str, list[Tensor]] = {}
+        for _ in range(steps):
+            for key, value in self.gradient_step(self.buffer.sample(self.cfg.batch_size)).items():
+                totals.setdefault(key, []).append(value)
+            self.gradient_steps += 1
+        return {key: torch.stack(values).mean().item() for key, values in totals.items()}
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["counters"] = {
+            "env_steps_seen": self.env_steps_seen,
+            "updates_owed": self.updates_owed,
+            "gradient_steps": self.gradient_steps,
+        }
+        if self.cfg.save_buffer:
+            state["buffer"] = self.buffer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], weights_only: bool = False) -> None:
+        super().load_state_dict(state, weights_only)
+        if weights_only:
+            return
+        counters = state.get("counters", {})
+        self.env_steps_seen = int(counters.get("env_steps_seen", 0))
+        self.updates_owed = float(counters.get("updates_owed", 0.0))
+        self.gradient_steps = int(counters.get("gradient_steps", 0))
+        if "buffer" in state:
+            self.buffer.load_state_dict(state["buffer"])

@@ -1,0 +1,149 @@
+"""SAC (Haarnoja et al. 2018): the Q critic of the chapter made off-policy and maximum-entropy.
+
+Per gradient step, from a replayed batch:
+  critic:  Q_i(s, a) -> r + gamma * (1 - terminated) * (min_i Q_targ_i(s', a') - alpha * log pi(a'|s')), a' ~ pi
+  actor:   minimise alpha * log pi(a|s) - min_i Q_i(s, a), a ~ pi (reparameterised, tanh-squashed)
+  alpha:   tuned so that the policy's entropy stays near ``target_entropy`` (default -act_dim)
+  targets: Polyak averaging with ``tau``.
+With ``utd`` > 1 (several gradient steps per env step), LayerNorm/dropout in the critics keep it stable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from duetrl.algos.base import adam, clip_and_step
+from duetrl.algos.offpolicy import OffPolicyAgent, frozen_copy, polyak
+from duetrl.config import check_range
+from duetrl.errors import UserError
+from duetrl.nets import EnsembleQ, GaussianActor
+
+
+@dataclass
+class SACConfig:
+    """Hyperparameters of ``sac`` (defaults: the original paper's, as in SB3/CleanRL)."""
+
+    actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "relu"
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    batch_size: int = 256
+    buffer_size: int = 1_000_000
+    learning_starts: int = 5_000
+    utd: float = 1.0  # gradient steps per env step
+    policy_delay: int = 1  # actor and alpha update every n critic updates
+    n_critics: int = 2
+    critic_layer_norm: bool = False
+    critic_dropout: float = 0.0
+    alpha: float = 0.2  # initial entropy coefficient
+    autotune_alpha: bool = True
+    target_entropy: float | None = None  # None = -act_dim
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+    max_grad_norm: float = 0.0  # 0 = no clipping
+    save_buffer: bool = False
+
+    def validate(self) -> None:
+        for key in ("actor_lr", "critic_lr", "alpha_lr", "alpha", "max_grad_norm", "utd"):
+            check_range(key, getattr(self, key), 0.0)
+        check_range("gamma", self.gamma, 0.0, 1.0)
+        check_range("tau", self.tau, 0.0, 1.0)
+        check_range("critic_dropout", self.critic_dropout, 0.0, 0.99)
+        for key in ("batch_size", "buffer_size", "policy_delay", "n_critics"):
+            check_range(key, getattr(self, key), 1)
+        check_range("learning_starts", self.learning_starts, 0)
+        if self.buffer_size < self.batch_size:
+            raise UserError(f"buffer_size={self.buffer_size} must be at least batch_size={self.batch_size}")
+
+
+def squashed_sample(actor: GaussianActor, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+    """(a = tanh(u), log pi(a|s)) with u ~ N(mean, std): the change-of-variables correction
+    log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)) is the numerically stable form."""
+    mean, log_std = actor(obs)
+    if deterministic:
+        return torch.tanh(mean), torch.zeros(mean.shape[:-1], device=mean.device)
+    noise = torch.randn_like(mean)
+    u = mean + log_std.exp() * noise
+    log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
+    return torch.tanh(u), log_prob
+
+
+class SAC(OffPolicyAgent):
+    name = "sac"
+
+    def __init__(self, cfg: SACConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
+        super().__init__(cfg, obs_space, act_space, num_envs, device)
+        self.actor = GaussianActor(
+            self.obs_dim, self.act_dim, cfg.actor_hidden, cfg.activation, True, 0.0, cfg.log_std_min, cfg.log_std_max
+        ).to(device)
+        self.critic = EnsembleQ(
+            self.obs_dim,
+            self.act_dim,
+            cfg.critic_hidden,
+            cfg.n_critics,
+            cfg.activation,
+            cfg.critic_layer_norm,
+            cfg.critic_dropout,
+        ).to(device)
+        self.critic_target = frozen_copy(self.critic)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.alpha), device=device))
+        self.target_entropy = -float(self.act_dim) if cfg.target_entropy is None else cfg.target_entropy
+        self.modules = {
+            "actor": self.actor,
+            "critic": self.critic,
+            "critic_target": self.critic_target,
+            "alpha": nn.ParameterList([self.log_alpha]),
+        }
+        self.optimizers = {
+            "actor": adam(self.actor.parameters(), cfg.actor_lr),
+            "critic": adam(self.critic.parameters(), cfg.critic_lr),
+            "alpha": adam([self.log_alpha], cfg.alpha_lr),
+        }
+
+    def exploration_action(self, obs: Tensor) -> Tensor:
+        return squashed_sample(self.actor, obs)[0]
+
+    def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:
+        return squashed_sample(self.actor, obs, deterministic)[0]
+
+    def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        cfg = self.cfg
+        alpha = self.log_alpha.exp().detach()
+
+        # Critic: soft Bellman target from the target critics at a fresh action of the current policy.
+        with torch.no_grad():
+            next_action, next_log_prob = squashed_sample(self.actor, batch["next_obs"])
+            next_q = self.critic_target(batch["next_obs"], next_action).min(0).values - alpha * next_log_prob
+            target = batch["reward"] + cfg.gamma * (1 - batch["terminated"]) * next_q
+        q = self.critic(batch["obs"], batch["action"])  # [E, B]
+        critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
+        clip_and_step(self.optimizers["critic"], critic_loss, self.critic.parameters(), cfg.max_grad_norm)
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+
+        if self.gradient_steps % cfg.policy_delay == 0:
+            # Actor: maximise the soft Q of its own (reparameterised) actions.
+            action, log_prob = squashed_sample(self.actor, batch["obs"])
+            self.critic.requires_grad_(False)
+            q_pi = self.critic(batch["obs"], action).min(0).values
+            self.critic.requires_grad_(True)
+            actor_loss = (alpha * log_prob - q_pi).mean()
+            clip_and_step(self.optimizers["actor"], actor_loss, self.actor.parameters(), cfg.max_grad_norm)
+            metrics.update(actor_loss=actor_loss.detach(), entropy=-log_prob.detach().mean())
+            if cfg.autotune_alpha:
+                alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+                clip_and_step(self.optimizers["alpha"], alpha_loss, [self.log_alpha], 0.0)
+            metrics["alpha"] = self.log_alpha.detach().exp()
+
+        polyak(self.critic_target, self.critic, cfg.tau)
+        return metrics

@@ -1,0 +1,137 @@
+"""TD3 (Fujimoto et al. 2018): a deterministic actor and the chapter's Q critic, off-policy.
+
+Per gradient step, from a replayed batch:
+  critic:  Q_i(s, a) -> r + gamma * (1 - terminated) * min_i Q_targ_i(s', clip(mu_targ(s') + clip(noise)))
+  actor:   every ``policy_delay`` steps, maximise Q_1(s, mu(s)); then Polyak-average both target networks.
+Exploration adds Gaussian or Ornstein-Uhlenbeck noise to mu(s). DDPG is the case of one critic, no delay and
+no target smoothing (see ddpg.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import torch
+from torch import Tensor
+
+from duetrl.algos.ac import _choice
+from duetrl.algos.base import adam, clip_and_step
+from duetrl.algos.offpolicy import OffPolicyAgent, frozen_copy, polyak
+from duetrl.config import check_range
+from duetrl.errors import UserError
+from duetrl.nets import DeterministicActor, EnsembleQ
+
+
+@dataclass
+class TD3Config:
+    """Hyperparameters of ``td3`` (defaults: the paper's, as in SB3/CleanRL)."""
+
+    actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "relu"
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    batch_size: int = 256
+    buffer_size: int = 1_000_000
+    learning_starts: int = 25_000
+    utd: float = 1.0  # gradient steps per env step
+    n_critics: int = 2
+    critic_layer_norm: bool = False
+    policy_delay: int = 2
+    exploration_noise: float = 0.1  # std of the noise, in units of half the action range
+    noise_type: str = "gaussian"  # gaussian | ou
+    ou_theta: float = 0.15
+    target_noise: float = 0.2  # target policy smoothing (0 = off)
+    target_noise_clip: float = 0.5
+    max_grad_norm: float = 0.0
+    save_buffer: bool = False
+
+    def validate(self) -> None:
+        for key in (
+            "actor_lr",
+            "critic_lr",
+            "utd",
+            "exploration_noise",
+            "target_noise",
+            "target_noise_clip",
+            "max_grad_norm",
+            "ou_theta",
+        ):
+            check_range(key, getattr(self, key), 0.0)
+        check_range("gamma", self.gamma, 0.0, 1.0)
+        check_range("tau", self.tau, 0.0, 1.0)
+        for key in ("batch_size", "buffer_size", "policy_delay", "n_critics"):
+            check_range(key, getattr(self, key), 1)
+        check_range("learning_starts", self.learning_starts, 0)
+        _choice("noise_type", self.noise_type, ("gaussian", "ou"))
+        if self.buffer_size < self.batch_size:
+            raise UserError(f"buffer_size={self.buffer_size} must be at least batch_size={self.batch_size}")
+
+
+class TD3(OffPolicyAgent):
+    name = "td3"
+
+    def __init__(self, cfg: TD3Config, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
+        super().__init__(cfg, obs_space, act_space, num_envs, device)
+        self.actor = DeterministicActor(self.obs_dim, self.act_dim, cfg.actor_hidden, cfg.activation).to(device)
+        self.critic = EnsembleQ(
+            self.obs_dim, self.act_dim, cfg.critic_hidden, cfg.n_critics, cfg.activation, cfg.critic_layer_norm
+        ).to(device)
+        self.actor_target, self.critic_target = frozen_copy(self.actor), frozen_copy(self.critic)
+        self.modules = {
+            "actor": self.actor,
+            "critic": self.critic,
+            "actor_target": self.actor_target,
+            "critic_target": self.critic_target,
+        }
+        self.optimizers = {
+            "actor": adam(self.actor.parameters(), cfg.actor_lr),
+            "critic": adam(self.critic.parameters(), cfg.critic_lr),
+        }
+        self.ou_state = torch.zeros(num_envs, self.act_dim, device=device)
+
+    def exploration_action(self, obs: Tensor) -> Tensor:
+        cfg = self.cfg
+        noise = torch.randn(obs.shape[0], self.act_dim, device=self.device) * cfg.exploration_noise
+        if cfg.noise_type == "ou":  # temporally correlated noise, dt = 1
+            self.ou_state += -cfg.ou_theta * self.ou_state + noise
+            noise = self.ou_state
+        return (self.actor(obs) + noise).clamp(-1.0, 1.0)
+
+    def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
+        super().observe(reward, terminated, truncated, next_obs)
+        self.ou_state[(terminated | truncated).to(self.device)] = 0.0
+
+    def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:
+        return self.actor(obs) if deterministic else self.exploration_action(obs)
+
+    def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        cfg = self.cfg
+        # Critic: clipped double-Q target at the target policy's (smoothed) next action.
+        with torch.no_grad():
+            next_action = self.actor_target(batch["next_obs"])
+            if cfg.target_noise > 0:
+                smoothing = (torch.randn_like(next_action) * cfg.target_noise).clamp(
+                    -cfg.target_noise_clip, cfg.target_noise_clip
+                )
+                next_action = (next_action + smoothing).clamp(-1.0, 1.0)
+            next_q = self.critic_target(batch["next_obs"], next_action).min(0).values
+            target = batch["reward"] + cfg.gamma * (1 - batch["terminated"]) * next_q
+        q = self.critic(batch["obs"], batch["action"])  # [E, B]
+        critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
+        clip_and_step(self.optimizers["critic"], critic_loss, self.critic.parameters(), cfg.max_grad_norm)
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+
+        # Actor (delayed): ascend the first critic's Q at its own action; then move the targets.
+        if self.gradient_steps % cfg.policy_delay == 0:
+            self.critic.requires_grad_(False)
+            actor_loss = -self.critic(batch["obs"], self.actor(batch["obs"]))[0].mean()
+            self.critic.requires_grad_(True)
+            clip_and_step(self.optimizers["actor"], actor_loss, self.actor.parameters(), cfg.max_grad_norm)
+            metrics["actor_loss"] = actor_loss.detach()
+            polyak(self.actor_target, self.actor, cfg.tau)
+            polyak(self.critic_target, self.critic, cfg.tau)
+        return metrics
