@@ -129,9 +129,13 @@ class Trainer:
         seed_everything(run.seed)
         self.device = resolve_device(run.device)
         self.env = make_env(cfg, self.device)
-        self.agent = build_agent(
-            cfg, self.env.single_observation_space, self.env.single_action_space, run.num_envs, self.device
-        )
+        try:
+            self.agent = build_agent(
+                cfg, self.env.single_observation_space, self.env.single_action_space, run.num_envs, self.device
+            )
+        except BaseException:
+            self.env.close()
+            raise
         self.env_steps = self.updates = self.episodes = 0
         self.elapsed_before = 0.0  # wall time of earlier sessions of a resumed run
         self.best_eval = -math.inf

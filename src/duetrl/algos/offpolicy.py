@@ -80,7 +80,7 @@ class OffPolicyAgent(Agent):
     def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
         self.buffer.add(**self._pending, reward=reward, terminated=terminated, next_obs=next_obs)
         self.env_steps_seen += self.num_envs
-        if self.env_steps_seen >= self.cfg.learning_starts:
+        if self.env_steps_seen >= max(self.cfg.learning_starts, self.cfg.batch_size):
             self.updates_owed += self.cfg.utd * self.num_envs
 
     def ready(self) -> bool:

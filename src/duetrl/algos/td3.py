@@ -106,7 +106,11 @@ class TD3(OffPolicyAgent):
         self.ou_state[(terminated | truncated).to(self.device)] = 0.0
 
     def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:
-        return self.actor(obs) if deterministic else self.exploration_action(obs)
+        """mu(s), or mu(s) plus independent Gaussian noise (the training envs' OU state stays untouched)."""
+        action = self.actor(obs)
+        if deterministic:
+            return action
+        return (action + torch.randn_like(action) * self.cfg.exploration_noise).clamp(-1.0, 1.0)
 
     def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg = self.cfg

@@ -1,0 +1,190 @@
+"""The torch-native Pendulum follows Gymnasium's Pendulum-v1 exactly, and ``make`` picks it when asked."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import duetrl
+from duetrl.envs import make
+from duetrl.envs.gymnasium_vec import GymnasiumBatchEnv
+from duetrl.envs.native import NATIVE_ENVS, Pendulum
+from duetrl.errors import UserError
+
+ATOL = 1e-6
+
+
+def gym_pendulum(g=10.0, m=1.0, l=1.0):
+    env = gym.make("Pendulum-v1", g=g)
+    env.reset(seed=0)
+    env.unwrapped.m, env.unwrapped.l = m, l  # Gymnasium takes only g as an argument
+    return env
+
+
+def cases(seed, n=24):
+    """States across several turns and up to past the speed limit, actions also outside [-2, 2]."""
+    rng = np.random.default_rng(seed)
+    states = np.stack([rng.uniform(-3 * np.pi, 3 * np.pi, n), rng.uniform(-9.0, 9.0, n)], axis=1)
+    states[:4] = [[0.0, 0.0], [np.pi, 0.0], [-np.pi, 7.9], [2.9, -8.0]]
+    actions = rng.uniform(-4.0, 4.0, n).astype(np.float32)
+    actions[:4] = [0.0, 2.0, -2.0, 3.5]
+    return states, actions
+
+
+@pytest.mark.parametrize("g, m, l", [(10.0, 1.0, 1.0), (0.0, 1.0, 1.0), (10.0, 1.7, 0.6), (0.0, 0.5, 2.0)])
+def test_step_matches_gymnasium(g, m, l):
+    states, actions = cases(seed=int(g * 10 + m * 100))
+    n = len(states)
+    env = Pendulum(n, g=g, m=m, l=l, dtype=torch.float64)
+    env.reset(seed=0)
+    env.state = torch.tensor(states, dtype=torch.float64)
+    obs, reward, terminated, truncated, info = env.step(torch.tensor(actions).reshape(n, 1))
+    assert obs.shape == (n, 3) and reward.shape == (n,) and terminated.shape == truncated.shape == (n,)
+    assert not terminated.any() and not truncated.any() and "episode_return" not in info
+    torch.testing.assert_close(info["final_obs"], obs, rtol=0, atol=0)
+
+    reference = gym_pendulum(g, m, l)
+    for i in range(n):
+        reference.unwrapped.state = states[i].copy()
+        ref_obs, ref_reward, ref_term, ref_trunc, _ = reference.unwrapped.step(actions[i : i + 1])
+        np.testing.assert_allclose(obs[i].numpy(), ref_obs, atol=ATOL, err_msg=f"obs, case {i}")
+        np.testing.assert_allclose(float(reward[i]), ref_reward, atol=ATOL, err_msg=f"reward, case {i}")
+        np.testing.assert_allclose(env.state[i].numpy(), reference.unwrapped.state, atol=ATOL, err_msg=f"state {i}")
+        assert bool(terminated[i]) == ref_term and bool(truncated[i]) == ref_trunc
+    reference.close()
+    # the speed limit and the torque limit both bind in these cases
+    assert env.state[:, 1].abs().max() == pytest.approx(8.0)
+
+
+def test_dtype_float32_stays_close_to_float64():
+    states, actions = cases(seed=5)
+    n = len(states)
+    out = {}
+    for dtype in (torch.float32, torch.float64):
+        env = Pendulum(n, dtype=dtype)
+        env.state = torch.tensor(states, dtype=dtype)
+        obs, reward, *_ = env.step(torch.tensor(actions).reshape(n, 1))
+        assert obs.dtype == torch.float32 and reward.dtype == torch.float32
+        assert env.state.dtype == dtype
+        out[dtype] = obs, reward
+    torch.testing.assert_close(out[torch.float32][0], out[torch.float64][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out[torch.float32][1], out[torch.float64][1], atol=1e-4, rtol=1e-4)
+
+
+def test_episode_truncates_at_200_and_autoresets():
+    n = 3
+    env = Pendulum(n, dtype=torch.float64)
+    obs, _ = env.reset(seed=1)
+    reference = gym.make("Pendulum-v1")  # with its TimeLimit(200)
+    reference.reset(seed=0)
+    reference.unwrapped.state = env.state[0].numpy().copy()
+    rng = np.random.default_rng(0)
+    total = np.zeros(n)
+    ref_total = 0.0
+    for t in range(1, 201):
+        actions = rng.uniform(-2.0, 2.0, (n, 1)).astype(np.float32)
+        state_before = env.state.clone()
+        obs, reward, terminated, truncated, info = env.step(torch.from_numpy(actions))
+        ref_obs, ref_reward, ref_term, ref_trunc, _ = reference.step(actions[0])
+        total += reward.double().numpy()
+        ref_total += ref_reward
+        assert not terminated.any() and not ref_term
+        assert ref_trunc == (t == 200)
+        if t < 200:
+            assert not truncated.any() and "episode_return" not in info, t
+            torch.testing.assert_close(obs, info["final_obs"], rtol=0, atol=0)
+            assert env.elapsed.tolist() == [t] * n
+    # the 200th step: truncated everywhere, at the same step as Gymnasium's TimeLimit
+    assert truncated.all()
+    final = info["final_obs"]
+    np.testing.assert_allclose(final[0].numpy(), ref_obs, atol=ATOL)
+    expected_next, _, _ = env._dynamics(state_before, torch.from_numpy(actions))
+    torch.testing.assert_close(final, env._observe(expected_next).float())
+    # each row was reset: obs is the first observation of the next episode, not the final one
+    assert not torch.allclose(obs, final)
+    torch.testing.assert_close(obs, env._observe(env.state).float())
+    assert env.state[:, 0].abs().max() <= np.pi and env.state[:, 1].abs().max() <= 1.0  # a fresh start state
+    assert env.elapsed.tolist() == [0] * n
+    assert info["episode_length"] == [200] * n
+    np.testing.assert_allclose(info["episode_return"], total, rtol=1e-6, atol=1e-3)
+    assert info["episode_return"][0] == pytest.approx(ref_total, abs=1e-3)
+    # the next episode counts from zero
+    obs2, reward2, _, truncated2, info2 = env.step(torch.zeros(n, 1))
+    assert not truncated2.any() and "episode_return" not in info2
+    assert env.elapsed.tolist() == [1] * n and env.episode_return.numpy() == pytest.approx(reward2.double().numpy())
+    reference.close()
+
+
+def test_reset_with_seed_is_reproducible():
+    env = Pendulum(5)
+    first, _ = env.reset(seed=7)
+    state = env.state.clone()
+    for _ in range(3):
+        env.step(torch.ones(5, 1))
+    again, _ = env.reset(seed=7)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    torch.testing.assert_close(env.state, state, rtol=0, atol=0)
+    other_env, _ = Pendulum(5).reset(seed=7)
+    torch.testing.assert_close(other_env, first, rtol=0, atol=0)
+    different, _ = env.reset(seed=8)
+    assert not torch.allclose(different, first)
+    unseeded, _ = env.reset()  # continues the generator: a new start
+    assert not torch.allclose(unseeded, different)
+    # start states lie in Gymnasium's range: theta in [-pi, pi], theta_dot in [-1, 1]
+    assert env.state[:, 0].abs().max() <= np.pi and env.state[:, 1].abs().max() <= 1.0
+    assert first.shape == (5, 3) and first.dtype == torch.float32
+
+
+def test_spaces_match_gymnasium():
+    env, reference = Pendulum(2), gym.make("Pendulum-v1")
+    assert env.single_observation_space == reference.observation_space
+    assert env.single_action_space == reference.action_space
+    reference.close()
+
+
+# ------------------------------------------------------------------------------------------ make
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_make_returns_the_native_pendulum(backend):
+    env = make("Pendulum-v1", 4, backend=backend)
+    assert isinstance(env, Pendulum) and env.num_envs == 4
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (4, 3)
+    assert make("Pendulum-v1", 2, backend=backend, g=0.0).g == 0.0  # env kwargs reach the native env
+
+
+def test_make_gymnasium_backend_for_pendulum():
+    env = make("Pendulum-v1", 2, backend="gymnasium")
+    try:
+        assert isinstance(env, GymnasiumBatchEnv)
+    finally:
+        env.close()
+
+
+def test_make_torch_backend_for_cartpole():
+    if "CartPole-v1" in NATIVE_ENVS:
+        env = make("CartPole-v1", 2, backend="torch")
+        assert isinstance(env, NATIVE_ENVS["CartPole-v1"])
+    else:
+        with pytest.raises(UserError, match="no torch-native implementation"):
+            make("CartPole-v1", 2, backend="torch")
+    env = make("CartPole-v1", 2, backend="auto")  # auto falls back to Gymnasium where there is no native env
+    try:
+        expected = NATIVE_ENVS["CartPole-v1"] if "CartPole-v1" in NATIVE_ENVS else GymnasiumBatchEnv
+        assert isinstance(env, expected)
+    finally:
+        env.close()
+
+
+def test_make_rejects_bad_arguments():
+    with pytest.raises(UserError, match="backend"):
+        make("Pendulum-v1", 2, backend="jax")
+    with pytest.raises(UserError, match="num_envs"):
+        make("Pendulum-v1", 0)
+    with pytest.raises(UserError, match="rejected its arguments"):
+        make("Pendulum-v1", 2, backend="torch", mass=3.0)
+
+
+def test_user_error_is_exported():
+    assert duetrl.UserError is UserError
