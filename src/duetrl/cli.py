@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--video", help="record the episodes to FILE.mp4 or FILE.gif")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 
+    bench = sub.add_parser("bench", help="the standard benchmark, side by side with Stable-Baselines3 if installed")
+    bench.add_argument("--tasks", nargs="+", default=["ppo", "sac"], help="ppo, a2c, sac, td3")
+    bench.add_argument("--seeds", nargs="+", type=int, default=[0])
+    bench.add_argument("--no-sb3", action="store_true", help="duetrl figures only")
+    bench.add_argument("--listing", help="path to the chapter's listing, to compare --preset chapter's speed")
+    bench.add_argument("--json", help="also write the results to this JSON file")
+
     sub.add_parser("presets", help="list shipped presets")
     params = sub.add_parser("params", help="list an algorithm's settings and defaults")
     params.add_argument("--algo", default="ac")
@@ -143,6 +150,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from duetrl.bench import bench
+
+    listing = Path(args.listing) if args.listing else None
+    if listing is not None and not listing.is_file():
+        raise UserError(f"--listing {listing}: no such file")
+    results = bench(args.tasks, args.seeds, with_sb3=not args.no_sb3, listing=listing)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from duetrl.config import list_presets
 
@@ -170,7 +191,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "params": cmd_params}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "presets": cmd_presets, "params": cmd_params}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,7 @@ class ACConfig:
     actor_lr: float = 3e-4
     critic_lr: float = 1e-3
     optimizer: str = "adam"  # adam | rmsprop
+    anneal_lr: bool = False  # decay both learning rates linearly to 0 over the run
     gamma: float = 0.99
     critic: str = "v"  # v = V(s), q = Q(s, a)
     advantage: str = "mc"  # mc | td | nstep | gae
@@ -108,6 +109,10 @@ class ActorCritic(OnPolicyAgent):
             "critic": make_optimizer(cfg.optimizer, self.critic.parameters(), cfg.critic_lr),
         }
         self._episode_ended = torch.zeros(num_envs, dtype=torch.bool, device=device)
+        self._progress = 0.0
+
+    def set_progress(self, fraction: float) -> None:
+        self._progress = fraction
 
     def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
         super().observe(reward, terminated, truncated, next_obs)
@@ -124,6 +129,9 @@ class ActorCritic(OnPolicyAgent):
         batch = self.rollout.stack()  # each [T, N, ...]
         self.rollout.clear()
         self._episode_ended.zero_()
+        if cfg.anneal_lr:
+            for name, lr in (("actor", cfg.actor_lr), ("critic", cfg.critic_lr)):
+                self.optimizers[name].param_groups[0]["lr"] = lr * max(1.0 - self._progress, 0.0)
         obs, raw, reward = batch["obs"], batch["raw"], batch["reward"]
         terminated, truncated = batch["terminated"], batch["truncated"]
         if not cfg.bootstrap_truncation:

@@ -1,0 +1,179 @@
+"""The project's standard benchmark: duetrl and Stable-Baselines3 side by side, in one run, on this machine.
+
+Every figure is a whole process (``duetrl train ...`` or an SB3 script), timed from outside, run one at a time
+so that they do not measure each other; quality is the mean return on the same 100 held-out Pendulum-v1
+episodes (seeds 1,000,000 + k, deterministic actions) for both libraries. Ratios, not absolute seconds,
+are the result: this machine is noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+# task -> (duetrl algo, duetrl extra args, SB3 algo, SB3 steps); duetrl uses its shipped preset's budget.
+TASKS: dict[str, tuple[str, list[str], str | None, int]] = {
+    "ppo": ("ppo", [], "ppo", 100_000),  # SB3: rl-zoo3's tuned 100k steps
+    "a2c": ("a2c", [], None, 0),  # SB3's tuned A2C needs 1M steps and still fails (about -695): not rerun
+    "sac": ("sac", [], "sac", 3_000),  # SB3: its first budget at >= -200 (about -157 at 3k, -866 at 2k)
+    "td3": ("td3", [], "td3", 20_000),
+}
+
+
+@dataclass
+class Figure:
+    library: str
+    task: str
+    seed: int
+    env_steps: int
+    process_s: float
+    mean_return: float
+    std_return: float
+
+
+def _run(cmd: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return elapsed, out.stdout
+
+
+def run_duetrl(task: str, seed: int, workdir: Path) -> Figure:
+    algo, extra, _, _ = TASKS[task]
+    run_dir = workdir / f"duetrl-{task}-{seed}"
+    duetrl = [sys.executable, "-m", "duetrl.cli"]
+    process_s, out = _run(
+        [
+            *duetrl,
+            "train",
+            "Pendulum-v1",
+            "--algo",
+            algo,
+            "--seed",
+            str(seed),
+            "--quiet",
+            "--run-dir",
+            str(run_dir),
+            *extra,
+        ]
+    )
+    steps = json.loads(out.strip().splitlines()[-1])["env_steps"]
+    _, out = _run([*duetrl, "eval", str(run_dir), "--episodes", "100", "--deterministic", "--json"])
+    result = json.loads(out)
+    return Figure("duetrl", task, seed, steps, round(process_s, 2), result["mean_return"], result["std_return"])
+
+
+def run_sb3(task: str, seed: int) -> Figure | None:
+    _, _, algo, steps = TASKS[task]
+    if algo is None:
+        return None
+    process_s, out = _run([sys.executable, "-m", "duetrl.bench_sb3", algo, str(steps), str(seed)])
+    result = json.loads(out.strip().splitlines()[-1])
+    # The SB3 process also evaluates; subtract that so both sides time training only (plus startup).
+    return Figure(
+        "sb3", task, seed, steps, round(process_s - result["eval_s"], 2), result["mean_return"], result["std_return"]
+    )
+
+
+def run_chapter_speed(listing: Path, workdir: Path) -> dict[str, float]:
+    """Env steps/s of the chapter's listing and of ``--preset chapter``, on g=0, same budget."""
+    _, out = _run([sys.executable, str(listing), "0", "30", "1000", "0"])
+    listing_sps = json.loads(out.strip().splitlines()[-1])["steps_per_s"]
+    run_dir = workdir / "duetrl-chapter"
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "duetrl.cli",
+            "train",
+            "Pendulum-v1",
+            "--algo",
+            "ac",
+            "--preset",
+            "chapter",
+            "--env-kwargs",
+            "g=0",
+            "--steps",
+            "6000",
+            "--quiet",
+            "--run-dir",
+            str(run_dir),
+            "--set",
+            "eval_every=0",
+            "eval_episodes=1",
+        ]
+    )
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    last = [r.split(",") for r in rows[1:] if r.split(",")[header.index("episode_return")]][-1]
+    ours = float(last[header.index("env_steps")]) / float(last[header.index("wall_time_s")])
+    return {
+        "listing_steps_per_s": listing_sps,
+        "duetrl_steps_per_s": round(ours),
+        "ratio": round(ours / listing_sps, 2),
+    }
+
+
+def have_sb3() -> bool:
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def bench(tasks: list[str], seeds: list[int], with_sb3: bool = True, listing: Path | None = None) -> dict[str, Any]:
+    """Run the benchmark and return {figures, ratios, chapter}; prints a table as it goes."""
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        from duetrl.errors import UserError
+
+        raise UserError(f"unknown benchmark task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    with_sb3 = with_sb3 and have_sb3()
+    if not with_sb3:
+        print("stable-baselines3 not installed: duetrl figures only (pip install 'duetrl[bench]')", file=sys.stderr)
+    workdir = Path(tempfile.mkdtemp(prefix="duetrl-bench-"))
+    figures: list[Figure] = []
+    print(f"{'task':<6} {'library':<7} {'seed':>4} {'env steps':>9} {'process s':>9} {'mean return':>11}")
+    try:
+        for task in tasks:
+            for seed in seeds:
+                runs = [run_duetrl(task, seed, workdir)]
+                if with_sb3:
+                    runs.append(run_sb3(task, seed))
+                for fig in filter(None, runs):
+                    figures.append(fig)
+                    print(
+                        f"{fig.task:<6} {fig.library:<7} {fig.seed:>4} {fig.env_steps:>9} {fig.process_s:>9.1f} "
+                        f"{fig.mean_return:>11.1f}",
+                        flush=True,
+                    )
+        chapter = run_chapter_speed(listing, workdir) if listing else None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    ratios = {}
+    for task in tasks:
+        ours = [f for f in figures if f.task == task and f.library == "duetrl"]
+        theirs = [f for f in figures if f.task == task and f.library == "sb3"]
+        if ours and theirs:
+            ratios[task] = round(sum(f.process_s for f in ours) / sum(f.process_s for f in theirs), 3)
+    if ratios:
+        print(
+            "time ratio duetrl / sb3 (whole process, lower is better): "
+            + ", ".join(f"{t} {r}" for t, r in ratios.items())
+        )
+    if chapter:
+        print(
+            f"chapter preset: {chapter['duetrl_steps_per_s']} env steps/s vs the listing's "
+            f"{chapter['listing_steps_per_s']} ({chapter['ratio']}x)"
+        )
+    return {"figures": [asdict(f) for f in figures], "time_ratio": ratios, "chapter": chapter}
