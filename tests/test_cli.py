@@ -142,8 +142,9 @@ def test_crash_mid_training_exits_1_and_writes_no_checkpoint(capsys, tmp_path, m
         "--quiet",
     )
     assert code == 1
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("duetrl: training stopped:") and "boom" in lines[0]
+    lines = [line for line in err.strip().splitlines() if not line.startswith("duetrl: training crash")]
+    assert len(lines) == 2 and lines[0].startswith("duetrl: training ")  # the start notice, then the one error
+    assert lines[1].startswith("duetrl: training stopped:") and "boom" in lines[1]
     assert "Traceback" not in err
     assert_no_checkpoint(run_dir)
 

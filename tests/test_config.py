@@ -8,11 +8,17 @@ from duetrl.errors import UserError
 
 
 def test_defaults_without_preset():
-    cfg, preset_id = resolve("Pendulum-v1", "ac")
+    cfg, preset_id = resolve("MountainCarContinuous-v0", "ac")
     assert preset_id is None
-    assert cfg.run.env_id == "Pendulum-v1" and cfg.run.algo == "ac"
+    assert cfg.run.env_id == "MountainCarContinuous-v0" and cfg.run.algo == "ac"
     assert cfg.run.steps == RunConfig().steps
     assert cfg.algo == ACConfig()
+
+
+def test_env_algo_pair_picks_its_default_preset():
+    cfg, preset_id = resolve("Pendulum-v1", "ppo")
+    assert preset_id == "Pendulum-v1/ppo/default"
+    assert cfg.run.num_envs == 8 and cfg.algo.gamma == 0.95
 
 
 def test_chapter_preset_values():
@@ -58,7 +64,7 @@ def test_config_file_as_dict_and_file_may_name_env_algo_preset(tmp_path):
 
 
 def test_a2c_has_its_own_defaults():
-    cfg, _ = resolve("CartPole-v1", "a2c", overrides={"gae_lambda": 0.9})
+    cfg, _ = resolve("CartPole-v1", "a2c", preset="none", overrides={"gae_lambda": 0.9})
     assert cfg.algo.advantage == "gae" and cfg.algo.update_every == 5 and cfg.algo.optimizer == "rmsprop"
     assert cfg.algo.gae_lambda == 0.9
 

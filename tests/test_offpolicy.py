@@ -316,6 +316,7 @@ RUN = dict(
     eval_every=0,
     eval_episodes=1,
     quiet=True,
+    preset="none",
 )
 
 

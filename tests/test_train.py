@@ -128,7 +128,7 @@ def test_existing_run_dir_is_refused(pendulum_run):
 
 def _short(tmp_path, env_id, algo, **settings):
     settings = {"steps": 400, "eval_episodes": 2, **settings}
-    result = duetrl.train(env_id, algo, run_dir=tmp_path / "r", quiet=True, **settings)
+    result = duetrl.train(env_id, algo, preset="none", run_dir=tmp_path / "r", quiet=True, **settings)
     columns, rows = read_metrics(tmp_path / "r")
     train_rows = [r for r in rows if r.get("critic_loss")]
     assert result.env_steps == settings["steps"]

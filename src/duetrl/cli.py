@@ -104,9 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = duetrl.resume(args.resume, steps=int(args.steps) if args.steps else None, quiet=args.quiet)
     else:
         overrides = _overrides(args)
-        cfg, preset_id = resolve(args.env_id, args.algo, args.preset, args.config, overrides)
-        if preset_id:
-            print(f"duetrl: preset {preset_id}", file=sys.stderr)
+        cfg, _ = resolve(args.env_id, args.algo, args.preset, args.config, overrides)
         result = duetrl.train(config=cfg, run_dir=args.run_dir, quiet=args.quiet)
     summary = {
         "run_dir": str(result.run_dir),

@@ -40,7 +40,7 @@ class RunConfig:
     eval_every: int = 10_000  # env steps between evaluations; 0 = only at the end
     eval_episodes: int = 10
     eval_deterministic: bool = True
-    log_every: int = 0  # env steps between metric rows; 0 = after every update
+    log_every: int = 1000  # env steps between metric rows (at the next update); 0 = after every update
     checkpoint_every: int = 0  # env steps between checkpoints; 0 = time-based only
     checkpoint_seconds: float = 30.0
     keep_checkpoints: int = 3
@@ -221,24 +221,25 @@ def list_presets() -> list[dict[str, str]]:
 
 
 def find_preset(env_id: str, algo: str, name: str | None) -> tuple[str | None, dict[str, Any]]:
-    """The preset's settings. ``name=None`` picks 'default' for the pair if one ships, else nothing.
-
-    Env-specific presets win over generic ones (file ``any.yaml``)."""
+    """The preset's id and settings. ``name=None`` picks the pair's 'default' if one ships, else none;
+    ``name="none"`` asks for no preset at all. Env-specific presets win over generic ones (``any.yaml``)."""
+    if name == "none":
+        return None, {}
     files = _preset_files()
+    wanted = name or "default"
     for scope in (env_id, "any"):
         presets = files.get(scope, {}).get(algo, {})
-        wanted = name or "default"
         if wanted in presets:
             body = dict(presets[wanted] or {})
             body.pop("description", None)
             return f"{scope}/{algo}/{wanted}", body
-        if name is None and scope == env_id:
-            continue
     if name is None:
         return None, {}
-    known = sorted({n for scope in (env_id, "any") for n in files.get(scope, {}).get(algo, {})})
-    hint = f"; presets for {env_id} / {algo}: {', '.join(known)}" if known else ""
-    raise UserError(f"unknown preset {name!r} for {env_id} with --algo {algo}{hint} (see `duetrl presets`)")
+    known = sorted({n for scope in (env_id, "any") for n in files.get(scope, {}).get(algo, {})} | {"none"})
+    raise UserError(
+        f"unknown preset {name!r} for {env_id} with --algo {algo}; choose from: {', '.join(known)} "
+        "(see `duetrl presets`)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- resolve

@@ -6,7 +6,9 @@ import math
 import os
 import random
 import signal
+import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -137,6 +139,8 @@ class Trainer:
             self.env.close()
             raise
         self.env_steps = self.updates = self.episodes = 0
+        self.obs: torch.Tensor | None = None  # the envs' current observations
+        self.obs_device = self.env.device
         self.elapsed_before = 0.0  # wall time of earlier sessions of a resumed run
         self.best_eval = -math.inf
         self.next_eval = run.eval_every if run.eval_every > 0 else run.steps
@@ -151,6 +155,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
         run = self.cfg.run
+        preset = f" with preset {run.preset}" if run.preset else ""
+        print(f"duetrl: training {run.algo} on {run.env_id}{preset} -> {self.run_dir}", file=sys.stderr)
         start = time.perf_counter()
         self.start = start
         progress = Progress(run.steps, initial=self.env_steps, quiet=self.quiet)
@@ -161,13 +167,14 @@ class Trainer:
         last_log_step = self.env_steps
         stopped: str | None = None
         final_eval: EvalResult | None = None
-        obs, _ = self.env.reset(seed=run.seed + self.env_steps)
+        if self.obs is None:  # a new run, or a resumed one whose envs could not be saved
+            self.obs, _ = self.env.reset(seed=run.seed + self.env_steps)
         try:
             with stop_on_signals() as signals:
                 while self.env_steps < run.steps:
-                    action = self.agent.explore(obs)
+                    action = self.agent.explore(self.obs)
                     try:
-                        obs, reward, terminated, truncated, info = self.env.step(action)
+                        self.obs, reward, terminated, truncated, info = self.env.step(action)
                     except Exception as e:
                         raise TrainingError(f"the environment raised {type(e).__name__}: {e}") from e
                     self.agent.observe(reward, terminated, truncated, info["final_obs"])
@@ -180,12 +187,11 @@ class Trainer:
                         recent_returns.extend(info["episode_return"])
                         postfix["return"] = float(np.mean(recent_returns))
 
-                    updated = False
+                    logged = False
                     if self.agent.ready():
                         self.agent.set_progress(self.env_steps / run.steps)
                         metrics = self.agent.update()
                         self.updates += 1
-                        updated = True
                         _check_finite(metrics, self.env_steps)
                         for key, value in metrics.items():
                             pending_metrics.setdefault(key, []).append(value)
@@ -193,6 +199,7 @@ class Trainer:
                             self._log(pending_metrics, pending_returns, pending_lengths)
                             pending_metrics, pending_returns, pending_lengths = {}, [], []
                             last_log_step = self.env_steps
+                            logged = True
 
                     progress.advance(run.num_envs, **postfix)
                     if self.env_steps >= self.next_eval and self.env_steps < run.steps:
@@ -201,7 +208,8 @@ class Trainer:
                         if run.target_return is not None and result.mean >= run.target_return:
                             stopped, final_eval = "target", result
                             break
-                    if updated and self._checkpoint_due():
+                    # Checkpoints sit right after a metrics row, so a resumed run rewrites nothing and loses nothing.
+                    if logged and self._checkpoint_due():
                         self._save_checkpoint()
                     if signals["stop"]:
                         stopped = "interrupted"
@@ -280,6 +288,8 @@ class Trainer:
             },
             "spaces": space_signature(self.env.single_observation_space, self.env.single_action_space),
             "rng": ckpt.rng_state(),
+            "env": self.env.get_state(),
+            "obs": self.obs,
         }
 
     def _save_checkpoint(self) -> None:
@@ -297,6 +307,15 @@ class Trainer:
         self.episodes, self.elapsed_before = int(counters["episodes"]), float(counters["wall_time_s"])
         self.best_eval, self.next_eval = float(counters["best_eval"]), int(counters["next_eval"])
         ckpt.set_rng_state(state["rng"])
+        if state.get("env") is not None and state.get("obs") is not None:
+            self.env.set_state(state["env"])
+            self.obs = state["obs"].to(self.obs_device)
+        else:
+            warnings.warn(
+                "this environment's state could not be saved: the resumed run starts new episodes here, so its "
+                "numbers will differ from a run that was never stopped",
+                stacklevel=2,
+            )
         return self.env_steps
 
 

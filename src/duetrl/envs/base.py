@@ -35,6 +35,15 @@ class BatchEnv(ABC):
     def close(self) -> None:
         pass
 
+    def get_state(self) -> dict[str, Any] | None:
+        """Everything needed to continue exactly from here (physical state, time limits, RNGs), as tensors and
+        plain data; None when the backend cannot capture it (a resumed run then restarts its episodes)."""
+        return None
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned."""
+        raise ValueError(f"{type(self).__name__} cannot restore a saved state")
+
     def __enter__(self) -> BatchEnv:
         return self
 

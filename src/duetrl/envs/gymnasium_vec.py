@@ -70,8 +70,66 @@ class GymnasiumBatchEnv(BatchEnv):
             out_info,
         )
 
+    def get_state(self) -> dict[str, Any] | None:
+        if not isinstance(self.vec, SyncVectorEnv):
+            return None  # sub-envs live in other processes
+        envs = []
+        for env in self.vec.envs:
+            captured = _capture(env)
+            if captured is None:
+                return None
+            envs.append(captured)
+        return {"envs": envs, "returns": self._returns.copy(), "lengths": self._lengths.copy()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.vec.reset()  # Gymnasium refuses to step an env that was never reset; then overwrite what it drew
+        for env, saved in zip(self.vec.envs, state["envs"], strict=True):
+            _restore(env, saved)
+        self._returns[:] = state["returns"]
+        self._lengths[:] = state["lengths"]
+
     def render(self) -> Any:
         return self.vec.render()
 
     def close(self) -> None:
         self.vec.close()
+
+
+def _time_limit(env: gym.Env) -> gym.wrappers.TimeLimit | None:
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, gym.wrappers.TimeLimit):
+            return env
+        env = env.env
+    return None
+
+
+def _capture(env: gym.Env) -> dict[str, Any] | None:
+    """The physical state of one env: ``unwrapped.state`` (classic control) or MuJoCo's qpos/qvel."""
+    unwrapped = env.unwrapped
+    captured: dict[str, Any] = {"rng": unwrapped.np_random.bit_generator.state}
+    if isinstance(getattr(unwrapped, "state", None), np.ndarray):
+        captured["state"] = unwrapped.state.copy()
+    elif hasattr(unwrapped, "set_state") and hasattr(unwrapped, "data"):
+        captured["qpos"], captured["qvel"] = unwrapped.data.qpos.copy(), unwrapped.data.qvel.copy()
+    else:
+        return None
+    if hasattr(unwrapped, "steps_beyond_terminated"):
+        captured["steps_beyond_terminated"] = unwrapped.steps_beyond_terminated
+    limit = _time_limit(env)
+    if limit is not None:
+        captured["elapsed"] = limit._elapsed_steps
+    return captured
+
+
+def _restore(env: gym.Env, saved: dict[str, Any]) -> None:
+    unwrapped = env.unwrapped
+    unwrapped.np_random.bit_generator.state = saved["rng"]
+    if "state" in saved:
+        unwrapped.state = np.array(saved["state"], copy=True)
+    else:
+        unwrapped.set_state(saved["qpos"], saved["qvel"])
+    if "steps_beyond_terminated" in saved:
+        unwrapped.steps_beyond_terminated = saved["steps_beyond_terminated"]
+    limit = _time_limit(env)
+    if limit is not None and "elapsed" in saved:
+        limit._elapsed_steps = saved["elapsed"]

@@ -58,6 +58,20 @@ class TorchBatchEnv(BatchEnv):
         self.episode_return.zero_()
         return self._observe(self.state).float(), {}
 
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "elapsed": self.elapsed,
+            "episode_return": self.episode_return,
+            "generator": self.generator.get_state(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.state = state["state"].to(self.device)
+        self.elapsed = state["elapsed"].to(self.device)
+        self.episode_return = state["episode_return"].to(self.device)
+        self.generator.set_state(state["generator"])
+
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
         actions = actions.to(self.device)
         self.state, reward, terminated = self._dynamics(self.state, actions)
