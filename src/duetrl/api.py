@@ -33,6 +33,7 @@ def train(
     config: Config | str | Path | dict | None = None,
     run_dir: str | Path | None = None,
     quiet: bool = False,
+    sinks: list[Any] | None = None,
     **settings: Any,
 ) -> TrainResult:
     """Train an agent and return where its run directory is and how it evaluates.
@@ -45,10 +46,12 @@ def train(
     else:
         cfg, _ = resolve(env_id, algo, preset, config, settings)
     run_dir = Path(run_dir) if run_dir else run_dir_default(cfg.run.env_id, cfg.run.algo, cfg.run.seed)
-    return Trainer(cfg, run_dir, quiet=quiet).train()
+    return Trainer(cfg, run_dir, quiet=quiet, sinks=sinks).train()
 
 
-def resume(run_dir: str | Path, steps: int | None = None, quiet: bool = False) -> TrainResult:
+def resume(
+    run_dir: str | Path, steps: int | None = None, quiet: bool = False, sinks: list[Any] | None = None
+) -> TrainResult:
     """Continue a stopped run from its last checkpoint up to ``steps`` env steps in all."""
     run_dir = Path(run_dir)
     state = ckpt.load(ckpt.latest_checkpoint(run_dir))
@@ -56,7 +59,7 @@ def resume(run_dir: str | Path, steps: int | None = None, quiet: bool = False) -
     if steps is not None:
         values["steps"] = steps
     cfg, _ = resolve(config_file=_without_preset(values))
-    return Trainer(cfg, run_dir, quiet=quiet, resume=True).train()
+    return Trainer(cfg, run_dir, quiet=quiet, resume=True, sinks=sinks).train()
 
 
 def _without_preset(values: dict[str, Any]) -> dict[str, Any]:

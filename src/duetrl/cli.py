@@ -66,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--video", help="record the episodes to FILE.mp4 or FILE.gif")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 
+    sw = sub.add_parser("sweep", help="multi-seed runs and hyperparameter sweeps on Ray Tune")
+    _train_args(sw)
+    sw.add_argument("--seeds", nargs="+", type=int, default=[0])
+    sw.add_argument("--search", choices=["grid", "random"], default="grid")
+    sw.add_argument("--samples", type=int, default=1, help="configurations drawn with --search random")
+    sw.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    sw.add_argument("--cpus-per-trial", type=float, default=1.0)
+
+    pl = sub.add_parser("plot", help="learning curves of runs and sweeps")
+    pl.add_argument("paths", nargs="+", metavar="RUN_DIR")
+    pl.add_argument("-o", "--output", default="curves.png", help=".png, .svg or .pdf")
+    pl.add_argument("--x", default="env_steps", choices=["env_steps", "wall_time_s"])
+    pl.add_argument("--title")
+
     bench = sub.add_parser("bench", help="the standard benchmark, side by side with Stable-Baselines3 if installed")
     bench.add_argument("--tasks", nargs="+", default=["ppo", "sac"], help="ppo, a2c, sac, td3")
     bench.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -148,6 +162,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from duetrl.sweep import format_summary, resume_sweep, sweep
+
+    if args.resume:
+        rows = resume_sweep(args.resume, address=args.address)
+    else:
+        if not args.run_dir:
+            raise UserError("duetrl sweep needs --run-dir DIR (where trials and the summary go)")
+        overrides = _overrides(args)
+        grid = {}
+        for key, value in list(overrides.items()):
+            if isinstance(value, str) and "," in value and key != "env_kwargs":
+                from duetrl.config import parse_value
+
+                grid[key] = [parse_value(v) for v in value.split(",")]
+                del overrides[key]
+        overrides.pop("seed", None)
+        target = overrides.pop("target_return", None)
+        rows = sweep(
+            args.run_dir,
+            args.env_id,
+            args.algo,
+            seeds=args.seeds,
+            grid=grid,
+            search=args.search,
+            samples=args.samples,
+            preset=args.preset,
+            config=args.config,
+            address=args.address,
+            cpus_per_trial=args.cpus_per_trial,
+            target_return=target,
+            **overrides,
+        )
+    print(format_summary(rows))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from duetrl.plot import plot
+
+    print(plot(args.paths, args.output, x=args.x, title=args.title))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -189,7 +247,15 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "presets": cmd_presets, "params": cmd_params}
+COMMANDS = {
+    "sweep": cmd_sweep,
+    "plot": cmd_plot,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "bench": cmd_bench,
+    "presets": cmd_presets,
+    "params": cmd_params,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

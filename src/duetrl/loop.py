@@ -123,7 +123,9 @@ def stop_on_signals() -> Iterator[dict[str, bool]]:
 class Trainer:
     """Drives one agent on one batch of envs, and owns time, logs, evaluation and checkpoints."""
 
-    def __init__(self, cfg: Config, run_dir: Path, quiet: bool = False, resume: bool = False):
+    def __init__(
+        self, cfg: Config, run_dir: Path, quiet: bool = False, resume: bool = False, sinks: list[Any] | None = None
+    ):
         self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
         run = cfg.run
         prepare_run_dir(self.run_dir, resume)
@@ -151,6 +153,7 @@ class Trainer:
             resume_at = self._restore(ckpt.latest_checkpoint(self.run_dir))
         cfg.save(self.run_dir / "config.yaml")
         self.logger: Logger = make_logger(self.run_dir, cfg.to_dict(), run.wandb, run.wandb_project, resume_at)
+        self.logger.sinks += list(sinks or [])  # e.g. a sweep reporting each evaluation to Ray Tune
 
     # ------------------------------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:

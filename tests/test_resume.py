@@ -1,0 +1,452 @@
+"""Stopping and resuming runs: SIGKILL, SIGTERM/SIGINT, --resume, checkpoint pruning, and the run-directory
+errors around them (non-finite losses, checkpoints of other spaces, unwritable or occupied run dirs).
+
+The interrupted runs are real ``python -m duetrl.cli`` processes; the reference and resumed runs go through
+``duetrl.cli.main`` in this process, which gives the same numbers (every RNG is seeded, torch uses one thread)
+at less start-up cost.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import duetrl
+from duetrl import checkpoint as ckpt
+from duetrl.cli import main
+from duetrl.errors import UserError
+
+POLL_S = 0.01  # how often to look for a checkpoint of a running process
+START_TIMEOUT_S = 120  # generous: the machine may be busy with benchmarks
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def run(capsys, *argv):
+    """``duetrl ARGV`` in this process: (exit code, stdout, stderr)."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def spawn(tmp_path: Path, name: str, *argv) -> tuple[subprocess.Popen, Path, Path]:
+    """``python -m duetrl.cli ARGV`` as a child process, its output going to files (no pipe can fill up)."""
+    out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+    with out.open("wb") as fo, err.open("wb") as fe:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "duetrl.cli", *map(str, argv)], cwd=tmp_path, stdout=fo, stderr=fe
+        )
+    return proc, out, err
+
+
+def wait_for(proc: subprocess.Popen, ready, err_file: Path) -> bool:
+    """Poll until ``ready()``: True once it holds, False if the process ended first."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not ready():
+        if proc.poll() is not None:
+            return ready()
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"no checkpoint after {START_TIMEOUT_S} s; stderr:\n{err_file.read_text()}")
+        time.sleep(POLL_S)
+    return True
+
+
+def finished_or_failed(proc: subprocess.Popen, err_file: Path) -> None:
+    """The child ended on its own before we stopped it: skip if it finished, fail if it crashed."""
+    code = proc.wait()
+    if code == 0:
+        pytest.skip("the run finished before it could be stopped (machine too fast or too slow)")
+    pytest.fail(f"the run exited with {code} before it was stopped; stderr:\n{err_file.read_text()}")
+
+
+def read_metrics(run_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def without_wall_time(rows):
+    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]
+
+
+def env_steps(rows) -> list[int]:
+    return [int(float(r["env_steps"])) for r in rows]
+
+
+def assert_consistent_log(rows) -> None:
+    """env_steps never goes back, and no row appears twice (a resume rewrote nothing)."""
+    steps = env_steps(rows)
+    assert steps == sorted(steps), steps
+    keys = [tuple(sorted(r.items())) for r in without_wall_time(rows)]
+    assert len(keys) == len(set(keys)), "duplicated metrics rows"
+
+
+def step_of(path: Path) -> int:
+    return int(ckpt.STEP_FILE.match(path.name).group(1))
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:012d}.safetensors"
+
+
+def assert_user_error(code, out, err, match=None):
+    assert code == 2, (code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("duetrl: error:"), err
+    assert "Traceback" not in err and "Traceback" not in out
+    if match is not None:
+        assert re.search(match, lines[0]), lines[0]
+    return lines[0]
+
+
+def tensors_in(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from tensors_in(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from tensors_in(value)
+
+
+# ------------------------------------------------------------------------------------------ 1. SIGKILL
+
+
+COMMON = ["Pendulum-v1", "--preset", "none", "--num-envs", 2, "--seed", 3, "--quiet"]
+SCHEDULE = ["checkpoint_every=512", "eval_every=1024", "eval_episodes=2", "log_every=0"]
+PPO = ["num_steps=64", "minibatch_size=64", "epochs=2"]
+SAC = ["learning_starts=300", "batch_size=64", "actor_hidden=[32,32]", "critic_hidden=[32,32]", "save_buffer=true"]
+
+# Fewer steps than a hand check would use (4096 on-policy, 1600 for SAC, not 8192 / 3000) to keep the file
+# fast; the kill still lands at 1024 with most of the run (several checkpoints and evaluations) to go.
+KILL_CASES = {
+    "ppo-gymnasium": (["--algo", "ppo", "--backend", "gymnasium", "--steps", 4096], PPO),
+    "ppo-torch": (["--algo", "ppo", "--backend", "torch", "--steps", 4096], PPO),
+    "ac": (["--algo", "ac", "--backend", "gymnasium", "--steps", 4096], ["update_every=16"]),
+    "sac-saved-buffer": (["--algo", "sac", "--backend", "gymnasium", "--steps", 1600], SAC),
+}
+
+
+@pytest.mark.parametrize("case", list(KILL_CASES))
+def test_sigkill_then_resume_matches_uninterrupted_run(capsys, tmp_path, case):
+    flags, settings = KILL_CASES[case]
+    argv = [*COMMON, *flags, "--set", *settings, *SCHEDULE]
+    total = int(flags[flags.index("--steps") + 1])
+    a, b = tmp_path / "A", tmp_path / "B"
+
+    # B: a real process, killed without warning right after its checkpoint at 1024 steps appears
+    proc, _, err_file = spawn(tmp_path, "B", "train", *argv, "--run-dir", b)
+    kill_at = ckpt.checkpoint_dir(b) / step_name(1024)
+    if not wait_for(proc, kill_at.exists, err_file) or proc.poll() is not None:
+        finished_or_failed(proc, err_file)
+    proc.kill()
+    if proc.wait() == 0:
+        pytest.skip("the run finished before the kill landed")
+    latest = ckpt.list_checkpoints(b)[-1]
+    assert 1024 <= step_of(latest) < total
+    _, killed_rows = read_metrics(b)
+    assert max(env_steps(killed_rows)) < total
+
+    # A: the same run, never stopped
+    code, _, err = run(capsys, "train", *argv, "--run-dir", a)
+    assert code == 0, err
+
+    code, out, err = run(capsys, "train", "--resume", b, "--quiet")
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert json.loads(out.strip().splitlines()[-1])["env_steps"] == total
+
+    columns_a, rows_a = read_metrics(a)
+    columns_b, rows_b = read_metrics(b)
+    assert set(columns_a) == set(columns_b)
+    assert len(rows_a) == len(rows_b)
+    assert without_wall_time(rows_a) == without_wall_time(rows_b)
+    assert_consistent_log(rows_b)
+    assert env_steps(rows_b)[-1] == total
+    assert ckpt.list_checkpoints(b)[-1].name == ckpt.list_checkpoints(a)[-1].name == step_name(total)
+
+
+# ------------------------------------------------------------------------------------------ 2. --steps
+
+
+SMALL_AC = [
+    "Pendulum-v1",
+    "--algo",
+    "ac",
+    "--preset",
+    "none",
+    "--num-envs",
+    2,
+    "--seed",
+    1,
+    "--quiet",
+    "--set",
+    "update_every=16",
+    "checkpoint_every=512",
+    "eval_episodes=1",
+    "log_every=0",
+]
+
+
+def test_resume_with_more_steps_continues_to_the_new_total(capsys, tmp_path):
+    run_dir = tmp_path / "B"
+    code, _, err = run(capsys, "train", *SMALL_AC, "eval_every=0", "--steps", 1024, "--run-dir", run_dir)
+    assert code == 0, err
+    _, before = read_metrics(run_dir)
+    assert env_steps(before)[-1] == 1024
+
+    code, out, err = run(capsys, "train", "--resume", run_dir, "--steps", 2048, "--quiet")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["env_steps"] == 2048
+    _, after = read_metrics(run_dir)
+    assert env_steps(after)[-1] == 2048
+    assert after[: len(before)] == before  # the first session's rows are kept as they were
+    assert_consistent_log(after)
+    assert ckpt.list_checkpoints(run_dir)[-1].name == step_name(2048)
+    assert ckpt.load(ckpt.list_checkpoints(run_dir)[-1])["config"]["steps"] == 2048
+
+
+# ------------------------------------------------------------------------------------------ 3. SIGTERM / SIGINT
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_cleanly_with_a_checkpoint_then_resumes(capsys, tmp_path, sig):
+    run_dir = tmp_path / "B"
+    total = 3072
+    argv = [*SMALL_AC, "eval_every=1024", "--steps", total, "--run-dir", run_dir]
+    proc, out_file, err_file = spawn(tmp_path, "B", "train", *argv)
+    if not wait_for(proc, lambda: bool(ckpt.list_checkpoints(run_dir)), err_file) or proc.poll() is not None:
+        finished_or_failed(proc, err_file)
+    proc.send_signal(sig)
+    try:
+        code = proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"{sig.name} did not stop the run within 15 s; stderr:\n{err_file.read_text()}")
+    if code == 0:
+        pytest.skip("the run finished before the signal landed")
+    err = err_file.read_text()
+    assert code == 130, err
+    assert "Traceback" not in err
+    summary = json.loads(out_file.read_text().strip().splitlines()[-1])
+    assert summary["stopped"] == "interrupted"
+
+    stopped_at = step_of(ckpt.list_checkpoints(run_dir)[-1])
+    assert 0 < stopped_at < total
+    assert summary["env_steps"] == stopped_at
+    _, rows = read_metrics(run_dir)
+    assert rows and max(env_steps(rows)) <= stopped_at
+    assert_consistent_log(rows)
+
+    code, out, err = run(capsys, "eval", run_dir, "--episodes", 2, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["episodes"] == 2 and isinstance(result["mean_return"], float)
+
+    code, out, err = run(capsys, "train", "--resume", run_dir, "--quiet")
+    assert code == 0, err
+    _, rows = read_metrics(run_dir)
+    assert env_steps(rows)[-1] == total
+    assert_consistent_log(rows)
+    assert ckpt.list_checkpoints(run_dir)[-1].name == step_name(total)
+
+
+# ------------------------------------------------------------------------------------------ 4. pruning
+
+
+def test_keeps_only_the_last_checkpoints_and_best(capsys, tmp_path):
+    run_dir = tmp_path / "B"
+    code, _, err = run(
+        capsys, "train", *SMALL_AC, "keep_checkpoints=2", "eval_every=1000", "--steps", 2000, "--run-dir", run_dir
+    )
+    assert code == 0, err
+    names = sorted(p.name for p in ckpt.checkpoint_dir(run_dir).iterdir())
+    assert names == sorted([step_name(1536), step_name(2000), "best.safetensors"])
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------ 5. non-finite loss
+
+
+NAN_ENV = '''
+import gymnasium as gym
+import numpy as np
+
+
+class NanRewardEnv(gym.Env):
+    """Finite rewards for its first 45 steps in all, NaN after; episodes are cut at 50 steps."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+
+    def __init__(self):
+        self.total = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.uniform(-1, 1, 3).astype(np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        self.total += 1
+        reward = float("nan") if self.total > 45 else -float(np.square(action).sum())
+        obs = self.np_random.uniform(-1, 1, 3).astype(np.float32)
+        return obs, reward, False, self.t >= 50, {}
+'''
+
+
+def test_non_finite_loss_stops_with_exit_1_and_keeps_finite_checkpoints(capsys, tmp_path, monkeypatch):
+    (tmp_path / "duetrl_test_nan_env.py").write_text(NAN_ENV)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_dir = tmp_path / "run"
+    code, out, err = run(
+        capsys,
+        "train",
+        "duetrl_test_nan_env:NanRewardEnv",
+        "--algo",
+        "ac",
+        "--preset",
+        "none",
+        "--steps",
+        500,
+        "--set",
+        "update_every=10",
+        "checkpoint_every=20",
+        "log_every=0",
+        "eval_every=0",
+        "eval_episodes=1",
+        "hidden=[16,16]",
+        "--run-dir",
+        run_dir,
+        "--quiet",
+    )
+    assert code == 1, err
+    assert "Traceback" not in err and "Traceback" not in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("duetrl: training stopped:"), err
+    assert re.search(r"\b(nan|-?inf)\b", last, re.IGNORECASE), last
+
+    saved = ckpt.list_checkpoints(run_dir)
+    assert saved, "the checkpoints before the NaN should be kept"
+    files = sorted(ckpt.checkpoint_dir(run_dir).glob("*.safetensors"))
+    for path in files:
+        state = ckpt.load(path)
+        tensors = [t for t in tensors_in(state["agent"]["modules"]) if t.is_floating_point()]
+        assert tensors
+        assert all(torch.isfinite(t).all() for t in tensors), f"non-finite weights in {path.name}"
+    assert all(step_of(p) <= 50 for p in saved)
+
+
+# ------------------------------------------------------------------------------------------ 6. other spaces
+
+
+@pytest.fixture
+def mountain_car_run(capsys, tmp_path):
+    run_dir = tmp_path / "mc"
+    code, _, err = run(
+        capsys,
+        "train",
+        "MountainCarContinuous-v0",
+        "--algo",
+        "ac",
+        "--preset",
+        "none",
+        "--steps",
+        200,
+        "--set",
+        "update_every=10",
+        "eval_every=0",
+        "eval_episodes=1",
+        "hidden=[16,16]",
+        "--run-dir",
+        run_dir,
+        "--quiet",
+    )
+    assert code == 0, err
+    return run_dir
+
+
+@pytest.mark.parametrize("keep_spaces", [True, False], ids=["spaces-recorded", "spaces-missing"])
+def test_checkpoint_of_other_spaces_is_a_user_error(capsys, mountain_car_run, keep_spaces):
+    run_dir = mountain_car_run
+    path = ckpt.list_checkpoints(run_dir)[-1]
+    state = ckpt.load(path)
+    state["config"]["env_id"] = "Pendulum-v1"  # same agent tensors, now claiming Pendulum's (3,) observations
+    if not keep_spaces:
+        del state["spaces"]  # as if written before spaces were recorded: only the tensor shapes can tell
+    ckpt.save(path, state)
+    match = "other spaces" if keep_spaces else "other shapes"
+
+    with pytest.raises(UserError, match=match):
+        duetrl.load(run_dir)
+    assert_user_error(*run(capsys, "eval", run_dir, "--episodes", 1), match=match)
+    assert_user_error(*run(capsys, "train", "--resume", run_dir, "--quiet"), match=match)
+    assert ckpt.list_checkpoints(run_dir) == [path]  # a refused resume leaves the run alone
+
+
+# ------------------------------------------------------------------------------------------ 7. unwritable run dir
+
+
+def test_run_dir_under_a_file_is_a_user_error(capsys, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    line = assert_user_error(
+        *run(capsys, "train", "Pendulum-v1", "--steps", 50, "--run-dir", blocker / "run", "--quiet"),
+        match="cannot write to run directory",
+    )
+    assert "--run-dir" in line
+    assert blocker.read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # cwd is tmp_path: no runs/ either
+
+
+@pytest.mark.parametrize("inside", [True, False], ids=["inside-read-only-dir", "read-only-run-dir"])
+def test_read_only_run_dir_is_a_user_error(capsys, tmp_path, inside):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions (the file-parent case covers this as root)")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        run_dir = locked / "run" if inside else locked
+        assert_user_error(
+            *run(capsys, "train", "Pendulum-v1", "--steps", 50, "--run-dir", run_dir, "--quiet"),
+            match="cannot write to run directory",
+        )
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+# ------------------------------------------------------------------------------------------ 8. occupied run dir
+
+
+def test_existing_run_without_resume_is_refused_with_a_hint(capsys, tmp_path):
+    run_dir = tmp_path / "B"
+    code, _, err = run(capsys, "train", *SMALL_AC, "eval_every=0", "--steps", 64, "--run-dir", run_dir)
+    assert code == 0, err
+    snapshot = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and "tb" not in p.parts}
+
+    line = assert_user_error(
+        *run(capsys, "train", *SMALL_AC, "eval_every=0", "--steps", 128, "--run-dir", run_dir),
+        match="already holds a run",
+    )
+    assert f"--resume {run_dir}" in line
+    assert {p: p.read_bytes() for p in snapshot} == snapshot

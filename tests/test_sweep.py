@@ -1,0 +1,117 @@
+"""Sweeps on a real local Ray (2 CPUs, tiny budgets): a crashing trial, a resume, the summary and the plots."""
+
+import json
+import math
+import sys
+
+import pytest
+
+from duetrl.errors import UserError
+from duetrl.sweep import SweepSpec, mean_ci95
+
+ray = pytest.importorskip("ray")
+
+CRASH_MODULE = '''
+import gymnasium
+from gymnasium.envs.classic_control.pendulum import PendulumEnv
+
+
+class SeedOneCrashes(PendulumEnv):
+    """Pendulum that refuses to start when seeded with 1: one trial of a sweep over seeds 0 and 1 crashes."""
+
+    def reset(self, *, seed=None, options=None):
+        if seed == 1:
+            raise RuntimeError("boom: this env cannot start from seed 1")
+        return super().reset(seed=seed, options=options)
+
+
+gymnasium.register("CrashyPendulum-v0", entry_point=SeedOneCrashes, max_episode_steps=200)
+'''
+
+
+def test_mean_ci95_against_hand_computed_values():
+    mean, half = mean_ci95([1.0, 2.0, 3.0])  # std 1, t(2) = 4.303, sqrt(3)
+    assert mean == 2.0 and half == pytest.approx(4.303 / math.sqrt(3), rel=1e-4)
+    assert math.isnan(mean_ci95([5.0])[1])
+
+
+def test_random_search_draws_fixed_trials_times_seeds():
+    spec = SweepSpec("Pendulum-v1", "ppo", None, None, {}, {"gamma": [0.9, 0.95, 0.99]}, [0, 1], "random", 4)
+    spec.expand()
+    assert len(spec.trials) == 8 and {t["seed"] for t in spec.trials} == {0, 1}
+    again = SweepSpec("Pendulum-v1", "ppo", None, None, {}, {"gamma": [0.9, 0.95, 0.99]}, [0, 1], "random", 4)
+    again.expand()
+    assert again.trials == spec.trials  # a resumed sweep runs the same draws
+
+
+def test_sweep_rejects_a_bad_setting_before_starting_ray(tmp_path):
+    from duetrl import sweep
+
+    with pytest.raises(UserError, match="did you mean"):
+        sweep.sweep(tmp_path / "s", "Pendulum-v1", "ppo", seeds=[0], grid={"gama": [0.9, 0.99]})
+    assert not (tmp_path / "s").exists()
+
+
+def test_sweep_crash_resume_summary_and_plots(tmp_path, monkeypatch, capsys):
+    import duetrl.sweep as sweep_module
+    from duetrl.cli import main
+
+    (tmp_path / "crashy_envs.py").write_text(CRASH_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path) + ":" + ":".join(p for p in sys.path if p))
+    monkeypatch.chdir(tmp_path)
+    sweep_dir = tmp_path / "sweep"
+    common = ["--steps", "400", "--quiet", "--set", "num_steps=50", "eval_every=200", "eval_episodes=2"]
+    code = main(
+        [
+            "sweep",
+            "CrashyPendulum-v0",
+            "--algo",
+            "ppo",
+            "--preset",
+            "none",
+            "--import",
+            "crashy_envs",
+            "--seeds",
+            "0",
+            "1",
+            "--run-dir",
+            str(sweep_dir),
+            "--set",
+            "gamma=0.9,0.99",
+            *common,
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert err.count("failed: ") == 2 and "boom" in err  # both seed-1 trials crashed and said why
+    rows = {r["config"]: r for r in sweep_module.summarize(sweep_dir)}
+    assert set(rows) == {"gamma=0.9", "gamma=0.99"}
+    assert all(r["seeds"] == 1 and r["failed"] == 1 for r in rows.values())
+    assert "gamma=0.9: final" in out and (sweep_dir / "summary.csv").is_file()
+
+    # Interrupt one finished trial (no result yet) and resume: only it runs again; the others stay as they were.
+    redo = sweep_dir / "trials" / "gamma=0.9" / "seed_0"
+    kept = sweep_dir / "trials" / "gamma=0.99" / "seed_0"
+    (redo / "result.json").unlink()
+    kept_mtime = (kept / "metrics.csv").stat().st_mtime_ns
+    assert main(["sweep", "--resume", str(sweep_dir)]) == 0
+    assert json.loads((redo / "result.json").read_text())["env_steps"] == 400
+    assert (kept / "metrics.csv").stat().st_mtime_ns == kept_mtime
+
+    # Curves from the sweep and a single run, in every format.
+    for name in ("curves.png", "curves.svg", "curves.pdf"):
+        assert main(["plot", str(sweep_dir), str(kept), "-o", str(tmp_path / name), "--x", "wall_time_s"]) == 0
+        data = (tmp_path / name).read_bytes()
+        assert len(data) > 1000
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "curves.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_plot_errors_are_one_line(tmp_path, capsys):
+    from duetrl.cli import main
+
+    assert main(["plot", str(tmp_path), "-o", str(tmp_path / "x.png")]) == 2
+    assert main(["plot", str(tmp_path), "-o", str(tmp_path / "x.jpg")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("duetrl: error:") for line in err)
