@@ -188,3 +188,59 @@ def test_make_rejects_bad_arguments():
 
 def test_user_error_is_exported():
     assert duetrl.UserError is UserError
+
+
+# ------------------------------------------------------------------------------------------ the other envs
+
+
+def _other_cases(env_id, rng, n=32):
+    """Random states (including near and past the limits) and actions (including out of bounds) per env."""
+    if env_id == "CartPole-v1":
+        states = rng.uniform([-2.6, -3, -0.25, -3], [2.6, 3, 0.25, 3], (n, 4))
+        actions = rng.integers(0, 2, n)
+    elif env_id == "MountainCarContinuous-v0":
+        states = rng.uniform([-1.2, -0.07], [0.6, 0.07], (n, 2)).astype(np.float32)
+        states[:3] = [[-1.2, -0.01], [0.449, 0.005], [0.44, 0.07]]  # wall bounce, just short of / past the goal
+        actions = rng.uniform(-3, 3, (n, 1)).astype(np.float32)
+    else:  # Acrobot-v1
+        states = rng.uniform([-np.pi, -np.pi, -4 * np.pi, -9 * np.pi], [np.pi, np.pi, 4 * np.pi, 9 * np.pi], (n, 4))
+        states[:2] = [[np.pi - 0.01, 0.0, 0.0, 0.0], [0.0, 0.0, 4 * np.pi, 9 * np.pi]]
+        actions = rng.integers(0, 3, n)
+    return states, actions
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "MountainCarContinuous-v0", "Acrobot-v1"])
+def test_other_native_envs_step_like_gymnasium(env_id):
+    rng = np.random.default_rng(7)
+    states, actions = _other_cases(env_id, rng)
+    n = len(states)
+    env = NATIVE_ENVS[env_id](n, dtype=torch.float64)
+    env.reset(seed=0)
+    env.state = torch.tensor(states, dtype=torch.float64)
+    obs, reward, terminated, truncated, info = env.step(torch.as_tensor(actions))
+    reference = gym.make(env_id)
+    reference.reset(seed=0)
+    atol = 1e-5 if env_id == "MountainCarContinuous-v0" else ATOL  # Gymnasium computes that one in float32
+    for i in range(n):
+        reference.unwrapped.state = states[i].copy()
+        if env_id == "CartPole-v1":
+            reference.unwrapped.steps_beyond_terminated = None  # each case is a fresh step
+        action = actions[i] if actions.ndim == 2 else int(actions[i])
+        ref_obs, ref_reward, ref_term, _, _ = reference.unwrapped.step(action)
+        np.testing.assert_allclose(info["final_obs"][i].numpy(), ref_obs, atol=atol, err_msg=f"obs {i}")
+        np.testing.assert_allclose(float(reward[i]), ref_reward, atol=atol, err_msg=f"reward {i}")
+        assert bool(terminated[i]) == ref_term, f"terminated {i}"
+    assert not truncated.any()
+    assert env.single_observation_space == reference.observation_space
+    assert env.single_action_space == reference.action_space
+    reference.close()
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "MountainCarContinuous-v0", "Acrobot-v1"])
+def test_other_native_envs_truncate_like_gymnasium(env_id):
+    limit = gym.spec(env_id).max_episode_steps
+    env = NATIVE_ENVS[env_id](1, dtype=torch.float64)
+    env.reset(seed=0)
+    env.elapsed[:] = limit - 1
+    _, _, _, truncated, info = env.step(torch.zeros(1, 1) if env_id.startswith("Mountain") else torch.ones(1))
+    assert bool(truncated[0]) and info["episode_length"] == [limit]

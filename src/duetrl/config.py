@@ -33,7 +33,7 @@ class RunConfig:
     seed: int = 0
     num_envs: int = 1
     env_kwargs: dict = field(default_factory=dict)
-    backend: str = "gymnasium"  # gymnasium | torch | auto
+    backend: str = "auto"  # auto = torch-native where duetrl has the env, else Gymnasium
     vector: str = "sync"  # sync | async (Gymnasium vector envs)
     device: str = "auto"  # auto = CUDA when present, else CPU
     torch_threads: int = 1  # small MLPs run fastest single-threaded
