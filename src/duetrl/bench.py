@@ -123,6 +123,29 @@ def run_chapter_speed(listing: Path, workdir: Path) -> dict[str, float]:
     }
 
 
+def rollout_throughput(
+    env_id: str = "Pendulum-v1", num_envs: int = 4096, steps: int = 200, backend: str = "torch"
+) -> float:
+    """Env steps/s with a 64x64 MLP policy sampling actions in the loop (no learning)."""
+    import torch
+
+    from duetrl.envs import make
+    from duetrl.policy import Policy
+
+    torch.set_num_threads(1)
+    env = make(env_id, num_envs, backend=backend)
+    policy = Policy(env.single_observation_space, env.single_action_space, [64, 64], "tanh", False)
+    obs, _ = env.reset(seed=0)
+    with torch.inference_mode():
+        for i in range(steps + 10):
+            if i == 10:  # warm-up done
+                start = time.perf_counter()
+            _, action, _ = policy.sample(obs)
+            obs, *_ = env.step(action)
+    env.close()
+    return num_envs * steps / (time.perf_counter() - start)
+
+
 def have_sb3() -> bool:
     try:
         import stable_baselines3  # noqa: F401
@@ -158,6 +181,14 @@ def bench(tasks: list[str], seeds: list[int], with_sb3: bool = True, listing: Pa
                         flush=True,
                     )
         chapter = run_chapter_speed(listing, workdir) if listing else None
+        throughput = {
+            "torch_4096": round(rollout_throughput("Pendulum-v1", 4096, 200, "torch")),
+            "gymnasium_16": round(rollout_throughput("Pendulum-v1", 16, 300, "gymnasium")),
+        }
+        print(
+            f"rollout throughput, Pendulum-v1, 64x64 policy in the loop: torch-native x4096 "
+            f"{throughput['torch_4096']:,} env steps/s; Gymnasium sync x16 {throughput['gymnasium_16']:,} env steps/s"
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     ratios = {}
@@ -176,4 +207,4 @@ def bench(tasks: list[str], seeds: list[int], with_sb3: bool = True, listing: Pa
             f"chapter preset: {chapter['duetrl_steps_per_s']} env steps/s vs the listing's "
             f"{chapter['listing_steps_per_s']} ({chapter['ratio']}x)"
         )
-    return {"figures": [asdict(f) for f in figures], "time_ratio": ratios, "chapter": chapter}
+    return {"figures": [asdict(f) for f in figures], "time_ratio": ratios, "chapter": chapter, "throughput": throughput}
