@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import duetrl
 from duetrl import checkpoint as ckpt
@@ -132,13 +133,14 @@ SCHEDULE = ["checkpoint_every=512", "eval_every=1024", "eval_episodes=2", "log_e
 PPO = ["num_steps=64", "minibatch_size=64", "epochs=2"]
 SAC = ["learning_starts=300", "batch_size=64", "actor_hidden=[32,32]", "critic_hidden=[32,32]", "save_buffer=true"]
 
-# Fewer steps than a hand check would use (4096 on-policy, 1600 for SAC, not 8192 / 3000) to keep the file
-# fast; the kill still lands at 1024 with most of the run (several checkpoints and evaluations) to go.
+# Fewer steps than a hand check would use (3072 on-policy, 1280 for SAC, not 8192 / 3000) to keep the file
+# fast; the kill still lands at 1024 with checkpoints, evaluations (on-policy) and, for SAC, a few hundred
+# gradient steps on the restored replay buffer to go.
 KILL_CASES = {
-    "ppo-gymnasium": (["--algo", "ppo", "--backend", "gymnasium", "--steps", 4096], PPO),
-    "ppo-torch": (["--algo", "ppo", "--backend", "torch", "--steps", 4096], PPO),
-    "ac": (["--algo", "ac", "--backend", "gymnasium", "--steps", 4096], ["update_every=16"]),
-    "sac-saved-buffer": (["--algo", "sac", "--backend", "gymnasium", "--steps", 1600], SAC),
+    "ppo-gymnasium": (["--algo", "ppo", "--backend", "gymnasium", "--steps", 3072], PPO),
+    "ppo-torch": (["--algo", "ppo", "--backend", "torch", "--steps", 3072], PPO),
+    "ac": (["--algo", "ac", "--backend", "gymnasium", "--steps", 3072], ["update_every=16"]),
+    "sac-saved-buffer": (["--algo", "sac", "--backend", "gymnasium", "--steps", 1280], SAC),
 }
 
 
@@ -192,6 +194,8 @@ SMALL_AC = [
     "none",
     "--num-envs",
     2,
+    "--backend",
+    "gymnasium",
     "--seed",
     1,
     "--quiet",
@@ -205,7 +209,7 @@ SMALL_AC = [
 
 def test_resume_with_more_steps_continues_to_the_new_total(capsys, tmp_path):
     run_dir = tmp_path / "B"
-    code, _, err = run(capsys, "train", *SMALL_AC, "eval_every=0", "--steps", 1024, "--run-dir", run_dir)
+    code, _, err = run(capsys, "train", *SMALL_AC, "eval_every=512", "--steps", 1024, "--run-dir", run_dir)
     assert code == 0, err
     _, before = read_metrics(run_dir)
     assert env_steps(before)[-1] == 1024
@@ -221,13 +225,39 @@ def test_resume_with_more_steps_continues_to_the_new_total(capsys, tmp_path):
     assert ckpt.load(ckpt.list_checkpoints(run_dir)[-1])["config"]["steps"] == 2048
 
 
+def eval_steps(run_dir: Path) -> list[int]:
+    return [int(r["env_steps"]) for r in read_metrics(run_dir)[1] if r["eval_return_mean"]]
+
+
+@pytest.mark.parametrize("every, expected", [(0, [64, 80]), (32, [32, 64, 80])], ids=["eval_every=0", "eval_every=32"])
+def test_resume_with_more_steps_keeps_the_eval_schedule(capsys, tmp_path, every, expected):
+    run_dir = tmp_path / "B"
+    code, _, err = run(capsys, "train", *SMALL_AC, f"eval_every={every}", "--steps", 64, "--run-dir", run_dir)
+    assert code == 0, err
+    assert eval_steps(run_dir) == expected[:-1]
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--steps", 80, "--quiet")
+    assert code == 0, err
+    assert eval_steps(run_dir) == expected
+
+
+def test_resume_keeps_the_runs_preset(capsys, tmp_path):
+    run_dir = tmp_path / "B"
+    code, _, err = run(capsys, "train", *SMALL_AC, "eval_every=0", "--steps", 64, "--run-dir", run_dir)
+    assert code == 0, err
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["preset"] is None
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--steps", 96, "--quiet")
+    assert code == 0, err
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["preset"] is None
+    assert "with preset" not in err
+
+
 # ------------------------------------------------------------------------------------------ 3. SIGTERM / SIGINT
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_cleanly_with_a_checkpoint_then_resumes(capsys, tmp_path, sig):
     run_dir = tmp_path / "B"
-    total = 3072
+    total = 2048
     argv = [*SMALL_AC, "eval_every=1024", "--steps", total, "--run-dir", run_dir]
     proc, out_file, err_file = spawn(tmp_path, "B", "train", *argv)
     if not wait_for(proc, lambda: bool(ckpt.list_checkpoints(run_dir)), err_file) or proc.poll() is not None:

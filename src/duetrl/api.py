@@ -59,6 +59,7 @@ def resume(
     if steps is not None:
         values["steps"] = steps
     cfg, _ = resolve(config_file=_without_preset(values))
+    cfg.run.preset = values.get("preset")  # the preset the run was made with (its settings are all explicit)
     return Trainer(cfg, run_dir, quiet=quiet, resume=True, sinks=sinks).train()
 
 
@@ -109,6 +110,7 @@ def load(run_dir: str | Path, checkpoint: str = "latest", device: str = "cpu") -
     if "config" not in state or "agent" not in state:
         raise UserError(f"checkpoint {path} lacks the config or the agent: it was not written by duetrl train")
     cfg, _ = resolve(config_file=_without_preset(state["config"]))
+    cfg.run.preset = state["config"].get("preset")
     import_modules(cfg.run.imports)
     probe = env_factory(cfg.run.env_id, **cfg.run.env_kwargs)()
     obs_space, act_space = probe.observation_space, probe.action_space

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -75,7 +76,9 @@ def _check(ok: bool, key: str, value: Any, why: str) -> None:
 
 
 def check_range(key: str, value: float, low: float | None = None, high: float | None = None) -> None:
-    """Raise a UserError unless low <= value <= high."""
+    """Raise a UserError unless value is finite and low <= value <= high."""
+    if not math.isfinite(value):
+        raise UserError(f"{key}={value!r} must be a finite number")
     if (low is not None and value < low) or (high is not None and value > high):
         lo = "-inf" if low is None else low
         hi = "inf" if high is None else high
@@ -293,6 +296,8 @@ def resolve(
     env_id = str(pick("env_id", run.env_id))
     algo_name = str(pick("algo", run.algo))
     preset_name = pick("preset", None)
+    if preset_name is not None and not isinstance(preset_name, str):
+        raise UserError(f"preset={preset_name!r} must be a preset name (see `duetrl presets`)")
     spec = get_algo(algo_name)
     preset_id, preset_values = find_preset(env_id, algo_name, preset_name)
 
@@ -306,6 +311,8 @@ def resolve(
     ):
         run_part, algo_part = {}, {}
         for key, value in values.items():
+            if not isinstance(key, str):
+                raise UserError(f"setting name {key!r} (from {source}) is not a name; write key: value with a text key")
             if key in run_fields:
                 run_part[key] = value
             elif key in algo_fields:

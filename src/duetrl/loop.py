@@ -217,11 +217,12 @@ class Trainer:
                     if signals["stop"]:
                         stopped = "interrupted"
                         break
-            if pending_metrics or pending_returns:
-                self._log(pending_metrics, pending_returns, pending_lengths)
-            if stopped != "interrupted" and final_eval is None:
-                final_eval = self._evaluate()
-            self._save_checkpoint()
+                # Still inside the signal guard: a signal now cannot cut the final evaluation or checkpoint short.
+                if pending_metrics or pending_returns:
+                    self._log(pending_metrics, pending_returns, pending_lengths)
+                if stopped != "interrupted" and final_eval is None:
+                    final_eval = self._evaluate()
+                self._save_checkpoint()
         finally:
             progress.close()
             self.logger.close()
@@ -308,7 +309,10 @@ class Trainer:
         counters = state["counters"]
         self.env_steps, self.updates = int(counters["env_steps"]), int(counters["updates"])
         self.episodes, self.elapsed_before = int(counters["episodes"]), float(counters["wall_time_s"])
-        self.best_eval, self.next_eval = float(counters["best_eval"]), int(counters["next_eval"])
+        self.best_eval = float(counters["best_eval"])
+        # The next evaluation follows from where the run is (the saved one may be past a final evaluation).
+        every = self.cfg.run.eval_every
+        self.next_eval = (self.env_steps // every + 1) * every if every > 0 else self.cfg.run.steps
         ckpt.set_rng_state(state["rng"])
         if state.get("env") is not None and state.get("obs") is not None:
             self.env.set_state(state["env"])
