@@ -1,7 +1,9 @@
 """Train and evaluate one Stable-Baselines3 agent with rl-zoo3's tuned Pendulum-v1 settings; print one JSON line.
 
 Run as its own process by duetrl.bench so that both libraries are timed the same way (whole process).
-Usage: python -m duetrl.bench_sb3 ALGO STEPS SEED [EVAL_EPISODES]"""
+Usage: python -m duetrl.bench_sb3 ALGO STEPS SEED [EVAL_EPISODES [UNTIL_RETURN]]
+With UNTIL_RETURN, training stops at the first check (every 500 steps, 20 held-out episodes, not timed) whose
+mean reaches it: ``train_s`` is then SB3's training time to that first success."""
 
 import json
 import sys
@@ -11,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3 import A2C, PPO, SAC, TD3
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.noise import NormalActionNoise
 
@@ -63,6 +66,40 @@ ZOO = {
 CLASSES = {"ppo": PPO, "sac": SAC, "td3": TD3, "a2c": A2C}
 
 
+def held_out_mean(model, episodes: int) -> tuple[float, float]:
+    returns = []
+    env = gym.make("Pendulum-v1")
+    for k in range(episodes):
+        obs, _ = env.reset(seed=EVAL_SEED_BASE + k)
+        total, done = 0.0, False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+class StopAtReturn(BaseCallback):
+    """Every ``every`` steps, evaluate (time not counted) and stop once the mean reaches ``target``."""
+
+    def __init__(self, target: float, every: int = 500):
+        super().__init__()
+        self.target, self.every, self.eval_s, self.reached_at = target, every, 0.0, None
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps % self.every:
+            return True
+        start = time.perf_counter()
+        mean, _ = held_out_mean(self.model, 20)
+        self.eval_s += time.perf_counter() - start
+        if mean >= self.target:
+            self.reached_at = self.num_timesteps
+            return False
+        return True
+
+
 def main() -> None:
     algo, steps, seed = sys.argv[1], int(float(sys.argv[2])), int(sys.argv[3])
     episodes = int(sys.argv[4]) if len(sys.argv) > 4 else 100
@@ -74,33 +111,24 @@ def main() -> None:
     if algo == "td3":
         kwargs["action_noise"] = NormalActionNoise(np.zeros(1), 0.1 * np.ones(1))
     model = CLASSES[algo]("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs)
-    model.learn(total_timesteps=steps)
-    train_s = time.perf_counter() - start
+    until = float(sys.argv[5]) if len(sys.argv) > 5 else None
+    callback = StopAtReturn(until) if until is not None else None
+    model.learn(total_timesteps=steps, callback=callback)
+    uncounted = callback.eval_s if callback else 0.0
+    train_s = time.perf_counter() - start - uncounted
     eval_start = time.perf_counter()
-    returns = []
-    eval_env = gym.make("Pendulum-v1")
-    for k in range(episodes):
-        obs, _ = eval_env.reset(seed=EVAL_SEED_BASE + k)
-        total, done = 0.0, False
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            obs, reward, terminated, truncated, _ = eval_env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    print(
-        json.dumps(
-            {
-                "algo": algo,
-                "steps": steps,
-                "seed": seed,
-                "train_s": round(train_s, 2),
-                "eval_s": round(time.perf_counter() - eval_start, 2),
-                "mean_return": float(np.mean(returns)),
-                "std_return": float(np.std(returns)),
-            }
-        )
-    )
+    mean, std = held_out_mean(model, episodes)
+    result = {
+        "algo": algo,
+        "steps": int(model.num_timesteps),
+        "seed": seed,
+        "train_s": round(train_s, 2),
+        "eval_s": round(time.perf_counter() - eval_start + uncounted, 2),
+        "reached_at": callback.reached_at if callback else None,
+        "mean_return": mean,
+        "std_return": std,
+    }
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

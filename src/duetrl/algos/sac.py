@@ -105,6 +105,7 @@ class SAC(OffPolicyAgent):
             "critic_target": self.critic_target,
             "alpha": nn.ParameterList([self.log_alpha]),
         }
+        self.actor_params, self.critic_params = list(self.actor.parameters()), list(self.critic.parameters())
         self.optimizers = {
             "actor": adam(self.actor.parameters(), cfg.actor_lr),
             "critic": adam(self.critic.parameters(), cfg.critic_lr),
@@ -128,22 +129,30 @@ class SAC(OffPolicyAgent):
             target = batch["reward"] + cfg.gamma * (1 - batch["terminated"]) * next_q
         q = self.critic(batch["obs"], batch["action"])  # [E, B]
         critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
-        clip_and_step(self.optimizers["critic"], critic_loss, self.critic.parameters(), cfg.max_grad_norm)
+        clip_and_step(self.optimizers["critic"], critic_loss, self.critic_params, cfg.max_grad_norm)
         metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
 
         if self.gradient_steps % cfg.policy_delay == 0:
-            # Actor: maximise the soft Q of its own (reparameterised) actions.
+            # Actor: maximise the soft Q (of the just-updated critic) of its own reparameterised actions.
             action, log_prob = squashed_sample(self.actor, batch["obs"])
             self.critic.requires_grad_(False)
             q_pi = self.critic(batch["obs"], action).min(0).values
             self.critic.requires_grad_(True)
-            actor_loss = (alpha * log_prob - q_pi).mean()
-            clip_and_step(self.optimizers["actor"], actor_loss, self.actor.parameters(), cfg.max_grad_norm)
-            metrics.update(actor_loss=actor_loss.detach(), entropy=-log_prob.detach().mean())
+            loss = actor_loss = (alpha * log_prob - q_pi).mean()
+            optimizers = [self.optimizers["actor"]]
             if cfg.autotune_alpha:
-                alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-                clip_and_step(self.optimizers["alpha"], alpha_loss, [self.log_alpha], 0.0)
-            metrics["alpha"] = self.log_alpha.detach().exp()
+                # Alpha: keep the policy's entropy near the target. Its loss touches only log_alpha (and the actor
+                # loss uses alpha detached), so one backward pass serves both without changing either update.
+                loss = loss - (self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+                optimizers.append(self.optimizers["alpha"])
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm > 0:
+                nn.utils.clip_grad_norm_(self.actor_params, cfg.max_grad_norm)
+            for optimizer in optimizers:
+                optimizer.step()
+            metrics.update(actor_loss=actor_loss.detach(), entropy=-log_prob.detach().mean(), alpha=alpha)
 
         polyak(self.critic_target, self.critic, cfg.tau)
         return metrics
