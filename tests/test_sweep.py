@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from duetrl.errors import UserError
-from duetrl.sweep import SweepSpec, mean_ci95
+from duetrl.sweeps import SweepSpec, mean_ci95
 
 ray = pytest.importorskip("ray")
 
@@ -45,7 +45,7 @@ def test_random_search_draws_fixed_trials_times_seeds():
 
 
 def test_sweep_rejects_a_bad_setting_before_starting_ray(tmp_path):
-    from duetrl import sweep
+    from duetrl import sweeps as sweep
 
     with pytest.raises(UserError, match="did you mean"):
         sweep.sweep(tmp_path / "s", "Pendulum-v1", "ppo", seeds=[0], grid={"gama": [0.9, 0.99]})
@@ -53,7 +53,7 @@ def test_sweep_rejects_a_bad_setting_before_starting_ray(tmp_path):
 
 
 def test_sweep_crash_resume_summary_and_plots(tmp_path, monkeypatch, capsys):
-    import duetrl.sweep as sweep_module
+    import duetrl.sweeps as sweep_module
     from duetrl.cli import main
 
     (tmp_path / "crashy_envs.py").write_text(CRASH_MODULE)

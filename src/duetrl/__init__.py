@@ -10,6 +10,21 @@ from duetrl.api import LoadedAgent, evaluate, load, resume, train
 from duetrl.config import Config, RunConfig, list_presets, resolve
 from duetrl.errors import TrainingError, UserError
 
+
+def sweep(*args, **kwargs):  # noqa: ANN002, ANN003 - re-exported lazily: Ray is an optional extra
+    """Multi-seed runs and sweeps on Ray Tune; see :func:`duetrl.sweeps.sweep`."""
+    from duetrl.sweeps import sweep as run_sweep
+
+    return run_sweep(*args, **kwargs)
+
+
+def plot(*args, **kwargs):  # noqa: ANN002, ANN003 - re-exported lazily: matplotlib is an optional extra
+    """Learning curves of runs and sweeps; see :func:`duetrl.curves.plot`."""
+    from duetrl.curves import plot as draw
+
+    return draw(*args, **kwargs)
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -21,7 +36,9 @@ __all__ = [
     "evaluate",
     "list_presets",
     "load",
+    "plot",
     "resolve",
     "resume",
+    "sweep",
     "train",
 ]

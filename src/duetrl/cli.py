@@ -41,6 +41,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--target-return", type=float, help="stop when the periodic eval mean reaches this")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline without a key)")
+    p.add_argument("--save-buffer", action="store_true", help="off-policy: keep the replay buffer in checkpoints")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -107,6 +108,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         values["imports"] = args.imports
     if args.wandb:
         values["wandb"] = True
+    if args.save_buffer:
+        values["save_buffer"] = True
     return values
 
 
@@ -163,7 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from duetrl.sweep import format_summary, resume_sweep, sweep
+    from duetrl.sweeps import format_summary, resume_sweep, sweep
 
     if args.resume:
         rows = resume_sweep(args.resume, address=args.address)
@@ -200,7 +203,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from duetrl.plot import plot
+    from duetrl.curves import plot
 
     print(plot(args.paths, args.output, x=args.x, title=args.title))
     return 0
