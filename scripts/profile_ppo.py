@@ -1,0 +1,45 @@
+"""Where the wall time of the PPO Pendulum preset goes: env stepping, inference, update, overhead.
+
+Usage: .venv/bin/python scripts/profile_ppo.py   (one process; wraps the loop's calls with timers)"""
+
+import tempfile
+import time
+
+t_start = time.perf_counter()
+import duetrl  # noqa: E402
+from duetrl import checkpoint, loop  # noqa: E402
+from duetrl.algos.ppo import PPO  # noqa: E402
+from duetrl.envs.native import TorchBatchEnv  # noqa: E402
+
+totals = {}
+
+
+def timed(owner, name, key):
+    fn = getattr(owner, name)
+
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            totals[key] = totals.get(key, 0.0) + time.perf_counter() - t
+
+    setattr(owner, name, wrapper)
+
+
+timed(TorchBatchEnv, "step", "env step")
+timed(PPO, "explore", "policy inference")
+timed(PPO, "observe", "rollout storage")
+timed(PPO, "update", "update")
+timed(loop.Trainer, "_evaluate", "evaluation")
+timed(checkpoint, "save", "checkpoints")
+t_import = time.perf_counter() - t_start
+t0 = time.perf_counter()
+result = duetrl.train("Pendulum-v1", "ppo", run_dir=tempfile.mkdtemp(prefix="duetrl-profile-"), quiet=True)
+total = time.perf_counter() - t_start
+loop_total = time.perf_counter() - t0
+print(f"process {total:.2f} s; imports {t_import:.2f} s ({t_import / total:.0%})")
+rest = loop_total - sum(totals.values())
+for k, v in list(totals.items()) + [("other (setup, loop, logging)", rest)]:
+    print(f"  {k:<30} {v:6.2f} s  {v / total:5.1%}")
+print("final eval", round(result.final_eval.mean, 1))
