@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -12,8 +13,47 @@ from torch import Tensor, nn
 
 from duetrl.algos.base import Agent
 from duetrl.buffers import ReplayBuffer
+from duetrl.config import check_range
 from duetrl.errors import UserError
 from duetrl.policy import space_dims
+
+
+@dataclass
+class OffPolicyConfig:
+    """Settings every off-policy actor-critic shares (defaults: the SAC/TD3 papers', as in SB3/CleanRL)."""
+
+    actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "relu"
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005  # Polyak rate of the target networks
+    batch_size: int = 256
+    buffer_size: int = 1_000_000
+    learning_starts: int = 5_000  # env steps of uniform random actions before learning
+    utd: float = 1.0  # gradient steps per env step
+    policy_delay: int = 1  # actor update every n critic updates
+    n_critics: int = 2
+    critic_layer_norm: bool = False
+    critic_dropout: float = 0.0
+    max_grad_norm: float = 0.0  # 0 = no clipping
+    save_buffer: bool = False  # keep the replay buffer in checkpoints (exact resume)
+
+    def validate(self) -> None:
+        for key in ("actor_lr", "critic_lr", "utd", "max_grad_norm"):
+            check_range(key, getattr(self, key), 0.0)
+        check_range("gamma", self.gamma, 0.0, 1.0)
+        check_range("tau", self.tau, 0.0, 1.0)
+        check_range("critic_dropout", self.critic_dropout, 0.0, 0.99)
+        for key in ("batch_size", "buffer_size", "policy_delay", "n_critics"):
+            check_range(key, getattr(self, key), 1)
+        check_range("learning_starts", self.learning_starts, 0)
+        for key in ("actor_hidden", "critic_hidden"):
+            if not getattr(self, key) or any(w < 1 for w in getattr(self, key)):
+                raise UserError(f"{key}={getattr(self, key)!r} must list positive layer widths, e.g. [256, 256]")
+        if self.buffer_size < self.batch_size:
+            raise UserError(f"buffer_size={self.buffer_size} must be at least batch_size={self.batch_size}")
 
 
 def polyak(target: nn.Module, source: nn.Module, tau: float) -> None:

@@ -11,7 +11,7 @@ With ``utd`` > 1 (several gradient steps per env step), LayerNorm/dropout in the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import gymnasium as gym
 import torch
@@ -19,51 +19,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from duetrl.algos.base import adam, clip_and_step
-from duetrl.algos.offpolicy import OffPolicyAgent, frozen_copy, polyak
+from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, frozen_copy, polyak
 from duetrl.config import check_range
 from duetrl.errors import UserError
 from duetrl.nets import EnsembleQ, GaussianActor
 
 
 @dataclass
-class SACConfig:
-    """Hyperparameters of ``sac`` (defaults: the original paper's, as in SB3/CleanRL)."""
+class SACConfig(OffPolicyConfig):
+    """Hyperparameters of ``sac``: the shared off-policy ones plus the entropy terms."""
 
-    actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
-    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
-    activation: str = "relu"
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
     alpha_lr: float = 3e-4
-    gamma: float = 0.99
-    tau: float = 0.005
-    batch_size: int = 256
-    buffer_size: int = 1_000_000
-    learning_starts: int = 5_000
-    utd: float = 1.0  # gradient steps per env step
-    policy_delay: int = 1  # actor and alpha update every n critic updates
-    n_critics: int = 2
-    critic_layer_norm: bool = False
-    critic_dropout: float = 0.0
     alpha: float = 0.2  # initial entropy coefficient
     autotune_alpha: bool = True
     target_entropy: float | None = None  # None = -act_dim
     log_std_min: float = -5.0
     log_std_max: float = 2.0
-    max_grad_norm: float = 0.0  # 0 = no clipping
-    save_buffer: bool = False
 
     def validate(self) -> None:
-        for key in ("actor_lr", "critic_lr", "alpha_lr", "alpha", "max_grad_norm", "utd"):
-            check_range(key, getattr(self, key), 0.0)
-        check_range("gamma", self.gamma, 0.0, 1.0)
-        check_range("tau", self.tau, 0.0, 1.0)
-        check_range("critic_dropout", self.critic_dropout, 0.0, 0.99)
-        for key in ("batch_size", "buffer_size", "policy_delay", "n_critics"):
-            check_range(key, getattr(self, key), 1)
-        check_range("learning_starts", self.learning_starts, 0)
-        if self.buffer_size < self.batch_size:
-            raise UserError(f"buffer_size={self.buffer_size} must be at least batch_size={self.batch_size}")
+        super().validate()
+        check_range("alpha_lr", self.alpha_lr, 0.0)
+        check_range("alpha", self.alpha, 0.0)
+        if self.alpha <= 0:
+            raise UserError(f"alpha={self.alpha} must be positive (it is learned in log space)")
 
 
 def squashed_sample(actor: GaussianActor, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:

@@ -9,7 +9,7 @@ no target smoothing (see ddpg.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import gymnasium as gym
 import torch
@@ -17,58 +17,28 @@ from torch import Tensor
 
 from duetrl.algos.ac import _choice
 from duetrl.algos.base import adam, clip_and_step
-from duetrl.algos.offpolicy import OffPolicyAgent, frozen_copy, polyak
+from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, frozen_copy, polyak
 from duetrl.config import check_range
-from duetrl.errors import UserError
 from duetrl.nets import DeterministicActor, EnsembleQ
 
 
 @dataclass
-class TD3Config:
-    """Hyperparameters of ``td3`` (defaults: the paper's, as in SB3/CleanRL)."""
+class TD3Config(OffPolicyConfig):
+    """Hyperparameters of ``td3``: the shared off-policy ones plus exploration and target smoothing."""
 
-    actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
-    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
-    activation: str = "relu"
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    gamma: float = 0.99
-    tau: float = 0.005
-    batch_size: int = 256
-    buffer_size: int = 1_000_000
     learning_starts: int = 25_000
-    utd: float = 1.0  # gradient steps per env step
-    n_critics: int = 2
-    critic_layer_norm: bool = False
     policy_delay: int = 2
     exploration_noise: float = 0.1  # std of the noise, in units of half the action range
     noise_type: str = "gaussian"  # gaussian | ou
     ou_theta: float = 0.15
     target_noise: float = 0.2  # target policy smoothing (0 = off)
     target_noise_clip: float = 0.5
-    max_grad_norm: float = 0.0
-    save_buffer: bool = False
 
     def validate(self) -> None:
-        for key in (
-            "actor_lr",
-            "critic_lr",
-            "utd",
-            "exploration_noise",
-            "target_noise",
-            "target_noise_clip",
-            "max_grad_norm",
-            "ou_theta",
-        ):
+        super().validate()
+        for key in ("exploration_noise", "target_noise", "target_noise_clip", "ou_theta"):
             check_range(key, getattr(self, key), 0.0)
-        check_range("gamma", self.gamma, 0.0, 1.0)
-        check_range("tau", self.tau, 0.0, 1.0)
-        for key in ("batch_size", "buffer_size", "policy_delay", "n_critics"):
-            check_range(key, getattr(self, key), 1)
-        check_range("learning_starts", self.learning_starts, 0)
         _choice("noise_type", self.noise_type, ("gaussian", "ou"))
-        if self.buffer_size < self.batch_size:
-            raise UserError(f"buffer_size={self.buffer_size} must be at least batch_size={self.batch_size}")
 
 
 class TD3(OffPolicyAgent):
@@ -78,7 +48,13 @@ class TD3(OffPolicyAgent):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
         self.actor = DeterministicActor(self.obs_dim, self.act_dim, cfg.actor_hidden, cfg.activation).to(device)
         self.critic = EnsembleQ(
-            self.obs_dim, self.act_dim, cfg.critic_hidden, cfg.n_critics, cfg.activation, cfg.critic_layer_norm
+            self.obs_dim,
+            self.act_dim,
+            cfg.critic_hidden,
+            cfg.n_critics,
+            cfg.activation,
+            cfg.critic_layer_norm,
+            cfg.critic_dropout,
         ).to(device)
         self.actor_target, self.critic_target = frozen_copy(self.actor), frozen_copy(self.critic)
         self.modules = {
