@@ -193,3 +193,10 @@ def test_train_then_eval(capsys, tmp_path):
         match="already holds a run",
     )
     assert ckpt.list_checkpoints(run_dir)[-1].name == "step_000000000400.safetensors"
+
+
+def test_a_mistake_leaves_no_run_directory(capsys, tmp_path):
+    for argv in (["train", "NoSuchEnv-v9"], ["train", "CartPole-v1", "--algo", "td3"]):
+        code, _, err = run(capsys, *argv, "--run-dir", tmp_path / "new", "--quiet")
+        assert code == 2 and "duetrl: error:" in err
+        assert not (tmp_path / "new").exists()

@@ -128,32 +128,33 @@ class Trainer:
     ):
         self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
         run = cfg.run
-        prepare_run_dir(self.run_dir, resume)
         torch.set_num_threads(run.torch_threads)
         seed_everything(run.seed)
         self.device = resolve_device(run.device)
+        # Environment and agent first: a mistake there must not leave a run directory behind.
         self.env = make_env(cfg, self.device)
         try:
             self.agent = build_agent(
                 cfg, self.env.single_observation_space, self.env.single_action_space, run.num_envs, self.device
             )
+            prepare_run_dir(self.run_dir, resume)
+            self.env_steps = self.updates = self.episodes = 0
+            self.obs: torch.Tensor | None = None  # the envs' current observations
+            self.obs_device = self.env.device
+            self.elapsed_before = 0.0  # wall time of earlier sessions of a resumed run
+            self.best_eval = -math.inf
+            self.next_eval = run.eval_every if run.eval_every > 0 else run.steps
+            self.next_checkpoint = run.checkpoint_every if run.checkpoint_every > 0 else math.inf
+            self.last_checkpoint_time = time.monotonic()
+            resume_at = None
+            if resume:
+                resume_at = self._restore(ckpt.latest_checkpoint(self.run_dir))
+            cfg.save(self.run_dir / "config.yaml")
+            self.logger: Logger = make_logger(self.run_dir, cfg.to_dict(), run.wandb, run.wandb_project, resume_at)
+            self.logger.sinks += list(sinks or [])  # e.g. a sweep reporting each evaluation to Ray Tune
         except BaseException:
             self.env.close()
             raise
-        self.env_steps = self.updates = self.episodes = 0
-        self.obs: torch.Tensor | None = None  # the envs' current observations
-        self.obs_device = self.env.device
-        self.elapsed_before = 0.0  # wall time of earlier sessions of a resumed run
-        self.best_eval = -math.inf
-        self.next_eval = run.eval_every if run.eval_every > 0 else run.steps
-        self.next_checkpoint = run.checkpoint_every if run.checkpoint_every > 0 else math.inf
-        self.last_checkpoint_time = time.monotonic()
-        resume_at = None
-        if resume:
-            resume_at = self._restore(ckpt.latest_checkpoint(self.run_dir))
-        cfg.save(self.run_dir / "config.yaml")
-        self.logger: Logger = make_logger(self.run_dir, cfg.to_dict(), run.wandb, run.wandb_project, resume_at)
-        self.logger.sinks += list(sinks or [])  # e.g. a sweep reporting each evaluation to Ray Tune
 
     # ------------------------------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
