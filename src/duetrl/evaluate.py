@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +95,11 @@ def render_episodes(
 ) -> EvalResult:
     """Play episodes one at a time in a window (``render_mode="human"``) or into a video file (.mp4/.gif)."""
     if video is not None:
+        if Path(video).suffix.lower() not in (".mp4", ".gif"):
+            raise UserError(f"video file must end in .mp4 or .gif, got {Path(video).name!r}")
         render_mode = "rgb_array"
         writer_module = _imageio()
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # off-screen frames need no display
     env = env_factory(env_id, render_mode=render_mode, **(env_kwargs or {}))()
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
     frames: list[np.ndarray] = []
