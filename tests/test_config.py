@@ -18,7 +18,7 @@ def test_defaults_without_preset():
 def test_env_algo_pair_picks_its_default_preset():
     cfg, preset_id = resolve("Pendulum-v1", "ppo")
     assert preset_id == "Pendulum-v1/ppo/default"
-    assert cfg.run.num_envs == 8 and cfg.algo.gamma == 0.95
+    assert cfg.run.num_envs == 64 and cfg.algo.gamma == 0.95
 
 
 def test_chapter_preset_values():
