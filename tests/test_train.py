@@ -172,7 +172,7 @@ def test_cartpole_a2c_parallel_envs(tmp_path):
                 "update_every": 16,
             },
         ),
-        ("Pendulum-v1", {"squash": "tanh", "entropy_coef": 0.01, "optimizer": "rmsprop", "update_every": 16}),
+        ("Pendulum-v1", {"squash": "tanh", "ent_coef": 0.01, "optimizer": "rmsprop", "update_every": 16}),
     ],
 )
 def test_variants_train(tmp_path, env_id, settings):

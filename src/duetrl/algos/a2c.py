@@ -11,7 +11,8 @@ from duetrl.algos.ac import ACConfig
 
 @dataclass
 class A2CConfig(ACConfig):
-    """``ac`` with A2C's defaults: GAE over 5-step batches, entropy bonus, state-independent std."""
+    """``ac`` with A2C's defaults: GAE over 5-step batches, RMSprop, state-independent std (``ent_coef`` adds
+    the entropy bonus)."""
 
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "tanh"
@@ -23,6 +24,6 @@ class A2CConfig(ACConfig):
     update_every: int = 5
     normalize_advantage: bool = False
     max_grad_norm: float = 0.5
-    entropy_coef: float = 0.0
+    ent_coef: float = 0.0
     state_dependent_std: bool = False
     ortho_init: bool = True

@@ -49,7 +49,7 @@ class ACConfig:
     update_every: int = 0  # 0 = once per episode, else every n steps of each env
     normalize_advantage: bool = True
     max_grad_norm: float = 1.0  # 0 = no clipping
-    entropy_coef: float = 0.0
+    ent_coef: float = 0.0
     bootstrap_truncation: bool = True  # False = treat a time limit as a terminal state (the listing)
     ortho_init: bool = False  # the listing defines an orthogonal init but never applies it
     state_dependent_std: bool = True
@@ -69,7 +69,7 @@ class ACConfig:
         check_range("nstep", self.nstep, 1)
         check_range("update_every", self.update_every, 0)
         check_range("max_grad_norm", self.max_grad_norm, 0.0)
-        check_range("entropy_coef", self.entropy_coef, 0.0)
+        check_range("ent_coef", self.ent_coef, 0.0)
         _choice("critic", self.critic, ("v", "q"))
         _choice("advantage", self.advantage, ADVANTAGES)
         _choice("squash", self.squash, ("clip", "tanh"))
@@ -149,7 +149,7 @@ class ActorCritic(OnPolicyAgent):
         dist = self.policy.distribution(obs)
         log_prob = self.policy.log_prob(dist, raw)  # [T, N]
         entropy = self.policy.entropy(dist).mean()
-        actor_loss = -(log_prob * advantages).mean() - cfg.entropy_coef * entropy
+        actor_loss = -(log_prob * advantages).mean() - cfg.ent_coef * entropy
 
         actor_grad = clip_and_step(self.optimizers["actor"], actor_loss, self.policy.parameters(), cfg.max_grad_norm)
         critic_grad = clip_and_step(self.optimizers["critic"], critic_loss, self.critic.parameters(), cfg.max_grad_norm)
