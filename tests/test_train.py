@@ -177,3 +177,32 @@ def test_cartpole_a2c_parallel_envs(tmp_path):
 )
 def test_variants_train(tmp_path, env_id, settings):
     _short(tmp_path, env_id, "ac", steps=200, eval_episodes=1, **settings)
+
+
+@pytest.mark.parametrize(
+    ("algo", "settings"),
+    [
+        ("ppo", {"num_envs": 8, "num_steps": 32, "minibatch_size": 64, "backend": "torch"}),
+        ("sac", {"learning_starts": 100, "batch_size": 32, "actor_hidden": [16], "critic_hidden": [16], "utd": 2}),
+    ],
+)
+def test_same_seed_same_numbers(tmp_path, algo, settings):
+    """Reproducible on the same machine: same seed and config give the same metrics (wall time aside)."""
+    outputs = []
+    for name in ("a", "b"):
+        duetrl.train(
+            "Pendulum-v1",
+            algo,
+            preset="none",
+            steps=512,
+            seed=7,
+            eval_every=256,
+            eval_episodes=2,
+            log_every=0,
+            run_dir=tmp_path / name,
+            quiet=True,
+            **settings,
+        )
+        _, rows = read_metrics(tmp_path / name)
+        outputs.append([{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows])
+    assert outputs[0] == outputs[1] and len(outputs[0]) > 2
