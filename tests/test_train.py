@@ -206,3 +206,23 @@ def test_same_seed_same_numbers(tmp_path, algo, settings):
         _, rows = read_metrics(tmp_path / name)
         outputs.append([{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows])
     assert outputs[0] == outputs[1] and len(outputs[0]) > 2
+
+
+def test_target_return_stops_early_and_keeps_that_checkpoint(tmp_path):
+    run_dir = tmp_path / "r"
+    result = duetrl.train(
+        "Pendulum-v1",
+        "ac",
+        preset="chapter",
+        steps=4000,
+        eval_every=400,
+        eval_episodes=2,
+        target_return=-5000.0,
+        run_dir=run_dir,
+        quiet=True,
+    )  # any policy beats -5000
+    assert result.stopped_early == "target" and result.env_steps == 400
+    assert result.final_eval is not None and result.final_eval.mean >= -5000.0
+    from duetrl import checkpoint as ckpt
+
+    assert ckpt.latest_checkpoint(run_dir).name == "step_000000000400.safetensors"
