@@ -85,6 +85,12 @@ def check_range(key: str, value: float, low: float | None = None, high: float | 
         raise UserError(f"{key}={value!r} is out of range: must be in [{lo}, {hi}]")
 
 
+def check_choice(key: str, value: str, options: tuple[str, ...]) -> None:
+    """Raise a UserError unless value is one of options."""
+    if value not in options:
+        raise UserError(f"{key}={value!r} is not one of: {', '.join(options)}")
+
+
 @dataclass
 class Config:
     """A fully resolved configuration: run settings and the algorithm's hyperparameters."""

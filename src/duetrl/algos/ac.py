@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from duetrl.algos.base import adam, clip_and_step
 from duetrl.algos.onpolicy import OnPolicyAgent
-from duetrl.config import check_range
+from duetrl.config import check_choice, check_range
 from duetrl.errors import UserError
 from duetrl.nets import QCritic, ValueCritic, orthogonal_init
 from duetrl.returns import discounted_returns, gae, normalize, nstep_targets, td_errors
@@ -70,20 +70,15 @@ class ACConfig:
         check_range("update_every", self.update_every, 0)
         check_range("max_grad_norm", self.max_grad_norm, 0.0)
         check_range("ent_coef", self.ent_coef, 0.0)
-        _choice("critic", self.critic, ("v", "q"))
-        _choice("advantage", self.advantage, ADVANTAGES)
-        _choice("squash", self.squash, ("clip", "tanh"))
-        _choice("optimizer", self.optimizer, ("adam", "rmsprop"))
-        _choice("activation", self.activation, ("relu", "tanh", "elu", "gelu", "silu"))
+        check_choice("critic", self.critic, ("v", "q"))
+        check_choice("advantage", self.advantage, ADVANTAGES)
+        check_choice("squash", self.squash, ("clip", "tanh"))
+        check_choice("optimizer", self.optimizer, ("adam", "rmsprop"))
+        check_choice("activation", self.activation, ("relu", "tanh", "elu", "gelu", "silu"))
         if not self.hidden or any(w < 1 for w in self.hidden):
             raise UserError(f"hidden={self.hidden!r} must list positive layer widths, e.g. [128, 128]")
         if self.log_std_min > self.log_std_max:
             raise UserError(f"log_std_min={self.log_std_min} must not exceed log_std_max={self.log_std_max}")
-
-
-def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise UserError(f"{key}={value!r} is not one of: {', '.join(options)}")
 
 
 def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:

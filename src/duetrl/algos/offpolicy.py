@@ -13,8 +13,9 @@ from torch import Tensor, nn
 
 from duetrl.algos.base import Agent
 from duetrl.buffers import ReplayBuffer
-from duetrl.config import check_range
+from duetrl.config import check_choice, check_range
 from duetrl.errors import UserError
+from duetrl.nets import ACTIVATIONS, EnsembleQ
 from duetrl.policy import space_dims
 
 
@@ -49,6 +50,7 @@ class OffPolicyConfig:
         for key in ("batch_size", "buffer_size", "policy_delay", "n_critics"):
             check_range(key, getattr(self, key), 1)
         check_range("learning_starts", self.learning_starts, 0)
+        check_choice("activation", self.activation, tuple(ACTIVATIONS))
         for key in ("actor_hidden", "critic_hidden"):
             if not getattr(self, key) or any(w < 1 for w in getattr(self, key)):
                 raise UserError(f"{key}={getattr(self, key)!r} must list positive layer widths, e.g. [256, 256]")
@@ -94,6 +96,19 @@ class OffPolicyAgent(Agent):
         self.updates_owed = 0.0
         self.gradient_steps = 0
         self._pending: dict[str, Tensor] = {}
+
+    def make_critic(self) -> EnsembleQ:
+        """The ensemble of Q critics every off-policy algorithm here trains (twin by default)."""
+        cfg = self.cfg
+        return EnsembleQ(
+            self.obs_dim,
+            self.act_dim,
+            cfg.critic_hidden,
+            cfg.n_critics,
+            cfg.activation,
+            cfg.critic_layer_norm,
+            cfg.critic_dropout,
+        ).to(self.device)
 
     # ------------------------------------------------------------------------------------------ acting
     @abstractmethod

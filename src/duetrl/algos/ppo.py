@@ -16,10 +16,9 @@ import gymnasium as gym
 import torch
 from torch import Tensor
 
-from duetrl.algos.ac import _choice
 from duetrl.algos.base import adam, clip_and_step
 from duetrl.algos.onpolicy import OnPolicyAgent
-from duetrl.config import check_range
+from duetrl.config import check_choice, check_range
 from duetrl.errors import UserError
 from duetrl.nets import ValueCritic, orthogonal_init
 from duetrl.returns import gae, normalize
@@ -67,8 +66,8 @@ class PPOConfig:
         check_range("vf_coef", self.vf_coef, 0.0)
         check_range("max_grad_norm", self.max_grad_norm, 0.0)
         check_range("target_kl", self.target_kl, 0.0)
-        _choice("squash", self.squash, ("clip", "tanh"))
-        _choice("activation", self.activation, ("relu", "tanh", "elu", "gelu", "silu"))
+        check_choice("squash", self.squash, ("clip", "tanh"))
+        check_choice("activation", self.activation, ("relu", "tanh", "elu", "gelu", "silu"))
         if not self.hidden or any(w < 1 for w in self.hidden):
             raise UserError(f"hidden={self.hidden!r} must list positive layer widths, e.g. [64, 64]")
 

@@ -22,7 +22,7 @@ from duetrl.algos.base import adam, clip_and_step
 from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, frozen_copy, polyak
 from duetrl.config import check_range
 from duetrl.errors import UserError
-from duetrl.nets import EnsembleQ, GaussianActor
+from duetrl.nets import GaussianActor
 
 
 @dataclass
@@ -65,15 +65,7 @@ class SAC(OffPolicyAgent):
         self.actor = GaussianActor(
             self.obs_dim, self.act_dim, cfg.actor_hidden, cfg.activation, True, 0.0, cfg.log_std_min, cfg.log_std_max
         ).to(device)
-        self.critic = EnsembleQ(
-            self.obs_dim,
-            self.act_dim,
-            cfg.critic_hidden,
-            cfg.n_critics,
-            cfg.activation,
-            cfg.critic_layer_norm,
-            cfg.critic_dropout,
-        ).to(device)
+        self.critic = self.make_critic()
         self.critic_target = frozen_copy(self.critic)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.alpha), device=device))
         self.target_entropy = -float(self.act_dim) if cfg.target_entropy is None else cfg.target_entropy

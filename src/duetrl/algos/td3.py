@@ -15,11 +15,10 @@ import gymnasium as gym
 import torch
 from torch import Tensor
 
-from duetrl.algos.ac import _choice
 from duetrl.algos.base import adam, clip_and_step
 from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, frozen_copy, polyak
-from duetrl.config import check_range
-from duetrl.nets import DeterministicActor, EnsembleQ
+from duetrl.config import check_choice, check_range
+from duetrl.nets import DeterministicActor
 
 
 @dataclass
@@ -38,7 +37,7 @@ class TD3Config(OffPolicyConfig):
         super().validate()
         for key in ("exploration_noise", "target_noise", "target_noise_clip", "ou_theta"):
             check_range(key, getattr(self, key), 0.0)
-        _choice("noise_type", self.noise_type, ("gaussian", "ou"))
+        check_choice("noise_type", self.noise_type, ("gaussian", "ou"))
 
 
 class TD3(OffPolicyAgent):
@@ -47,15 +46,7 @@ class TD3(OffPolicyAgent):
     def __init__(self, cfg: TD3Config, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
         self.actor = DeterministicActor(self.obs_dim, self.act_dim, cfg.actor_hidden, cfg.activation).to(device)
-        self.critic = EnsembleQ(
-            self.obs_dim,
-            self.act_dim,
-            cfg.critic_hidden,
-            cfg.n_critics,
-            cfg.activation,
-            cfg.critic_layer_norm,
-            cfg.critic_dropout,
-        ).to(device)
+        self.critic = self.make_critic()
         self.actor_target, self.critic_target = frozen_copy(self.actor), frozen_copy(self.critic)
         self.modules = {
             "actor": self.actor,
