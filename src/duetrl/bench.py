@@ -40,6 +40,24 @@ class Figure:
     process_s: float
     mean_return: float
     std_return: float
+    first_target_s: float | None = None  # training seconds to the first periodic eval >= TARGET (duetrl)
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.env_steps / self.process_s
+
+
+TARGET = -200.0
+
+
+def first_target_seconds(run_dir: Path, target: float = TARGET) -> float | None:
+    """Training wall time at the first periodic evaluation whose mean reached ``target``, if any."""
+    from duetrl.sweeps import read_metrics
+
+    hit = next(
+        (r for r in read_metrics(run_dir / "metrics.csv") if r.get("eval_return_mean", float("-inf")) >= target), None
+    )
+    return None if hit is None else round(hit["wall_time_s"], 2)
 
 
 def _run(cmd: list[str]) -> tuple[float, str]:
@@ -73,7 +91,16 @@ def run_duetrl(task: str, seed: int, workdir: Path) -> Figure:
     steps = json.loads(out.strip().splitlines()[-1])["env_steps"]
     _, out = _run([*duetrl, "eval", str(run_dir), "--episodes", "100", "--deterministic", "--json"])
     result = json.loads(out)
-    return Figure("duetrl", task, seed, steps, round(process_s, 2), result["mean_return"], result["std_return"])
+    return Figure(
+        "duetrl",
+        task,
+        seed,
+        steps,
+        round(process_s, 2),
+        result["mean_return"],
+        result["std_return"],
+        first_target_seconds(run_dir),
+    )
 
 
 def run_sb3(task: str, seed: int) -> Figure | None:
@@ -167,12 +194,15 @@ def bench(tasks: list[str], seeds: list[int], with_sb3: bool = True, listing: Pa
         from duetrl.errors import UserError
 
         raise UserError(f"unknown benchmark task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
-    with_sb3 = with_sb3 and have_sb3()
-    if not with_sb3:
+    if with_sb3 and not have_sb3():
+        with_sb3 = False
         print("stable-baselines3 not installed: duetrl figures only (pip install 'duetrl[bench]')", file=sys.stderr)
     workdir = Path(tempfile.mkdtemp(prefix="duetrl-bench-"))
     figures: list[Figure] = []
-    print(f"{'task':<6} {'library':<7} {'seed':>4} {'env steps':>9} {'process s':>9} {'mean return':>11}")
+    print(
+        f"{'task':<6} {'library':<7} {'seed':>4} {'env steps':>9} {'process s':>9} {'steps/s':>8} "
+        f"{'mean return':>11} {'to -200 s':>9}"
+    )
     try:
         for task in tasks:
             for seed in seeds:
@@ -183,7 +213,8 @@ def bench(tasks: list[str], seeds: list[int], with_sb3: bool = True, listing: Pa
                     figures.append(fig)
                     print(
                         f"{fig.task:<6} {fig.library:<7} {fig.seed:>4} {fig.env_steps:>9} {fig.process_s:>9.1f} "
-                        f"{fig.mean_return:>11.1f}",
+                        f"{fig.steps_per_s:>8.0f} {fig.mean_return:>11.1f} "
+                        f"{'-' if fig.first_target_s is None else fig.first_target_s:>9}",
                         flush=True,
                     )
         chapter = run_chapter_speed(listing, workdir) if listing else None
