@@ -91,6 +91,12 @@ def check_choice(key: str, value: str, options: tuple[str, ...]) -> None:
         raise UserError(f"{key}={value!r} is not one of: {', '.join(options)}")
 
 
+def check_widths(key: str, widths: list[int]) -> None:
+    """Raise a UserError unless widths lists positive layer widths."""
+    if not widths or any(w < 1 for w in widths):
+        raise UserError(f"{key}={widths!r} must list positive layer widths, e.g. [64, 64]")
+
+
 @dataclass
 class Config:
     """A fully resolved configuration: run settings and the algorithm's hyperparameters."""

@@ -22,9 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from duetrl.algos.base import adam, clip_and_step
-from duetrl.algos.onpolicy import OnPolicyAgent
+from duetrl.algos.onpolicy import OnPolicyAgent, validate_policy_settings
 from duetrl.config import check_choice, check_range
-from duetrl.errors import UserError
 from duetrl.nets import QCritic, ValueCritic, orthogonal_init
 from duetrl.returns import discounted_returns, gae, normalize, nstep_targets, td_errors
 
@@ -72,13 +71,8 @@ class ACConfig:
         check_range("ent_coef", self.ent_coef, 0.0)
         check_choice("critic", self.critic, ("v", "q"))
         check_choice("advantage", self.advantage, ADVANTAGES)
-        check_choice("squash", self.squash, ("clip", "tanh"))
         check_choice("optimizer", self.optimizer, ("adam", "rmsprop"))
-        check_choice("activation", self.activation, ("relu", "tanh", "elu", "gelu", "silu"))
-        if not self.hidden or any(w < 1 for w in self.hidden):
-            raise UserError(f"hidden={self.hidden!r} must list positive layer widths, e.g. [128, 128]")
-        if self.log_std_min > self.log_std_max:
-            raise UserError(f"log_std_min={self.log_std_min} must not exceed log_std_max={self.log_std_max}")
+        validate_policy_settings(self)
 
 
 def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from duetrl.algos.base import Agent
 from duetrl.buffers import ReplayBuffer
-from duetrl.config import check_choice, check_range
+from duetrl.config import check_choice, check_range, check_widths
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS, EnsembleQ
 from duetrl.policy import space_dims
@@ -51,9 +51,8 @@ class OffPolicyConfig:
             check_range(key, getattr(self, key), 1)
         check_range("learning_starts", self.learning_starts, 0)
         check_choice("activation", self.activation, tuple(ACTIVATIONS))
-        for key in ("actor_hidden", "critic_hidden"):
-            if not getattr(self, key) or any(w < 1 for w in getattr(self, key)):
-                raise UserError(f"{key}={getattr(self, key)!r} must list positive layer widths, e.g. [256, 256]")
+        check_widths("actor_hidden", self.actor_hidden)
+        check_widths("critic_hidden", self.critic_hidden)
         if self.buffer_size < self.batch_size:
             raise UserError(f"buffer_size={self.buffer_size} must be at least batch_size={self.batch_size}")
 

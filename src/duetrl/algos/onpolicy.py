@@ -11,8 +11,20 @@ from torch import Tensor
 
 from duetrl.algos.base import Agent
 from duetrl.buffers import Rollout
+from duetrl.config import check_choice, check_widths
+from duetrl.errors import UserError
+from duetrl.nets import ACTIVATIONS
 from duetrl.normalize import RewardScaler, RunningNorm
 from duetrl.policy import Policy, space_dims
+
+
+def validate_policy_settings(cfg: Any) -> None:
+    """Checks of the policy settings every on-policy config shares (see :class:`OnPolicyAgent`)."""
+    check_widths("hidden", cfg.hidden)
+    check_choice("activation", cfg.activation, tuple(ACTIVATIONS))
+    check_choice("squash", cfg.squash, ("clip", "tanh"))
+    if cfg.log_std_min > cfg.log_std_max:
+        raise UserError(f"log_std_min={cfg.log_std_min} must not exceed log_std_max={cfg.log_std_max}")
 
 
 class OnPolicyAgent(Agent):

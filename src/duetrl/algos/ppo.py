@@ -17,9 +17,8 @@ import torch
 from torch import Tensor
 
 from duetrl.algos.base import adam, clip_and_step
-from duetrl.algos.onpolicy import OnPolicyAgent
-from duetrl.config import check_choice, check_range
-from duetrl.errors import UserError
+from duetrl.algos.onpolicy import OnPolicyAgent, validate_policy_settings
+from duetrl.config import check_range
 from duetrl.nets import ValueCritic, orthogonal_init
 from duetrl.returns import gae, normalize
 
@@ -66,10 +65,7 @@ class PPOConfig:
         check_range("vf_coef", self.vf_coef, 0.0)
         check_range("max_grad_norm", self.max_grad_norm, 0.0)
         check_range("target_kl", self.target_kl, 0.0)
-        check_choice("squash", self.squash, ("clip", "tanh"))
-        check_choice("activation", self.activation, ("relu", "tanh", "elu", "gelu", "silu"))
-        if not self.hidden or any(w < 1 for w in self.hidden):
-            raise UserError(f"hidden={self.hidden!r} must list positive layer widths, e.g. [64, 64]")
+        validate_policy_settings(self)
 
 
 class PPO(OnPolicyAgent):
