@@ -12,7 +12,7 @@ import duetrl
 from duetrl import checkpoint as ckpt
 from duetrl.algos import ALGOS, get_algo
 from duetrl.algos.ddpg import DDPG, DDPGConfig
-from duetrl.algos.offpolicy import frozen_copy, polyak
+from duetrl.algos.offpolicy import averaged_tensors, frozen_copy, polyak
 from duetrl.algos.sac import SAC, SACConfig, squashed_sample
 from duetrl.algos.td3 import TD3, TD3Config
 from duetrl.envs.native import Pendulum
@@ -76,7 +76,7 @@ def test_polyak_midpoint_and_copy():
         source[1].num_batches_tracked.fill_(7)
     src = {k: v.clone() for k, v in source.state_dict().items()}
 
-    polyak(target, source, 0.5)
+    polyak(averaged_tensors(target), averaged_tensors(source), 0.5)
     for p in target.parameters():
         torch.testing.assert_close(p, torch.full_like(p, -1.0))  # (2 + -4) / 2
     torch.testing.assert_close(target[1].running_mean, torch.full((2,), 2.0))
@@ -85,11 +85,11 @@ def test_polyak_midpoint_and_copy():
         torch.testing.assert_close(value, src[key])
 
     # general tau: target <- (1 - tau) * target + tau * source
-    polyak(target, source, 0.25)
+    polyak(averaged_tensors(target), averaged_tensors(source), 0.25)
     for p in target.parameters():
         torch.testing.assert_close(p, torch.full_like(p, 0.75 * -1.0 + 0.25 * 2.0))
 
-    polyak(target, source, 1.0)
+    polyak(averaged_tensors(target), averaged_tensors(source), 1.0)
     for p, q in zip(target.parameters(), source.parameters(), strict=True):
         torch.testing.assert_close(p, q)
     torch.testing.assert_close(target[1].running_mean, source[1].running_mean)
@@ -98,7 +98,7 @@ def test_polyak_midpoint_and_copy():
 def test_polyak_with_random_weights():
     source, target = nn.Linear(4, 3), nn.Linear(4, 3)
     expected = [(t + s) / 2 for t, s in zip(snapshot(target), snapshot(source), strict=True)]
-    polyak(target, source, 0.5)
+    polyak(averaged_tensors(target), averaged_tensors(source), 0.5)
     for p, e in zip(target.parameters(), expected, strict=True):
         torch.testing.assert_close(p, e)
 

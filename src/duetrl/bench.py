@@ -108,7 +108,9 @@ def run_sb3(task: str, seed: int) -> Figure | None:
     if algo is None:
         return None
     until = [str(UNTIL[task])] if task in UNTIL else []
-    process_s, out = _run([sys.executable, "-m", "duetrl.bench_sb3", algo, str(steps), str(seed), "100", *until])
+    process_s, out = _run(
+        [sys.executable, "-m", "duetrl.bench_sb3", "Pendulum-v1", algo, str(steps), str(seed), "100", *until]
+    )
     result = json.loads(out.strip().splitlines()[-1])
     steps = result["steps"]
     # The SB3 process also evaluates; subtract that so both sides time training only (plus startup).

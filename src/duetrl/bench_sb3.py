@@ -1,7 +1,7 @@
-"""Train and evaluate one Stable-Baselines3 agent with rl-zoo3's tuned Pendulum-v1 settings; print one JSON line.
+"""Train and evaluate one Stable-Baselines3 agent with rl-zoo3's tuned settings; print one JSON line.
 
 Run as its own process by duetrl.bench so that both libraries are timed the same way (whole process).
-Usage: python -m duetrl.bench_sb3 ALGO STEPS SEED [EVAL_EPISODES [UNTIL_RETURN]]
+Usage: python -m duetrl.bench_sb3 ENV_ID ALGO STEPS SEED [EVAL_EPISODES [UNTIL_RETURN]]
 With UNTIL_RETURN, training stops at the first check (every 500 steps, 20 held-out episodes, not timed) whose
 mean reaches it: ``train_s`` is then SB3's training time to that first success."""
 
@@ -16,11 +16,13 @@ from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.vec_env import VecNormalize
 
 EVAL_SEED_BASE = 1_000_000  # duetrl's held-out evaluation seeds: both libraries are scored on the same episodes
 
-# rl-zoo3 hyperparams/*.yml, Pendulum-v1 entries.
-ZOO = {
+# rl-zoo3 hyperparams/*.yml: the Pendulum-v1 entries, and the MuJoCo ones (zoo's -v4 tuning, run on -v5).
+ZOO: dict[str, dict[str, dict]] = {}
+ZOO["Pendulum-v1"] = {
     "ppo": dict(
         n_envs=4,
         kwargs=dict(
@@ -63,17 +65,61 @@ ZOO = {
         ),
     ),
 }
+_MUJOCO_PPO = dict(
+    log_std_init=-2, ortho_init=False, activation_fn=torch.nn.ReLU, net_arch=dict(pi=[256, 256], vf=[256, 256])
+)
+ZOO["HalfCheetah-v5"] = {
+    "ppo": dict(
+        n_envs=1,
+        normalize=True,
+        kwargs=dict(
+            batch_size=64,
+            n_steps=512,
+            gamma=0.98,
+            learning_rate=2.0633e-05,
+            ent_coef=0.000401762,
+            clip_range=0.1,
+            n_epochs=20,
+            gae_lambda=0.92,
+            max_grad_norm=0.8,
+            vf_coef=0.58096,
+            policy_kwargs=_MUJOCO_PPO,
+        ),
+    ),
+    "sac": dict(n_envs=1, kwargs=dict(learning_starts=10_000)),
+}
+ZOO["Hopper-v5"] = {
+    "ppo": dict(
+        n_envs=1,
+        normalize=True,
+        kwargs=dict(
+            batch_size=32,
+            n_steps=512,
+            gamma=0.999,
+            learning_rate=9.80828e-05,
+            ent_coef=0.00229519,
+            clip_range=0.2,
+            n_epochs=5,
+            gae_lambda=0.99,
+            max_grad_norm=0.7,
+            vf_coef=0.835671,
+            policy_kwargs=_MUJOCO_PPO,
+        ),
+    ),
+    "sac": dict(n_envs=1, kwargs=dict(learning_starts=10_000)),
+}
 CLASSES = {"ppo": PPO, "sac": SAC, "td3": TD3, "a2c": A2C}
 
 
-def held_out_mean(model, episodes: int) -> tuple[float, float]:
+def held_out_mean(model, episodes: int, env_id: str = "Pendulum-v1") -> tuple[float, float]:
     returns = []
-    env = gym.make("Pendulum-v1")
+    env = gym.make(env_id)
+    norm = model.get_vec_normalize_env()
     for k in range(episodes):
         obs, _ = env.reset(seed=EVAL_SEED_BASE + k)
         total, done = 0.0, False
         while not done:
-            action, _ = model.predict(obs, deterministic=True)
+            action, _ = model.predict(obs if norm is None else norm.normalize_obs(obs), deterministic=True)
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             done = terminated or truncated
@@ -92,7 +138,7 @@ class StopAtReturn(BaseCallback):
         if self.num_timesteps % self.every:
             return True
         start = time.perf_counter()
-        mean, _ = held_out_mean(self.model, 20)
+        mean, _ = held_out_mean(self.model, 20, self.training_env.get_attr("spec")[0].id)
         self.eval_s += time.perf_counter() - start
         if mean >= self.target:
             self.reached_at = self.num_timesteps
@@ -101,24 +147,30 @@ class StopAtReturn(BaseCallback):
 
 
 def main() -> None:
-    algo, steps, seed = sys.argv[1], int(float(sys.argv[2])), int(sys.argv[3])
-    episodes = int(sys.argv[4]) if len(sys.argv) > 4 else 100
+    env_id, algo, steps, seed = sys.argv[1], sys.argv[2], int(float(sys.argv[3])), int(sys.argv[4])
+    episodes = int(sys.argv[5]) if len(sys.argv) > 5 else 100
     torch.set_num_threads(1)
-    spec = ZOO[algo]
+    spec = ZOO[env_id][algo]
     start = time.perf_counter()
-    env = make_vec_env("Pendulum-v1", n_envs=spec["n_envs"], seed=seed)
+    env = make_vec_env(env_id, n_envs=spec["n_envs"], seed=seed)
     kwargs = dict(spec["kwargs"])
+    if spec.get("normalize"):  # the zoo's VecNormalize(obs and reward), discounting with the algorithm's gamma
+        env = VecNormalize(env, gamma=kwargs.get("gamma", 0.99))
     if algo == "td3":
-        kwargs["action_noise"] = NormalActionNoise(np.zeros(1), 0.1 * np.ones(1))
+        size = env.action_space.shape[0]
+        kwargs["action_noise"] = NormalActionNoise(np.zeros(size), 0.1 * np.ones(size))
     model = CLASSES[algo]("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs)
-    until = float(sys.argv[5]) if len(sys.argv) > 5 else None
+    until = float(sys.argv[6]) if len(sys.argv) > 6 else None
     callback = StopAtReturn(until) if until is not None else None
     model.learn(total_timesteps=steps, callback=callback)
     uncounted = callback.eval_s if callback else 0.0
     train_s = time.perf_counter() - start - uncounted
     eval_start = time.perf_counter()
-    mean, std = held_out_mean(model, episodes)
+    if isinstance(env, VecNormalize):
+        env.training = False
+    mean, std = held_out_mean(model, episodes, env_id)
     result = {
+        "env_id": env_id,
         "algo": algo,
         "steps": int(model.num_timesteps),
         "seed": seed,

@@ -21,10 +21,11 @@ import gymnasium as gym
 import torch
 from torch import Tensor, nn
 
-from duetrl.algos.base import adam, clip_and_step
+from duetrl.algos.base import clip_and_step
 from duetrl.algos.onpolicy import OnPolicyAgent, validate_policy_settings
 from duetrl.config import check_choice, check_range
 from duetrl.nets import QCritic, ValueCritic, orthogonal_init
+from duetrl.optim import adam
 from duetrl.returns import discounted_returns, gae, normalize, nstep_targets, td_errors
 
 ADVANTAGES = ("mc", "td", "nstep", "gae")
@@ -93,9 +94,10 @@ class ActorCritic(OnPolicyAgent):
         if cfg.ortho_init:
             orthogonal_init(self.critic, last_gain=1.0)
         self.modules["critic"] = self.critic
+        self.actor_params, self.critic_params = list(self.policy.parameters()), list(self.critic.parameters())
         self.optimizers = {
-            "actor": make_optimizer(cfg.optimizer, self.policy.parameters(), cfg.actor_lr),
-            "critic": make_optimizer(cfg.optimizer, self.critic.parameters(), cfg.critic_lr),
+            "actor": make_optimizer(cfg.optimizer, self.actor_params, cfg.actor_lr),
+            "critic": make_optimizer(cfg.optimizer, self.critic_params, cfg.critic_lr),
         }
         self._episode_ended = torch.zeros(num_envs, dtype=torch.bool, device=device)
         self._progress = 0.0
@@ -140,8 +142,12 @@ class ActorCritic(OnPolicyAgent):
         entropy = self.policy.entropy(dist).mean()
         actor_loss = -(log_prob * advantages).mean() - cfg.ent_coef * entropy
 
-        actor_grad = clip_and_step(self.optimizers["actor"], actor_loss, self.policy.parameters(), cfg.max_grad_norm)
-        critic_grad = clip_and_step(self.optimizers["critic"], critic_loss, self.critic.parameters(), cfg.max_grad_norm)
+        actor_grad = clip_and_step(
+            self.optimizers["actor"], actor_loss, list(self.policy.parameters()), cfg.max_grad_norm
+        )
+        critic_grad = clip_and_step(
+            self.optimizers["critic"], critic_loss, list(self.critic.parameters()), cfg.max_grad_norm
+        )
         metrics = {"actor_loss": actor_loss.item(), "critic_loss": critic_loss.item(), "entropy": entropy.item()}
         if actor_grad is not None and critic_grad is not None:
             metrics.update(actor_grad_norm=actor_grad.item(), critic_grad_norm=critic_grad.item())

@@ -31,7 +31,7 @@ class Agent(ABC):
         self.cfg, self.obs_space, self.act_space = cfg, obs_space, act_space
         self.num_envs, self.device = num_envs, device
         self.modules: dict[str, nn.Module] = {}
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.optimizers: dict[str, Any] = {}  # torch.optim optimisers or duetrl.optim.FusedAdam
 
     @abstractmethod
     def explore(self, obs: Tensor) -> Tensor:
@@ -74,22 +74,14 @@ class Agent(ABC):
             module.train(training)
 
 
-def clip_and_step(optimizer: torch.optim.Optimizer, loss: Tensor, params: Any, max_grad_norm: float) -> Tensor | None:
-    """zero_grad, backward, grad-norm clip (when ``max_grad_norm`` > 0), step.
+def clip_and_step(optimizer: Any, loss: Tensor, params: list[Tensor], max_grad_norm: float) -> Tensor | None:
+    """zero_grad, backward into ``params`` only, grad-norm clip (when ``max_grad_norm`` > 0), step.
 
-    Returns the gradient norm before clipping when clipping (as a tensor: no device sync here), else None."""
+    Only ``params`` receive gradients: an actor's loss through a critic leaves the critic's weights alone (and
+    autograd skips computing their gradients). Returns the gradient norm before clipping when clipping (as a
+    tensor: no device sync here), else None."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = nn.utils.clip_grad_norm_(list(params), max_grad_norm) if max_grad_norm > 0 else None
+    loss.backward(inputs=params)
+    norm = nn.utils.clip_grad_norm_(params, max_grad_norm) if max_grad_norm > 0 else None
     optimizer.step()
     return norm
-
-
-def adam(params: Any, lr: float, **kwargs: Any) -> torch.optim.Adam:
-    """Adam, fused into one kernel per step where this torch build supports it (much less per-step overhead
-    for small networks); the same update either way."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, **kwargs)

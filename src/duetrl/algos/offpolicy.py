@@ -57,12 +57,16 @@ class OffPolicyConfig:
             raise UserError(f"buffer_size={self.buffer_size} must be at least batch_size={self.batch_size}")
 
 
-def polyak(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """target <- (1 - tau) * target + tau * source, for parameters and buffers alike."""
+def averaged_tensors(module: nn.Module) -> list[Tensor]:
+    """What Polyak averaging moves: the parameters and the floating-point buffers (not counters)."""
+    return list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]
+
+
+def polyak(target: list[Tensor], source: list[Tensor], tau: float) -> None:
+    """target <- (1 - tau) * target + tau * source, in one foreach op over :func:`averaged_tensors` lists
+    (gathered once by the caller: walking the modules every step costs more than the update)."""
     with torch.no_grad():
-        target_tensors = list(target.parameters()) + [b for b in target.buffers() if b.is_floating_point()]
-        source_tensors = list(source.parameters()) + [b for b in source.buffers() if b.is_floating_point()]
-        torch._foreach_lerp_(target_tensors, source_tensors, tau)
+        torch._foreach_lerp_(target, source, tau)
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

@@ -16,10 +16,11 @@ import gymnasium as gym
 import torch
 from torch import Tensor
 
-from duetrl.algos.base import adam, clip_and_step
+from duetrl.algos.base import clip_and_step
 from duetrl.algos.onpolicy import OnPolicyAgent, validate_policy_settings
 from duetrl.config import check_range
 from duetrl.nets import ValueCritic, orthogonal_init
+from duetrl.optim import adam
 from duetrl.returns import gae, normalize
 
 

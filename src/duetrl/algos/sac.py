@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from duetrl.algos.base import adam, clip_and_step
-from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, frozen_copy, polyak
+from duetrl.algos.base import clip_and_step
+from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, averaged_tensors, frozen_copy, polyak
 from duetrl.config import check_range
 from duetrl.errors import UserError
 from duetrl.nets import GaussianActor
+from duetrl.optim import adam
 
 
 @dataclass
@@ -76,6 +77,7 @@ class SAC(OffPolicyAgent):
             "alpha": nn.ParameterList([self.log_alpha]),
         }
         self.actor_params, self.critic_params = list(self.actor.parameters()), list(self.critic.parameters())
+        self.polyak_pairs = averaged_tensors(self.critic_target), averaged_tensors(self.critic)
         self.optimizers = {
             "actor": adam(self.actor.parameters(), cfg.actor_lr),
             "critic": adam(self.critic.parameters(), cfg.critic_lr),
@@ -105,24 +107,23 @@ class SAC(OffPolicyAgent):
         if self.gradient_steps % cfg.policy_delay == 0:
             # Actor: maximise the soft Q (of the just-updated critic) of its own reparameterised actions.
             action, log_prob = squashed_sample(self.actor, batch["obs"])
-            self.critic.requires_grad_(False)
             q_pi = self.critic(batch["obs"], action).min(0).values
-            self.critic.requires_grad_(True)
             loss = actor_loss = (alpha * log_prob - q_pi).mean()
-            optimizers = [self.optimizers["actor"]]
+            optimizers, params = [self.optimizers["actor"]], list(self.actor_params)
             if cfg.autotune_alpha:
                 # Alpha: keep the policy's entropy near the target. Its loss touches only log_alpha (and the actor
                 # loss uses alpha detached), so one backward pass serves both without changing either update.
                 loss = loss - (self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
                 optimizers.append(self.optimizers["alpha"])
+                params.append(self.log_alpha)
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward(inputs=params)  # the actor and alpha only: the critic's weights get no gradient
             if cfg.max_grad_norm > 0:
                 nn.utils.clip_grad_norm_(self.actor_params, cfg.max_grad_norm)
             for optimizer in optimizers:
                 optimizer.step()
             metrics.update(actor_loss=actor_loss.detach(), entropy=-log_prob.detach().mean(), alpha=alpha)
 
-        polyak(self.critic_target, self.critic, cfg.tau)
+        polyak(*self.polyak_pairs, cfg.tau)
         return metrics

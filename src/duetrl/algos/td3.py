@@ -15,10 +15,11 @@ import gymnasium as gym
 import torch
 from torch import Tensor
 
-from duetrl.algos.base import adam, clip_and_step
-from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, frozen_copy, polyak
+from duetrl.algos.base import clip_and_step
+from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, averaged_tensors, frozen_copy, polyak
 from duetrl.config import check_choice, check_range
 from duetrl.nets import DeterministicActor
+from duetrl.optim import adam
 
 
 @dataclass
@@ -59,6 +60,11 @@ class TD3(OffPolicyAgent):
             "critic": adam(self.critic.parameters(), cfg.critic_lr),
         }
         self.ou_state = torch.zeros(num_envs, self.act_dim, device=device)
+        self.actor_params, self.critic_params = list(self.actor.parameters()), list(self.critic.parameters())
+        self.polyak_pairs = [
+            (averaged_tensors(target), averaged_tensors(source))
+            for target, source in ((self.actor_target, self.actor), (self.critic_target, self.critic))
+        ]
 
     def exploration_action(self, obs: Tensor) -> Tensor:
         cfg = self.cfg
@@ -93,16 +99,14 @@ class TD3(OffPolicyAgent):
             target = batch["reward"] + cfg.gamma * (1 - batch["terminated"]) * next_q
         q = self.critic(batch["obs"], batch["action"])  # [E, B]
         critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
-        clip_and_step(self.optimizers["critic"], critic_loss, self.critic.parameters(), cfg.max_grad_norm)
+        clip_and_step(self.optimizers["critic"], critic_loss, self.critic_params, cfg.max_grad_norm)
         metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
 
         # Actor (delayed): ascend the first critic's Q at its own action; then move the targets.
         if self.gradient_steps % cfg.policy_delay == 0:
-            self.critic.requires_grad_(False)
             actor_loss = -self.critic(batch["obs"], self.actor(batch["obs"]))[0].mean()
-            self.critic.requires_grad_(True)
-            clip_and_step(self.optimizers["actor"], actor_loss, self.actor.parameters(), cfg.max_grad_norm)
+            clip_and_step(self.optimizers["actor"], actor_loss, self.actor_params, cfg.max_grad_norm)
             metrics["actor_loss"] = actor_loss.detach()
-            polyak(self.actor_target, self.actor, cfg.tau)
-            polyak(self.critic_target, self.critic, cfg.tau)
+            for target, source in self.polyak_pairs:
+                polyak(target, source, cfg.tau)
         return metrics
