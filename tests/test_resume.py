@@ -141,6 +141,9 @@ KILL_CASES = {
     "ppo-torch": (["--algo", "ppo", "--backend", "torch", "--steps", 3072], PPO),
     "ac": (["--algo", "ac", "--backend", "gymnasium", "--steps", 3072], ["update_every=16"]),
     "sac-saved-buffer": (["--algo", "sac", "--backend", "gymnasium", "--steps", 1280], SAC),
+    # Exploration with memory: the pink noise sequences and TD3's OU state must come back too.
+    "sac-pink-noise": (["--algo", "sac", "--backend", "torch", "--steps", 1280], [*SAC, "noise_beta=1"]),
+    "td3-ou-noise": (["--algo", "td3", "--backend", "torch", "--steps", 1280], [*SAC, "noise_type=ou"]),
 }
 
 

@@ -16,6 +16,7 @@ from duetrl.buffers import ReplayBuffer
 from duetrl.config import check_choice, check_range, check_widths
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS, EnsembleQ
+from duetrl.noise import ColoredNoise
 from duetrl.policy import space_dims
 
 
@@ -39,6 +40,8 @@ class OffPolicyConfig:
     critic_layer_norm: bool = False
     critic_dropout: float = 0.0
     max_grad_norm: float = 0.0  # 0 = no clipping
+    noise_beta: float = 0.0  # colour of SAC's sampling / TD3's "colored" noise: 0 white, 1 pink (see noise.py)
+    noise_length: int = 1000  # steps per noise sequence (an episode's length, or more)
     save_buffer: bool = False  # keep the replay buffer in checkpoints (exact resume)
 
     def validate(self) -> None:
@@ -50,6 +53,8 @@ class OffPolicyConfig:
         for key in ("batch_size", "buffer_size", "policy_delay", "n_critics"):
             check_range(key, getattr(self, key), 1)
         check_range("learning_starts", self.learning_starts, 0)
+        check_range("noise_beta", self.noise_beta, 0.0, 3.0)
+        check_range("noise_length", self.noise_length, 2)
         check_choice("activation", self.activation, tuple(ACTIVATIONS))
         check_widths("actor_hidden", self.actor_hidden)
         check_widths("critic_hidden", self.critic_hidden)
@@ -99,6 +104,12 @@ class OffPolicyAgent(Agent):
         self.updates_owed = 0.0
         self.gradient_steps = 0
         self._pending: dict[str, Tensor] = {}
+        self.noise: ColoredNoise | None = None  # temporally correlated exploration, when the algorithm uses it
+        self.exploration_state: dict[str, Tensor] = {}  # other exploration tensors to checkpoint (TD3's OU state)
+
+    def colored_noise(self, beta: float) -> ColoredNoise:
+        """Per-env noise sequences of colour ``beta`` (restarted as episodes end, see ``observe``)."""
+        return ColoredNoise(beta, self.num_envs, self.act_dim, self.cfg.noise_length, self.device)
 
     def make_critic(self) -> EnsembleQ:
         """The ensemble of Q critics every off-policy algorithm here trains (twin by default)."""
@@ -138,6 +149,8 @@ class OffPolicyAgent(Agent):
     def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
         self.buffer.add(**self._pending, reward=reward, terminated=terminated, next_obs=next_obs)
         self.env_steps_seen += self.num_envs
+        if self.noise is not None:
+            self.noise.restart((terminated | truncated).to(self.device))
         if self.env_steps_seen >= max(self.cfg.learning_starts, self.cfg.batch_size):
             self.updates_owed += self.cfg.utd * self.num_envs
 
@@ -173,6 +186,10 @@ class OffPolicyAgent(Agent):
         }
         if self.cfg.save_buffer:
             state["buffer"] = self.buffer.state_dict()
+        if self.noise is not None:
+            state["noise"] = self.noise.state_dict()
+        if self.exploration_state:
+            state["exploration"] = self.exploration_state
         return state
 
     def load_state_dict(self, state: dict[str, Any], weights_only: bool = False) -> None:
@@ -185,3 +202,7 @@ class OffPolicyAgent(Agent):
         self.gradient_steps = int(counters.get("gradient_steps", 0))
         if "buffer" in state:
             self.buffer.load_state_dict(state["buffer"])
+        if self.noise is not None and "noise" in state:
+            self.noise.load_state_dict(state["noise"])
+        for key, value in state.get("exploration", {}).items():
+            self.exploration_state[key].copy_(value)

@@ -6,6 +6,7 @@ Per gradient step, from a replayed batch:
   alpha:   tuned so that the policy's entropy stays near ``target_entropy`` (default -act_dim)
   targets: Polyak averaging with ``tau``.
 With ``utd`` > 1 (several gradient steps per env step), LayerNorm/dropout in the critics keep it stable.
+Exploration samples the policy with white noise, or with coloured noise (``noise_beta`` > 0, see noise.py).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class SAC(OffPolicyAgent):
         }
         self.actor_params, self.critic_params = list(self.actor.parameters()), list(self.critic.parameters())
         self.polyak_pairs = averaged_tensors(self.critic_target), averaged_tensors(self.critic)
+        if cfg.noise_beta > 0:
+            self.noise = self.colored_noise(cfg.noise_beta)
         self.optimizers = {
             "actor": adam(self.actor.parameters(), cfg.actor_lr),
             "critic": adam(self.critic.parameters(), cfg.critic_lr),
@@ -85,7 +88,10 @@ class SAC(OffPolicyAgent):
         }
 
     def exploration_action(self, obs: Tensor) -> Tensor:
-        return squashed_sample(self.actor, obs)[0]
+        if self.noise is None:
+            return squashed_sample(self.actor, obs)[0]
+        mean, log_std = self.actor(obs)  # the policy's own Gaussian, driven by coloured rather than white noise
+        return torch.tanh(mean + log_std.exp() * self.noise.sample())
 
     def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:
         return squashed_sample(self.actor, obs, deterministic)[0]

@@ -3,8 +3,8 @@
 Per gradient step, from a replayed batch:
   critic:  Q_i(s, a) -> r + gamma * (1 - terminated) * min_i Q_targ_i(s', clip(mu_targ(s') + clip(noise)))
   actor:   every ``policy_delay`` steps, maximise Q_1(s, mu(s)); then Polyak-average both target networks.
-Exploration adds Gaussian or Ornstein-Uhlenbeck noise to mu(s). DDPG is the case of one critic, no delay and
-no target smoothing (see ddpg.py).
+Exploration adds Gaussian, Ornstein-Uhlenbeck or coloured (pink unless ``noise_beta`` says otherwise) noise
+to mu(s). DDPG is the case of one critic, no delay and no target smoothing (see ddpg.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class TD3Config(OffPolicyConfig):
     learning_starts: int = 25_000
     policy_delay: int = 2
     exploration_noise: float = 0.1  # std of the noise, in units of half the action range
-    noise_type: str = "gaussian"  # gaussian | ou
+    noise_type: str = "gaussian"  # gaussian | ou | colored (of colour noise_beta)
     ou_theta: float = 0.15
     target_noise: float = 0.2  # target policy smoothing (0 = off)
     target_noise_clip: float = 0.5
@@ -38,7 +38,7 @@ class TD3Config(OffPolicyConfig):
         super().validate()
         for key in ("exploration_noise", "target_noise", "target_noise_clip", "ou_theta"):
             check_range(key, getattr(self, key), 0.0)
-        check_choice("noise_type", self.noise_type, ("gaussian", "ou"))
+        check_choice("noise_type", self.noise_type, ("gaussian", "ou", "colored"))
 
 
 class TD3(OffPolicyAgent):
@@ -60,6 +60,9 @@ class TD3(OffPolicyAgent):
             "critic": adam(self.critic.parameters(), cfg.critic_lr),
         }
         self.ou_state = torch.zeros(num_envs, self.act_dim, device=device)
+        self.exploration_state["ou_state"] = self.ou_state
+        if cfg.noise_type == "colored":
+            self.noise = self.colored_noise(cfg.noise_beta or 1.0)  # pink unless told otherwise
         self.actor_params, self.critic_params = list(self.actor.parameters()), list(self.critic.parameters())
         self.polyak_pairs = [
             (averaged_tensors(target), averaged_tensors(source))
@@ -68,6 +71,8 @@ class TD3(OffPolicyAgent):
 
     def exploration_action(self, obs: Tensor) -> Tensor:
         cfg = self.cfg
+        if self.noise is not None:
+            return (self.actor(obs) + self.noise.sample() * cfg.exploration_noise).clamp(-1.0, 1.0)
         noise = torch.randn(obs.shape[0], self.act_dim, device=self.device) * cfg.exploration_noise
         if cfg.noise_type == "ou":  # temporally correlated noise, dt = 1
             self.ou_state += -cfg.ou_theta * self.ou_state + noise
