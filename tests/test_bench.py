@@ -19,4 +19,4 @@ def test_unknown_task_is_a_user_error():
 def test_every_task_names_a_registered_algorithm():
     from duetrl.algos import ALGOS
 
-    assert all(algo in ALGOS for algo, *_ in TASKS.values())
+    assert all(task.algo in ALGOS for task in TASKS.values())

@@ -1,9 +1,9 @@
 """The project's standard benchmark: duetrl and Stable-Baselines3 side by side, in one run, on this machine.
 
 Every figure is a whole process (``duetrl train ...`` or an SB3 script), timed from outside, run one at a time
-so that they do not measure each other; quality is the mean return on the same 100 held-out Pendulum-v1
-episodes (seeds 1,000,000 + k, deterministic actions) for both libraries. Ratios, not absolute seconds,
-are the result: this machine is noisy.
+so that they do not measure each other; quality is the mean return on the same held-out episodes (seeds
+1,000,000 + k, deterministic actions; 100 on Pendulum, 10 on MuJoCo) for both libraries. Ratios, not absolute
+seconds, are the result: this machine is noisy.
 """
 
 from __future__ import annotations
@@ -18,12 +18,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-# task -> (duetrl algo, duetrl extra args, SB3 algo, SB3 steps); duetrl uses its shipped preset's budget.
-TASKS: dict[str, tuple[str, list[str], str | None, int]] = {
-    "ppo": ("ppo", [], "ppo", 100_000),  # SB3: rl-zoo3's tuned 100k steps
-    "a2c": ("a2c", [], None, 0),  # SB3's tuned A2C needs 1M steps and still fails (about -695): not rerun
-    "sac": ("sac", [], "sac", 20_000),  # SB3: trained until its first held-out check at >= -200 (see UNTIL)
-    "td3": ("td3", [], "td3", 20_000),
+
+@dataclass(frozen=True)
+class Task:
+    """One benchmark line: duetrl's shipped preset for (env, algo) against rl-zoo3's tuned SB3 settings."""
+
+    env_id: str
+    algo: str
+    sb3_steps: int  # 0 = SB3 not run
+    episodes: int = 100  # held-out evaluation episodes, for both libraries
+
+
+TASKS: dict[str, Task] = {
+    "ppo": Task("Pendulum-v1", "ppo", 100_000),  # SB3: rl-zoo3's tuned 100k steps
+    "a2c": Task("Pendulum-v1", "a2c", 0),  # SB3's tuned A2C needs 1M steps and still fails (about -695): not rerun
+    "sac": Task("Pendulum-v1", "sac", 20_000),  # SB3: trained until its first held-out check at >= -200 (see UNTIL)
+    "td3": Task("Pendulum-v1", "td3", 20_000),
+    # MuJoCo (pip install 'duetrl[mujoco]'): long runs, 25-60 min each for SB3 on this machine.
+    "ppo-halfcheetah": Task("HalfCheetah-v5", "ppo", 1_000_000, episodes=10),
+    "sac-halfcheetah": Task("HalfCheetah-v5", "sac", 300_000, episodes=10),
 }
 
 
@@ -70,26 +83,25 @@ def _run(cmd: list[str]) -> tuple[float, str]:
 
 
 def run_duetrl(task: str, seed: int, workdir: Path) -> Figure:
-    algo, extra, _, _ = TASKS[task]
+    spec = TASKS[task]
     run_dir = workdir / f"duetrl-{task}-{seed}"
     duetrl = [sys.executable, "-m", "duetrl.cli"]
     process_s, out = _run(
         [
             *duetrl,
             "train",
-            "Pendulum-v1",
+            spec.env_id,
             "--algo",
-            algo,
+            spec.algo,
             "--seed",
             str(seed),
             "--quiet",
             "--run-dir",
             str(run_dir),
-            *extra,
         ]
     )
     steps = json.loads(out.strip().splitlines()[-1])["env_steps"]
-    _, out = _run([*duetrl, "eval", str(run_dir), "--episodes", "100", "--deterministic", "--json"])
+    _, out = _run([*duetrl, "eval", str(run_dir), "--episodes", str(spec.episodes), "--deterministic", "--json"])
     result = json.loads(out)
     return Figure(
         "duetrl",
@@ -99,17 +111,27 @@ def run_duetrl(task: str, seed: int, workdir: Path) -> Figure:
         round(process_s, 2),
         result["mean_return"],
         result["std_return"],
-        first_target_seconds(run_dir),
+        first_target_seconds(run_dir) if spec.env_id == "Pendulum-v1" else None,
     )
 
 
 def run_sb3(task: str, seed: int) -> Figure | None:
-    _, _, algo, steps = TASKS[task]
-    if algo is None:
+    spec = TASKS[task]
+    if not spec.sb3_steps:
         return None
     until = [str(UNTIL[task])] if task in UNTIL else []
     process_s, out = _run(
-        [sys.executable, "-m", "duetrl.bench_sb3", "Pendulum-v1", algo, str(steps), str(seed), "100", *until]
+        [
+            sys.executable,
+            "-m",
+            "duetrl.bench_sb3",
+            spec.env_id,
+            spec.algo,
+            str(spec.sb3_steps),
+            str(seed),
+            str(spec.episodes),
+            *until,
+        ]
     )
     result = json.loads(out.strip().splitlines()[-1])
     steps = result["steps"]
