@@ -128,7 +128,7 @@ def tensors_in(obj):
 # ------------------------------------------------------------------------------------------ 1. SIGKILL
 
 
-COMMON = ["Pendulum-v1", "--preset", "none", "--num-envs", 2, "--seed", 3, "--quiet"]
+COMMON = ["--preset", "none", "--num-envs", 2, "--seed", 3, "--quiet"]
 SCHEDULE = ["checkpoint_every=512", "eval_every=1024", "eval_episodes=2", "log_every=0"]
 PPO = ["num_steps=64", "minibatch_size=64", "epochs=2"]
 SAC = ["learning_starts=300", "batch_size=64", "actor_hidden=[32,32]", "critic_hidden=[32,32]", "save_buffer=true"]
@@ -137,20 +137,24 @@ SAC = ["learning_starts=300", "batch_size=64", "actor_hidden=[32,32]", "critic_h
 # fast; the kill still lands at 1024 with checkpoints, evaluations (on-policy) and, for SAC, a few hundred
 # gradient steps on the restored replay buffer to go.
 KILL_CASES = {
-    "ppo-gymnasium": (["--algo", "ppo", "--backend", "gymnasium", "--steps", 3072], PPO),
-    "ppo-torch": (["--algo", "ppo", "--backend", "torch", "--steps", 3072], PPO),
-    "ac": (["--algo", "ac", "--backend", "gymnasium", "--steps", 3072], ["update_every=16"]),
-    "sac-saved-buffer": (["--algo", "sac", "--backend", "gymnasium", "--steps", 1280], SAC),
+    "ppo-gymnasium": ("Pendulum-v1", ["--algo", "ppo", "--backend", "gymnasium", "--steps", 3072], PPO),
+    "ppo-torch": ("Pendulum-v1", ["--algo", "ppo", "--backend", "torch", "--steps", 3072], PPO),
+    "ac": ("Pendulum-v1", ["--algo", "ac", "--backend", "gymnasium", "--steps", 3072], ["update_every=16"]),
+    "sac-saved-buffer": ("Pendulum-v1", ["--algo", "sac", "--backend", "gymnasium", "--steps", 1280], SAC),
     # Exploration with memory: the pink noise sequences and TD3's OU state must come back too.
-    "sac-pink-noise": (["--algo", "sac", "--backend", "torch", "--steps", 1280], [*SAC, "noise_beta=1"]),
-    "td3-ou-noise": (["--algo", "td3", "--backend", "torch", "--steps", 1280], [*SAC, "noise_type=ou"]),
+    "sac-pink-noise": ("Pendulum-v1", ["--algo", "sac", "--backend", "torch", "--steps", 1280], [*SAC, "noise_beta=1"]),
+    "td3-ou-noise": ("Pendulum-v1", ["--algo", "td3", "--backend", "torch", "--steps", 1280], [*SAC, "noise_type=ou"]),
+    # MuJoCo state (qpos, qvel, time limits, RNG) captured from the envs; Hopper also terminates early.
+    "ppo-mujoco": ("Hopper-v5", ["--algo", "ppo", "--backend", "gymnasium", "--steps", 3072], PPO),
 }
 
 
 @pytest.mark.parametrize("case", list(KILL_CASES))
 def test_sigkill_then_resume_matches_uninterrupted_run(capsys, tmp_path, case):
-    flags, settings = KILL_CASES[case]
-    argv = [*COMMON, *flags, "--set", *settings, *SCHEDULE]
+    env_id, flags, settings = KILL_CASES[case]
+    if env_id.startswith("Hopper"):
+        pytest.importorskip("mujoco", reason="gymnasium[mujoco] is not installed (pip install 'duetrl[mujoco]')")
+    argv = [env_id, *COMMON, *flags, "--set", *settings, *SCHEDULE]
     total = int(flags[flags.index("--steps") + 1])
     a, b = tmp_path / "A", tmp_path / "B"
 
