@@ -292,10 +292,10 @@ def test_exploration_after_learning_starts_uses_the_policy():
 
 def test_td3_ou_stochastic_act_on_another_batch_size():
     agent = make_agent(TD3, TD3Config, num_envs=1, noise_type="ou")
-    ou_before = agent.ou_state.clone()
+    ou_before = agent.noise.state.clone()
     actions = agent.act(torch.randn(4, 3), deterministic=False)
     assert actions.shape == (4, 1)
-    torch.testing.assert_close(agent.ou_state, ou_before)  # acting must not advance the training noise
+    torch.testing.assert_close(agent.noise.state, ou_before)  # acting must not advance the training noise
 
 
 # ------------------------------------------------------------------------------------------ runs

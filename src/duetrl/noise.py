@@ -1,4 +1,5 @@
-"""Coloured exploration noise: Gaussian sequences whose power falls as 1/f^beta with frequency f.
+"""Exploration noise with memory: coloured noise (power falling as 1/f^beta with frequency f) and
+Ornstein-Uhlenbeck noise, both kept per env and restarted when its episode ends.
 
 White noise (beta = 0) changes its mind every step, so a policy that explores with it dithers in place; on
 tasks such as MountainCar it never builds the momentum that reaches the reward. Pink noise (beta = 1) keeps
@@ -31,11 +32,11 @@ def colored_noise(beta: float, shape: tuple[int, ...], length: int, device: torc
 
 
 class ColoredNoise:
-    """One noise sequence per env and action dimension, read one step per :meth:`sample`; an env whose
-    episode ends (:meth:`restart`) or whose sequence runs out starts a fresh one."""
+    """One noise sequence per env and action dimension (times ``scale``), read one step per :meth:`sample`; an
+    env whose episode ends (:meth:`restart`) or whose sequence runs out starts a fresh one."""
 
-    def __init__(self, beta: float, num_envs: int, act_dim: int, length: int, device: torch.device):
-        self.beta, self.length, self.device = beta, length, device
+    def __init__(self, beta: float, num_envs: int, act_dim: int, length: int, device: torch.device, scale: float = 1.0):
+        self.beta, self.length, self.device, self.scale = beta, length, device, scale
         self.sequences = colored_noise(beta, (num_envs, act_dim), length, device)
         self.t = torch.zeros(num_envs, dtype=torch.long, device=device)
 
@@ -44,7 +45,7 @@ class ColoredNoise:
         if exhausted.any():
             self.restart(exhausted)
         index = self.t.view(-1, 1, 1).expand(-1, self.sequences.shape[1], 1)
-        noise = self.sequences.gather(2, index).squeeze(2)
+        noise = self.sequences.gather(2, index).squeeze(2) * self.scale
         self.t += 1  # after the gather: ``index`` is a view of ``t``
         return noise
 
@@ -61,3 +62,24 @@ class ColoredNoise:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.sequences.copy_(state["sequences"])
         self.t.copy_(state["t"])
+
+
+class OrnsteinUhlenbeckNoise:
+    """x <- x - theta * x + scale * N(0, 1) each step (dt = 1), per env; back to 0 when an episode ends."""
+
+    def __init__(self, theta: float, num_envs: int, act_dim: int, device: torch.device, scale: float = 1.0):
+        self.theta, self.scale = theta, scale
+        self.state = torch.zeros(num_envs, act_dim, device=device)
+
+    def sample(self) -> Tensor:
+        self.state += -self.theta * self.state + torch.randn(self.state.shape, device=self.state.device) * self.scale
+        return self.state.clone()
+
+    def restart(self, envs: Tensor) -> None:
+        self.state[envs] = 0.0
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"state": self.state}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.state.copy_(state["state"])

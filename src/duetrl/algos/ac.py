@@ -142,12 +142,8 @@ class ActorCritic(OnPolicyAgent):
         entropy = self.policy.entropy(dist).mean()
         actor_loss = -(log_prob * advantages).mean() - cfg.ent_coef * entropy
 
-        actor_grad = clip_and_step(
-            self.optimizers["actor"], actor_loss, list(self.policy.parameters()), cfg.max_grad_norm
-        )
-        critic_grad = clip_and_step(
-            self.optimizers["critic"], critic_loss, list(self.critic.parameters()), cfg.max_grad_norm
-        )
+        actor_grad = clip_and_step(self.optimizers["actor"], actor_loss, self.actor_params, cfg.max_grad_norm)
+        critic_grad = clip_and_step(self.optimizers["critic"], critic_loss, self.critic_params, cfg.max_grad_norm)
         metrics = {"actor_loss": actor_loss.item(), "critic_loss": critic_loss.item(), "entropy": entropy.item()}
         if actor_grad is not None and critic_grad is not None:
             metrics.update(actor_grad_norm=actor_grad.item(), critic_grad_norm=critic_grad.item())

@@ -16,7 +16,7 @@ from duetrl.buffers import ReplayBuffer
 from duetrl.config import check_choice, check_range, check_widths
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS, EnsembleQ
-from duetrl.noise import ColoredNoise
+from duetrl.noise import ColoredNoise, OrnsteinUhlenbeckNoise
 from duetrl.policy import space_dims
 
 
@@ -104,12 +104,13 @@ class OffPolicyAgent(Agent):
         self.updates_owed = 0.0
         self.gradient_steps = 0
         self._pending: dict[str, Tensor] = {}
-        self.noise: ColoredNoise | None = None  # temporally correlated exploration, when the algorithm uses it
-        self.exploration_state: dict[str, Tensor] = {}  # other exploration tensors to checkpoint (TD3's OU state)
+        # Exploration noise with memory, when the algorithm uses it: restarted as episodes end (``observe``) and
+        # kept in checkpoints.
+        self.noise: ColoredNoise | OrnsteinUhlenbeckNoise | None = None
 
-    def colored_noise(self, beta: float) -> ColoredNoise:
-        """Per-env noise sequences of colour ``beta`` (restarted as episodes end, see ``observe``)."""
-        return ColoredNoise(beta, self.num_envs, self.act_dim, self.cfg.noise_length, self.device)
+    def colored_noise(self, beta: float, scale: float = 1.0) -> ColoredNoise:
+        """Per-env noise sequences of colour ``beta``."""
+        return ColoredNoise(beta, self.num_envs, self.act_dim, self.cfg.noise_length, self.device, scale)
 
     def make_critic(self) -> EnsembleQ:
         """The ensemble of Q critics every off-policy algorithm here trains (twin by default)."""
@@ -188,8 +189,6 @@ class OffPolicyAgent(Agent):
             state["buffer"] = self.buffer.state_dict()
         if self.noise is not None:
             state["noise"] = self.noise.state_dict()
-        if self.exploration_state:
-            state["exploration"] = self.exploration_state
         return state
 
     def load_state_dict(self, state: dict[str, Any], weights_only: bool = False) -> None:
@@ -204,5 +203,3 @@ class OffPolicyAgent(Agent):
             self.buffer.load_state_dict(state["buffer"])
         if self.noise is not None and "noise" in state:
             self.noise.load_state_dict(state["noise"])
-        for key, value in state.get("exploration", {}).items():
-            self.exploration_state[key].copy_(value)

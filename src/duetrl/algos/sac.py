@@ -46,13 +46,16 @@ class SACConfig(OffPolicyConfig):
             raise UserError(f"alpha={self.alpha} must be positive (it is learned in log space)")
 
 
-def squashed_sample(actor: GaussianActor, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
-    """(a = tanh(u), log pi(a|s)) with u ~ N(mean, std): the change-of-variables correction
-    log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)) is the numerically stable form."""
+def squashed_sample(
+    actor: GaussianActor, obs: Tensor, deterministic: bool = False, noise: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """(a = tanh(u), log pi(a|s)) with u = mean + std * noise, the noise white unless given (coloured noise for
+    exploration). The change-of-variables correction log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)) is the
+    numerically stable form."""
     mean, log_std = actor(obs)
     if deterministic:
         return torch.tanh(mean), torch.zeros(mean.shape[:-1], device=mean.device)
-    noise = torch.randn_like(mean)
+    noise = torch.randn_like(mean) if noise is None else noise
     u = mean + log_std.exp() * noise
     log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
     log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
@@ -78,6 +81,7 @@ class SAC(OffPolicyAgent):
             "alpha": nn.ParameterList([self.log_alpha]),
         }
         self.actor_params, self.critic_params = list(self.actor.parameters()), list(self.critic.parameters())
+        self.actor_alpha_params = [*self.actor_params, self.log_alpha]  # what the actor step's backward reaches
         self.polyak_pairs = averaged_tensors(self.critic_target), averaged_tensors(self.critic)
         if cfg.noise_beta > 0:
             self.noise = self.colored_noise(cfg.noise_beta)
@@ -88,10 +92,7 @@ class SAC(OffPolicyAgent):
         }
 
     def exploration_action(self, obs: Tensor) -> Tensor:
-        if self.noise is None:
-            return squashed_sample(self.actor, obs)[0]
-        mean, log_std = self.actor(obs)  # the policy's own Gaussian, driven by coloured rather than white noise
-        return torch.tanh(mean + log_std.exp() * self.noise.sample())
+        return squashed_sample(self.actor, obs, noise=None if self.noise is None else self.noise.sample())[0]
 
     def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:
         return squashed_sample(self.actor, obs, deterministic)[0]
@@ -115,13 +116,13 @@ class SAC(OffPolicyAgent):
             action, log_prob = squashed_sample(self.actor, batch["obs"])
             q_pi = self.critic(batch["obs"], action).min(0).values
             loss = actor_loss = (alpha * log_prob - q_pi).mean()
-            optimizers, params = [self.optimizers["actor"]], list(self.actor_params)
+            optimizers, params = [self.optimizers["actor"]], self.actor_params
             if cfg.autotune_alpha:
                 # Alpha: keep the policy's entropy near the target. Its loss touches only log_alpha (and the actor
                 # loss uses alpha detached), so one backward pass serves both without changing either update.
                 loss = loss - (self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
                 optimizers.append(self.optimizers["alpha"])
-                params.append(self.log_alpha)
+                params = self.actor_alpha_params
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss.backward(inputs=params)  # the actor and alpha only: the critic's weights get no gradient

@@ -19,6 +19,7 @@ from duetrl.algos.base import clip_and_step
 from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, averaged_tensors, frozen_copy, polyak
 from duetrl.config import check_choice, check_range
 from duetrl.nets import DeterministicActor
+from duetrl.noise import OrnsteinUhlenbeckNoise
 from duetrl.optim import adam
 
 
@@ -59,10 +60,10 @@ class TD3(OffPolicyAgent):
             "actor": adam(self.actor.parameters(), cfg.actor_lr),
             "critic": adam(self.critic.parameters(), cfg.critic_lr),
         }
-        self.ou_state = torch.zeros(num_envs, self.act_dim, device=device)
-        self.exploration_state["ou_state"] = self.ou_state
-        if cfg.noise_type == "colored":
-            self.noise = self.colored_noise(cfg.noise_beta or 1.0)  # pink unless told otherwise
+        if cfg.noise_type == "ou":
+            self.noise = OrnsteinUhlenbeckNoise(cfg.ou_theta, num_envs, self.act_dim, device, cfg.exploration_noise)
+        elif cfg.noise_type == "colored":
+            self.noise = self.colored_noise(cfg.noise_beta or 1.0, cfg.exploration_noise)  # pink unless told otherwise
         self.actor_params, self.critic_params = list(self.actor.parameters()), list(self.critic.parameters())
         self.polyak_pairs = [
             (averaged_tensors(target), averaged_tensors(source))
@@ -70,21 +71,14 @@ class TD3(OffPolicyAgent):
         ]
 
     def exploration_action(self, obs: Tensor) -> Tensor:
-        cfg = self.cfg
-        if self.noise is not None:
-            return (self.actor(obs) + self.noise.sample() * cfg.exploration_noise).clamp(-1.0, 1.0)
-        noise = torch.randn(obs.shape[0], self.act_dim, device=self.device) * cfg.exploration_noise
-        if cfg.noise_type == "ou":  # temporally correlated noise, dt = 1
-            self.ou_state += -cfg.ou_theta * self.ou_state + noise
-            noise = self.ou_state
+        if self.noise is not None:  # OU or coloured: per-env noise with memory
+            noise = self.noise.sample()
+        else:
+            noise = torch.randn(obs.shape[0], self.act_dim, device=self.device) * self.cfg.exploration_noise
         return (self.actor(obs) + noise).clamp(-1.0, 1.0)
 
-    def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
-        super().observe(reward, terminated, truncated, next_obs)
-        self.ou_state[(terminated | truncated).to(self.device)] = 0.0
-
     def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:
-        """mu(s), or mu(s) plus independent Gaussian noise (the training envs' OU state stays untouched)."""
+        """mu(s), or mu(s) plus independent Gaussian noise (the training envs' noise state stays untouched)."""
         action = self.actor(obs)
         if deterministic:
             return action
