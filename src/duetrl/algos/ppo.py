@@ -3,9 +3,10 @@
 Per rollout of ``num_steps`` steps from each env: GAE(lambda) advantages from the critic, then ``epochs``
 passes over shuffled minibatches minimising
 
-    -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) - ent_coef * entropy + vf_coef * (V - return)^2
+    -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) - ent_coef * entropy + vf_coef * 0.5 * (V - return)^2
 
-where ratio = pi(a|s) / pi_old(a|s). Stops the epochs early when the approximate KL exceeds ``target_kl``.
+where ratio = pi(a|s) / pi_old(a|s). The value term carries CleanRL's 0.5; Stable-Baselines3 omits it, so an SB3
+(rl-zoo3) ``vf_coef`` is twice ours. Stops the epochs early when the approximate KL exceeds ``target_kl``.
 """
 
 from __future__ import annotations
