@@ -102,16 +102,17 @@ def main() -> None:
 
         agent = api.load(args.run)
         rows = []
-        for seed, best in zip(seeds, returns):
+        for seed, best in zip(seeds, returns, strict=True):
             got = agent_episode(env, agent, seed)
-            rows.append((got - best, got, best, tuple(env.unwrapped.state), seed))
+            rows.append((got - best, got, best, seed))
         agent_mean = sum(row[1] for row in rows) / len(rows)
         print(f"{args.run}: {agent_mean:.1f} ({(agent_mean - mean) / abs(mean):+.1%} against the controller)")
         print("worst episodes (theta 0 is upright):")
-        for gap, got, best, _, seed in sorted(rows)[:10]:
+        for gap, got, best, seed in sorted(rows)[:10]:
             env.reset(seed=seed)
             theta0, omega0 = env.unwrapped.state
-            print(f"  seed {seed}: agent {got:7.1f}, controller {best:7.1f} (gap {gap:6.1f}); start theta {theta0:+.2f}, omega {omega0:+.2f}")
+            start = f"theta {theta0:+.2f}, omega {omega0:+.2f}"
+            print(f"  seed {seed}: agent {got:7.1f}, controller {best:7.1f} (gap {gap:6.1f}); start {start}")
 
 
 if __name__ == "__main__":
