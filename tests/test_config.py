@@ -153,3 +153,13 @@ def test_unknown_algo():
 def test_unknown_preset():
     with pytest.raises(UserError, match=r"unknown preset 'chaptr'.*chapter"):
         resolve("Pendulum-v1", "ac", "chaptr")
+
+
+@pytest.mark.parametrize("row", list_presets(), ids=lambda r: f"{r['env']}/{r['algo']}/{r['name']}")
+def test_every_shipped_preset_resolves_and_validates(row):
+    """A typo in a shipped YAML (unknown key, bad value) must fail here, not in a user's run."""
+    env_id = "Pendulum-v1" if row["env"] == "any" else row["env"]
+    cfg, preset_id = resolve(env_id, row["algo"], row["name"])
+    assert preset_id == f"{row['env']}/{row['algo']}/{row['name']}"
+    cfg.algo.validate()
+    assert row["description"], "every preset says what it is for and what it measured"
