@@ -212,6 +212,19 @@ def test_sac_fixed_alpha_stays_fixed():
     assert agent.log_alpha.item() == pytest.approx(math.log(0.2))
 
 
+@pytest.mark.parametrize("cls,cfg_cls", [(SAC, SACConfig), (TD3, TD3Config)])
+def test_anneal_lr_scales_actor_and_critic_but_not_alpha(cls, cfg_cls):
+    agent = make_agent(cls, cfg_cls, anneal_lr=True, actor_lr=1e-3, critic_lr=2e-3)
+    agent.set_progress(0.75)
+    assert agent.optimizers["actor"].param_groups[0]["lr"] == pytest.approx(2.5e-4)
+    assert agent.optimizers["critic"].param_groups[0]["lr"] == pytest.approx(5e-4)
+    if "alpha" in agent.optimizers:
+        assert agent.optimizers["alpha"].param_groups[0]["lr"] == pytest.approx(SACConfig.alpha_lr)
+    steady = make_agent(cls, cfg_cls, actor_lr=1e-3)
+    steady.set_progress(0.75)
+    assert steady.optimizers["actor"].param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
 # ------------------------------------------------------------------------------------------ TD3 / DDPG
 
 

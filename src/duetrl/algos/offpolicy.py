@@ -43,6 +43,7 @@ class OffPolicyConfig:
     noise_beta: float = 0.0  # colour of SAC's sampling / TD3's "colored" noise: 0 white, 1 pink (see noise.py)
     noise_length: int = 1000  # steps per noise sequence (an episode's length, or more)
     save_buffer: bool = False  # keep the replay buffer in checkpoints (exact resume)
+    anneal_lr: bool = False  # actor and critic learning rates fall linearly to 0 over the run
 
     def validate(self) -> None:
         for key in ("actor_lr", "critic_lr", "utd", "max_grad_norm"):
@@ -154,6 +155,14 @@ class OffPolicyAgent(Agent):
             self.noise.restart((terminated | truncated).to(self.device))
         if self.env_steps_seen >= max(self.cfg.learning_starts, self.cfg.batch_size):
             self.updates_owed += self.cfg.utd * self.num_envs
+
+    def set_progress(self, fraction: float) -> None:
+        """Late in a run, smaller steps let the critic settle the fine distinctions (one swing or two)."""
+        if self.cfg.anneal_lr:
+            scale = max(1.0 - fraction, 0.0)
+            for name, base in (("actor", self.cfg.actor_lr), ("critic", self.cfg.critic_lr)):
+                for group in self.optimizers[name].param_groups:
+                    group["lr"] = base * scale
 
     def ready(self) -> bool:
         return self.updates_owed >= 1 and len(self.buffer) >= self.cfg.batch_size
