@@ -21,7 +21,7 @@ import gymnasium as gym
 import torch
 from torch import Tensor, nn
 
-from duetrl.algos.base import clip_and_step
+from duetrl.algos.base import anneal_lr, clip_and_step
 from duetrl.algos.onpolicy import OnPolicyAgent, validate_policy_settings
 from duetrl.config import check_choice, check_range
 from duetrl.nets import QCritic, ValueCritic, orthogonal_init
@@ -100,10 +100,10 @@ class ActorCritic(OnPolicyAgent):
             "critic": make_optimizer(cfg.optimizer, self.critic_params, cfg.critic_lr),
         }
         self._episode_ended = torch.zeros(num_envs, dtype=torch.bool, device=device)
-        self._progress = 0.0
 
     def set_progress(self, fraction: float) -> None:
-        self._progress = fraction
+        if self.cfg.anneal_lr:
+            anneal_lr(self.optimizers, {"actor": self.cfg.actor_lr, "critic": self.cfg.critic_lr}, fraction)
 
     def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
         super().observe(reward, terminated, truncated, next_obs)
@@ -120,9 +120,6 @@ class ActorCritic(OnPolicyAgent):
         batch = self.rollout.stack()  # each [T, N, ...]
         self.rollout.clear()
         self._episode_ended.zero_()
-        if cfg.anneal_lr:
-            for name, lr in (("actor", cfg.actor_lr), ("critic", cfg.critic_lr)):
-                self.optimizers[name].param_groups[0]["lr"] = lr * max(1.0 - self._progress, 0.0)
         obs, raw, reward = batch["obs"], batch["raw"], batch["reward"]
         terminated, truncated = batch["terminated"], batch["truncated"]
         if not cfg.bootstrap_truncation:

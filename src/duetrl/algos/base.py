@@ -74,6 +74,14 @@ class Agent(ABC):
             module.train(training)
 
 
+def anneal_lr(optimizers: dict[str, Any], base_lrs: dict[str, float], fraction: float) -> None:
+    """Linear learning-rate annealing: each named optimizer's rate is its base rate times (1 - fraction)."""
+    scale = max(1.0 - fraction, 0.0)
+    for name, base in base_lrs.items():
+        for group in optimizers[name].param_groups:
+            group["lr"] = base * scale
+
+
 def clip_and_step(optimizer: Any, loss: Tensor, params: list[Tensor], max_grad_norm: float) -> Tensor | None:
     """zero_grad, backward into ``params`` only, grad-norm clip (when ``max_grad_norm`` > 0), step.
 

@@ -11,7 +11,7 @@ import gymnasium as gym
 import torch
 from torch import Tensor, nn
 
-from duetrl.algos.base import Agent
+from duetrl.algos.base import Agent, anneal_lr
 from duetrl.buffers import ReplayBuffer
 from duetrl.config import check_choice, check_range, check_widths
 from duetrl.errors import UserError
@@ -157,12 +157,8 @@ class OffPolicyAgent(Agent):
             self.updates_owed += self.cfg.utd * self.num_envs
 
     def set_progress(self, fraction: float) -> None:
-        """Late in a run, smaller steps let the critic settle the fine distinctions (one swing or two)."""
-        if self.cfg.anneal_lr:
-            scale = max(1.0 - fraction, 0.0)
-            for name, base in (("actor", self.cfg.actor_lr), ("critic", self.cfg.critic_lr)):
-                for group in self.optimizers[name].param_groups:
-                    group["lr"] = base * scale
+        if self.cfg.anneal_lr:  # the actor and critic only: alpha keeps its rate, so the entropy target holds
+            anneal_lr(self.optimizers, {"actor": self.cfg.actor_lr, "critic": self.cfg.critic_lr}, fraction)
 
     def ready(self) -> bool:
         return self.updates_owed >= 1 and len(self.buffer) >= self.cfg.batch_size

@@ -17,7 +17,7 @@ import gymnasium as gym
 import torch
 from torch import Tensor
 
-from duetrl.algos.base import clip_and_step
+from duetrl.algos.base import anneal_lr, clip_and_step
 from duetrl.algos.onpolicy import OnPolicyAgent, validate_policy_settings
 from duetrl.config import check_range
 from duetrl.nets import ValueCritic, orthogonal_init
@@ -79,13 +79,13 @@ class PPO(OnPolicyAgent):
         self.modules["critic"] = self.critic
         params = list(self.policy.parameters()) + list(self.critic.parameters())
         self.optimizers = {"ppo": adam(params, lr=cfg.lr, eps=1e-5)}
-        self._progress = 0.0
 
     def ready(self) -> bool:
         return len(self.rollout) >= self.cfg.num_steps
 
     def set_progress(self, fraction: float) -> None:
-        self._progress = fraction  # for learning-rate annealing
+        if self.cfg.anneal_lr:
+            anneal_lr(self.optimizers, {"ppo": self.cfg.lr}, fraction)
 
     # ------------------------------------------------------------------------------------------ learning
     def update(self) -> dict[str, float]:
@@ -93,8 +93,6 @@ class PPO(OnPolicyAgent):
         batch = self.rollout.stack()  # each [T, N, ...]
         self.rollout.clear()
         optimizer = self.optimizers["ppo"]
-        if cfg.anneal_lr:
-            optimizer.param_groups[0]["lr"] = cfg.lr * max(1.0 - self._progress, 0.0)
 
         # Advantages and returns with the critic as it was during the rollout.
         with torch.no_grad():
