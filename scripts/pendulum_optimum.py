@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--actions", type=int, default=41)
     parser.add_argument("--run", help="a duetrl run directory: also show where its agent loses to the controller")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # small tensors: more threads only wait for each other on a busy machine
     values = value_tables(args.g, args.grid, args.actions)
     env = gym.make("Pendulum-v1", g=args.g)
     seeds = [EVAL_SEED_BASE + k for k in range(args.episodes)]

@@ -138,6 +138,7 @@ def evaluate(
         raise UserError(f"episodes={episodes} must be at least 1")
     loaded = agent if isinstance(agent, LoadedAgent) else load(agent)
     run: RunConfig = loaded.config.run
+    torch.set_num_threads(run.torch_threads)  # as in training: a busy machine starves multi-threaded small MLPs
     if deterministic is None:
         deterministic = run.eval_deterministic
     kwargs = run.env_kwargs if env_kwargs is None else env_kwargs
