@@ -375,3 +375,13 @@ def test_save_buffer_puts_the_buffer_in_the_checkpoint(tmp_path):
     assert buffer["obs"].shape == (600, 3) and buffer["action"].shape == (600, 1)
     assert buffer["reward"].shape == (600,) and bool((buffer["reward"] <= 0).all())  # Pendulum's costs
     assert buffer["action"].abs().max() <= 1.0  # stored in the agent's [-1, 1] units
+
+
+def test_sac_target_entropy_moves_linearly_to_its_final_value():
+    agent = make_agent(SAC, SACConfig, target_entropy=-1.0, target_entropy_final=-5.0)
+    for fraction, expected in [(0.0, -1.0), (0.25, -2.0), (1.0, -5.0), (1.5, -5.0)]:
+        agent.set_progress(fraction)
+        assert agent.target_entropy == pytest.approx(expected)
+    steady = make_agent(SAC, SACConfig)
+    steady.set_progress(0.5)
+    assert steady.target_entropy == -steady.act_dim

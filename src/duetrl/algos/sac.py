@@ -3,7 +3,8 @@
 Per gradient step, from a replayed batch:
   critic:  Q_i(s, a) -> r + gamma * (1 - terminated) * (min_i Q_targ_i(s', a') - alpha * log pi(a'|s')), a' ~ pi
   actor:   minimise alpha * log pi(a|s) - min_i Q_i(s, a), a ~ pi (reparameterised, tanh-squashed)
-  alpha:   tuned so that the policy's entropy stays near ``target_entropy`` (default -act_dim)
+  alpha:   tuned so that the policy's entropy stays near ``target_entropy`` (default -act_dim), optionally moved
+           linearly to ``target_entropy_final`` over the run (a near-deterministic policy at the end, as evaluated)
   targets: Polyak averaging with ``tau``.
 With ``utd`` > 1 (several gradient steps per env step), LayerNorm/dropout in the critics keep it stable.
 Exploration samples the policy with white noise, or with coloured noise (``noise_beta`` > 0, see noise.py).
@@ -35,6 +36,7 @@ class SACConfig(OffPolicyConfig):
     alpha: float = 0.2  # initial entropy coefficient
     autotune_alpha: bool = True
     target_entropy: float | None = None  # None = -act_dim
+    target_entropy_final: float | None = None  # None = constant; else reached linearly at the end of the run
     log_std_min: float = -5.0
     log_std_max: float = 2.0
 
@@ -73,7 +75,8 @@ class SAC(OffPolicyAgent):
         self.critic = self.make_critic()
         self.critic_target = frozen_copy(self.critic)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.alpha), device=device))
-        self.target_entropy = -float(self.act_dim) if cfg.target_entropy is None else cfg.target_entropy
+        self.initial_target_entropy = -float(self.act_dim) if cfg.target_entropy is None else cfg.target_entropy
+        self.target_entropy = self.initial_target_entropy
         self.modules = {
             "actor": self.actor,
             "critic": self.critic,
@@ -90,6 +93,12 @@ class SAC(OffPolicyAgent):
             "critic": adam(self.critic.parameters(), cfg.critic_lr),
             "alpha": adam([self.log_alpha], cfg.alpha_lr),
         }
+
+    def set_progress(self, fraction: float) -> None:
+        super().set_progress(fraction)
+        if self.cfg.target_entropy_final is not None:
+            start, end = self.initial_target_entropy, self.cfg.target_entropy_final
+            self.target_entropy = start + (end - start) * min(max(fraction, 0.0), 1.0)
 
     def exploration_action(self, obs: Tensor) -> Tensor:
         return squashed_sample(self.actor, obs, noise=None if self.noise is None else self.noise.sample())[0]
