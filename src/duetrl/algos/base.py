@@ -74,12 +74,17 @@ class Agent(ABC):
             module.train(training)
 
 
+def linear_schedule(start: float, end: float, fraction: float) -> float:
+    """The value ``fraction`` (clamped to 0..1) of the way from ``start`` to ``end``: every schedule here."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    return start * (1.0 - fraction) + end * fraction
+
+
 def anneal_lr(optimizers: dict[str, Any], base_lrs: dict[str, float], fraction: float) -> None:
-    """Linear learning-rate annealing: each named optimizer's rate is its base rate times (1 - fraction)."""
-    scale = max(1.0 - fraction, 0.0)
+    """Linear learning-rate annealing: each named optimizer's rate falls from its base rate to 0 over the run."""
     for name, base in base_lrs.items():
         for group in optimizers[name].param_groups:
-            group["lr"] = base * scale
+            group["lr"] = linear_schedule(base, 0.0, fraction)
 
 
 def clip_and_step(optimizer: Any, loss: Tensor, params: list[Tensor], max_grad_norm: float) -> Tensor | None:

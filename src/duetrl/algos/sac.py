@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from duetrl.algos.base import clip_and_step
+from duetrl.algos.base import clip_and_step, linear_schedule
 from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, averaged_tensors, frozen_copy, polyak
 from duetrl.config import check_range
 from duetrl.errors import UserError
@@ -97,8 +97,7 @@ class SAC(OffPolicyAgent):
     def set_progress(self, fraction: float) -> None:
         super().set_progress(fraction)
         if self.cfg.target_entropy_final is not None:
-            start, end = self.initial_target_entropy, self.cfg.target_entropy_final
-            self.target_entropy = start + (end - start) * min(max(fraction, 0.0), 1.0)
+            self.target_entropy = linear_schedule(self.initial_target_entropy, self.cfg.target_entropy_final, fraction)
 
     def exploration_action(self, obs: Tensor) -> Tensor:
         return squashed_sample(self.actor, obs, noise=None if self.noise is None else self.noise.sample())[0]
