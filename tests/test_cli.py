@@ -182,6 +182,8 @@ def test_train_then_eval(capsys, tmp_path):
     assert result["episodes"] == 3
     assert isinstance(result["mean_return"], float) and isinstance(result["std_return"], float)
     assert result["std_return"] >= 0 and result["mean_return"] < 0
+    assert len(result["returns"]) == 3 and result["median_return"] == sorted(result["returns"])[1]
+    assert abs(sum(result["returns"]) / 3 - result["mean_return"]) < 1e-9
 
     code, out, err = run(capsys, "eval", run_dir, "--episodes", 2, "--deterministic")
     assert code == 0, err

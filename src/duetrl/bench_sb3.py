@@ -111,7 +111,7 @@ ZOO["Hopper-v5"] = {
 CLASSES = {"ppo": PPO, "sac": SAC, "td3": TD3, "a2c": A2C}
 
 
-def held_out_mean(model, episodes: int, env_id: str = "Pendulum-v1") -> tuple[float, float]:
+def held_out_returns(model, episodes: int, env_id: str = "Pendulum-v1") -> np.ndarray:
     returns = []
     env = gym.make(env_id)
     norm = model.get_vec_normalize_env()
@@ -124,7 +124,7 @@ def held_out_mean(model, episodes: int, env_id: str = "Pendulum-v1") -> tuple[fl
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
-    return float(np.mean(returns)), float(np.std(returns))
+    return np.array(returns)
 
 
 class StopAtReturn(BaseCallback):
@@ -138,7 +138,7 @@ class StopAtReturn(BaseCallback):
         if self.num_timesteps % self.every:
             return True
         start = time.perf_counter()
-        mean, _ = held_out_mean(self.model, 20, self.training_env.get_attr("spec")[0].id)
+        mean = held_out_returns(self.model, 20, self.training_env.get_attr("spec")[0].id).mean()
         self.eval_s += time.perf_counter() - start
         if mean >= self.target:
             self.reached_at = self.num_timesteps
@@ -168,7 +168,7 @@ def main() -> None:
     eval_start = time.perf_counter()
     if isinstance(env, VecNormalize):
         env.training = False
-    mean, std = held_out_mean(model, episodes, env_id)
+    returns = held_out_returns(model, episodes, env_id)
     result = {
         "env_id": env_id,
         "algo": algo,
@@ -177,8 +177,9 @@ def main() -> None:
         "train_s": round(train_s, 2),
         "eval_s": round(time.perf_counter() - eval_start + uncounted, 2),
         "reached_at": callback.reached_at if callback else None,
-        "mean_return": mean,
-        "std_return": std,
+        "mean_return": float(returns.mean()),
+        "std_return": float(returns.std()),
+        "median_return": float(np.median(returns)),
     }
     print(json.dumps(result))
 

@@ -154,11 +154,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     out = result.to_dict()
     if args.json:
-        print(json.dumps(out))
+        print(json.dumps({**out, "returns": result.returns}))
     else:
         print(
             f"{agent.env_id}: mean return {out['mean_return']:.1f} +/- {out['std_return']:.1f} "
-            f"over {out['episodes']} episodes ({agent.checkpoint})"
+            f"(median {out['median_return']:.1f}) over {out['episodes']} episodes ({agent.checkpoint})"
         )
         if args.video:
             print(f"video written to {args.video}")

@@ -39,6 +39,7 @@ class EvalResult:
         return {
             "mean_return": self.mean,
             "std_return": self.std,
+            "median_return": float(np.median(self.returns)),  # robust to the rare failed episode
             "episodes": len(self.returns),
             "min_return": float(np.min(self.returns)),
             "max_return": float(np.max(self.returns)),
