@@ -1,13 +1,22 @@
-"""Running statistics for observation and reward normalisation, saved with the agent's state."""
+"""Running statistics for observation and reward normalisation, saved with the agent's state.
+
+Both run once per env step, where torch's few-microsecond cost per operation on tiny tensors made up a third of a
+1-env rollout's time. So on CPU the update does its arithmetic in numpy, on views of the same memory, and the
+float32 shift and scale that ``forward`` applies are cached whenever the statistics change (after an update or a
+loaded checkpoint).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 
 class RunningNorm(nn.Module):
-    """Normalises inputs by a running mean and variance (parallel Welford update over batches)."""
+    """Normalises inputs by a running mean and variance (float64, pooled over batches)."""
 
     def __init__(self, shape: tuple[int, ...], clip: float = 10.0, eps: float = 1e-8):
         super().__init__()
@@ -15,21 +24,31 @@ class RunningNorm(nn.Module):
         self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
         self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
         self.clip, self.eps = clip, eps
+        self.register_buffer("shift", torch.zeros(shape), persistent=False)  # float32 copies for forward
+        self.register_buffer("scale", torch.ones(shape), persistent=False)
+        self.refresh()
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh())
 
     @torch.no_grad()
+    def refresh(self) -> None:
+        """Recompute the cached float32 mean and std from the float64 statistics."""
+        self.shift.copy_(self.mean)
+        self.scale.copy_((self.var + self.eps).sqrt())
+
     def update(self, x: Tensor) -> None:
-        """Fold a batch ``[B, *shape]`` into the statistics."""
-        x = x.reshape(-1, *self.mean.shape).double()
-        batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
-        delta = batch_mean - self.mean
-        total = self.count + n
-        self.mean += delta * n / total
-        self.var.copy_((self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total)
-        self.count.copy_(total)
+        """Fold a batch ``[B, *shape]`` into the statistics: the pooled mean and variance of all data so far."""
+        x = x.detach().reshape(-1, *self.mean.shape)
+        stats = (self.mean, self.var, self.count, self.shift, self.scale)
+        if x.is_cpu and self.mean.is_cpu:
+            # The same arithmetic on numpy views of the same memory: ~1 us per operation instead of torch's ~4.
+            batch = x.numpy().astype(np.float64)
+            pool(*(t.numpy() for t in stats), batch.mean(0), batch.var(0), len(batch), self.eps)
+        else:
+            batch_var, batch_mean = torch.var_mean(x.double(), 0, correction=0)
+            pool(*stats, batch_mean, batch_var, len(x), self.eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        scaled = (x - self.mean.to(x.dtype)) / torch.sqrt(self.var.to(x.dtype) + self.eps)
-        return scaled.clamp(-self.clip, self.clip)
+        return ((x - self.shift) / self.scale).clamp(-self.clip, self.clip)
 
 
 class RewardScaler(nn.Module):
@@ -37,14 +56,26 @@ class RewardScaler(nn.Module):
 
     def __init__(self, num_envs: int, gamma: float, clip: float = 10.0, eps: float = 1e-8):
         super().__init__()
-        self.stats = RunningNorm(())
+        self.stats = RunningNorm((), eps=eps)
         self.register_buffer("returns", torch.zeros(num_envs, dtype=torch.float64))
-        self.gamma, self.clip, self.eps = gamma, clip, eps
+        self.gamma, self.clip = gamma, clip
 
     @torch.no_grad()
     def forward(self, reward: Tensor, done: Tensor) -> Tensor:
-        self.returns.mul_(self.gamma).add_(reward.double())
+        self.returns.mul_(self.gamma).add_(reward)
         self.stats.update(self.returns)
-        self.returns[done] = 0.0
-        scaled = reward / torch.sqrt(self.stats.var.to(reward.dtype) + self.eps)
-        return scaled.clamp(-self.clip, self.clip)
+        self.returns.masked_fill_(done, 0.0)
+        return (reward / self.stats.scale).clamp(-self.clip, self.clip)
+
+
+def pool(mean: Any, var: Any, count: Any, shift: Any, scale: Any, batch_mean: Any, batch_var: Any, n: int, eps: float):
+    """Fold a batch's mean and variance (of ``n`` samples) into running ones, in place, then refresh the float32
+    ``shift`` and ``scale``. Written once for numpy arrays and torch tensors alike."""
+    count += n
+    w = n / count  # the new batch's share of all data
+    delta = batch_mean - mean
+    mean += w * delta
+    var *= 1 - w  # pooled: (1 - w) var + w batch_var + w (1 - w) delta^2
+    var += w * batch_var + w * (1 - w) * delta**2
+    shift[...] = mean
+    scale[...] = (var + eps) ** 0.5

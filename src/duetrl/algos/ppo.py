@@ -122,10 +122,10 @@ class PPO(OnPolicyAgent):
         }
         for _ in range(cfg.epochs):
             order = torch.randperm(size, device=self.device)
+            shuffled = {k: v[order] for k, v in flat.items()}  # one gather per epoch; minibatches are views
             for start in range(0, size, cfg.minibatch_size):
-                mb = {k: v[order[start : start + cfg.minibatch_size]] for k, v in flat.items()}
-                dist = self.policy.distribution(mb["obs"])
-                log_prob = self.policy.log_prob(dist, mb["raw"])
+                mb = {k: v[start : start + cfg.minibatch_size] for k, v in shuffled.items()}
+                log_prob, entropy = self.policy.evaluate(mb["obs"], mb["raw"])
                 log_ratio = log_prob - mb["log_prob"]
                 ratio = log_ratio.exp()
                 adv = normalize(mb["advantages"]) if cfg.normalize_advantage else mb["advantages"]
@@ -138,7 +138,7 @@ class PPO(OnPolicyAgent):
                     clipped = mb["values"] + (value - mb["values"]).clamp(-cfg.clip_vf, cfg.clip_vf)
                     value_loss = torch.max(value_loss, (clipped - mb["returns"]).pow(2))
                 value_loss = 0.5 * value_loss.mean()
-                entropy = self.policy.entropy(dist).mean()
+                entropy = entropy.mean()
                 loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
                 clip_and_step(optimizer, loss, optimizer.param_groups[0]["params"], cfg.max_grad_norm)
 
@@ -160,7 +160,8 @@ class PPO(OnPolicyAgent):
         metrics["explained_variance"] = _explained_variance(flat["values"], flat["returns"])
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         if not self.policy.discrete:
-            metrics["policy_std"] = dist.stddev.mean().item()
+            with torch.no_grad():
+                metrics["policy_std"] = self.policy.distribution(flat["obs"]).stddev.mean().item()
         return metrics
 
 
