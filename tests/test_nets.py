@@ -153,12 +153,12 @@ def test_log_prob_and_entropy_shapes():
 
 
 @pytest.mark.parametrize("state_dependent_std", [True, False])
-def test_evaluate_matches_torch_distributions_with_gradients(state_dependent_std):
-    # evaluate() writes the Gaussian log-density and entropy out by hand for speed: they must equal Normal's,
+def test_evaluate_actions_matches_torch_distributions_with_gradients(state_dependent_std):
+    # evaluate_actions() writes the Gaussian log-density and entropy out by hand for speed: they must equal Normal's,
     # and so must their gradients with respect to every actor parameter.
     policy = Policy(OBS, ACT, HIDDEN, state_dependent_std=state_dependent_std, log_std_init=-0.7)
     obs, raw = torch.randn(7, 3), 2 * torch.randn(7, 2)
-    log_prob, entropy = policy.evaluate(obs, raw)
+    log_prob, entropy = policy.evaluate_actions(obs, raw)
     dist = policy.distribution(obs)
     expected_lp, expected_ent = dist.log_prob(raw).sum(-1), dist.entropy().sum(-1)
     torch.testing.assert_close(log_prob, expected_lp)
@@ -171,7 +171,7 @@ def test_evaluate_matches_torch_distributions_with_gradients(state_dependent_std
 
 
 @pytest.mark.parametrize("space", ["discrete", "clip_log_prob"])
-def test_evaluate_falls_back_to_the_distribution(space):
+def test_evaluate_actions_falls_back_to_the_distribution(space):
     if space == "discrete":
         policy = Policy(OBS, gym.spaces.Discrete(4), HIDDEN)
     else:
@@ -179,7 +179,7 @@ def test_evaluate_falls_back_to_the_distribution(space):
     obs = torch.randn(5, 3)
     dist = policy.distribution(obs)
     raw = dist.sample() if space == "discrete" else torch.full((5, 2), 10.0)  # clipped: the CDF mass, not the density
-    log_prob, entropy = policy.evaluate(obs, raw)
+    log_prob, entropy = policy.evaluate_actions(obs, raw)
     torch.testing.assert_close(log_prob, policy.log_prob(dist, raw))
     torch.testing.assert_close(entropy, policy.entropy(dist))
 

@@ -119,7 +119,7 @@ class Policy(nn.Module):
             log_prob = torch.where(raw <= self.low, below, torch.where(raw >= self.high, above, log_prob))
         return log_prob.sum(-1)
 
-    def evaluate(self, obs: Tensor, raw: Tensor) -> tuple[Tensor, Tensor]:
+    def evaluate_actions(self, obs: Tensor, raw: Tensor) -> tuple[Tensor, Tensor]:
         """(log pi(raw | s), entropy), each ``[B]``: what a policy-gradient loss needs.
 
         For the plain Gaussian the two are written out, without a ``Normal`` object: this runs once per minibatch,

@@ -125,7 +125,7 @@ class PPO(OnPolicyAgent):
             shuffled = {k: v[order] for k, v in flat.items()}  # one gather per epoch; minibatches are views
             for start in range(0, size, cfg.minibatch_size):
                 mb = {k: v[start : start + cfg.minibatch_size] for k, v in shuffled.items()}
-                log_prob, entropy = self.policy.evaluate(mb["obs"], mb["raw"])
+                log_prob, entropy = self.policy.evaluate_actions(mb["obs"], mb["raw"])
                 log_ratio = log_prob - mb["log_prob"]
                 ratio = log_ratio.exp()
                 adv = normalize(mb["advantages"]) if cfg.normalize_advantage else mb["advantages"]
