@@ -68,7 +68,9 @@ class RewardScaler(nn.Module):
         return (reward / self.stats.scale).clamp(-self.clip, self.clip)
 
 
-def pool(mean: Any, var: Any, count: Any, shift: Any, scale: Any, batch_mean: Any, batch_var: Any, n: int, eps: float):
+def pool(
+    mean: Any, var: Any, count: Any, shift: Any, scale: Any, batch_mean: Any, batch_var: Any, n: int, eps: float
+) -> None:
     """Fold a batch's mean and variance (of ``n`` samples) into running ones, in place, then refresh the float32
     ``shift`` and ``scale``. Written once for numpy arrays and torch tensors alike."""
     count += n

@@ -122,8 +122,9 @@ class Policy(nn.Module):
     def evaluate_actions(self, obs: Tensor, raw: Tensor) -> tuple[Tensor, Tensor]:
         """(log pi(raw | s), entropy), each ``[B]``: what a policy-gradient loss needs.
 
-        For the plain Gaussian the two are written out, without a ``Normal`` object: this runs once per minibatch,
-        and the object and its extra operations cost about a tenth of a small PPO step on CPU."""
+        For the plain Gaussian the two are written out, without a ``Normal`` object: this runs once per minibatch, and
+        the object's extra operations cost up to a tenth of a small PPO step on CPU (3.3 against 2.9 ms, measured
+        in isolation for a 64-sample step of two 256x256 networks)."""
         if self.discrete or (self.clip_log_prob and self.squash == "clip"):
             dist = self.distribution(obs)
             return self.log_prob(dist, raw), self.entropy(dist)
