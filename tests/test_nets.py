@@ -152,38 +152,6 @@ def test_log_prob_and_entropy_shapes():
     torch.testing.assert_close(action, discrete.actor(obs).argmax(-1))
 
 
-@pytest.mark.parametrize("state_dependent_std", [True, False])
-def test_evaluate_actions_matches_torch_distributions_with_gradients(state_dependent_std):
-    # evaluate_actions() writes the Gaussian log-density and entropy out by hand for speed: they must equal Normal's,
-    # and so must their gradients with respect to every actor parameter.
-    policy = Policy(OBS, ACT, HIDDEN, state_dependent_std=state_dependent_std, log_std_init=-0.7)
-    obs, raw = torch.randn(7, 3), 2 * torch.randn(7, 2)
-    log_prob, entropy = policy.evaluate_actions(obs, raw)
-    dist = policy.distribution(obs)
-    expected_lp, expected_ent = dist.log_prob(raw).sum(-1), dist.entropy().sum(-1)
-    torch.testing.assert_close(log_prob, expected_lp)
-    torch.testing.assert_close(entropy, expected_ent)
-    params = list(policy.parameters())
-    got = torch.autograd.grad((log_prob * torch.arange(7.0)).sum() + entropy.sum(), params)
-    want = torch.autograd.grad((expected_lp * torch.arange(7.0)).sum() + expected_ent.sum(), params)
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w)
-
-
-@pytest.mark.parametrize("space", ["discrete", "clip_log_prob"])
-def test_evaluate_actions_falls_back_to_the_distribution(space):
-    if space == "discrete":
-        policy = Policy(OBS, gym.spaces.Discrete(4), HIDDEN)
-    else:
-        policy = Policy(OBS, ACT, HIDDEN, clip_log_prob=True)
-    obs = torch.randn(5, 3)
-    dist = policy.distribution(obs)
-    raw = dist.sample() if space == "discrete" else torch.full((5, 2), 10.0)  # clipped: the CDF mass, not the density
-    log_prob, entropy = policy.evaluate_actions(obs, raw)
-    torch.testing.assert_close(log_prob, policy.log_prob(dist, raw))
-    torch.testing.assert_close(entropy, policy.entropy(dist))
-
-
 def _fixed_dist():
     """A Normal with a fixed mean/std (as float32 for the policy, float64 as the reference)."""
     mean = torch.tensor([[0.3, 1.5]])
