@@ -39,7 +39,7 @@ class RunningNorm(nn.Module):
         x = x.reshape(-1, *self.mean.shape).double()
         batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
         stats = (self.mean, self.var, self.count)
-        if x.is_cpu:
+        if x.is_cpu and self.mean.is_cpu:
             # The same float64 arithmetic on numpy views of the same memory, bit for bit: ~1 us per operation
             # instead of torch's ~4.
             pool(*(t.numpy() for t in stats), batch_mean.numpy(), batch_var.numpy(), len(x))
