@@ -161,8 +161,7 @@ class PPO(OnPolicyAgent):
         metrics["explained_variance"] = _explained_variance(flat["values"], flat["returns"])
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         if not self.policy.discrete:
-            with torch.no_grad():
-                metrics["policy_std"] = self.policy.distribution(flat["obs"]).stddev.mean().item()
+            metrics["policy_std"] = dist.stddev.mean().item()
         return metrics
 
 
