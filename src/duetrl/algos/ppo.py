@@ -44,6 +44,7 @@ class PPOConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     target_kl: float = 0.0  # 0 = no early stop
+    recompute_advantages: bool = False  # recompute GAE with the current critic before every epoch after the first
     normalize_advantage: bool = True
     normalize_obs: bool = False
     normalize_reward: bool = False
@@ -95,19 +96,7 @@ class PPO(OnPolicyAgent):
         optimizer = self.optimizers["ppo"]
 
         # Advantages and returns with the critic as it was during the rollout.
-        with torch.no_grad():
-            values = self.critic(batch["obs"])  # [T, N]
-            next_values = self.critic(batch["next_obs"])
-            advantages = gae(
-                batch["reward"],
-                values,
-                next_values,
-                batch["terminated"],
-                batch["truncated"],
-                cfg.gamma,
-                cfg.gae_lambda,
-            )
-            returns = advantages + values
+        values, advantages, returns = self._advantages(batch)
         flat = {
             "obs": batch["obs"].flatten(0, 1),
             "raw": batch["raw"].flatten(0, 1),
@@ -120,7 +109,12 @@ class PPO(OnPolicyAgent):
         stats: dict[str, list[Tensor]] = {
             k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
         }
-        for _ in range(cfg.epochs):
+        for epoch in range(cfg.epochs):
+            if cfg.recompute_advantages and epoch > 0:
+                # Andrychowicz et al. (2020), "What matters in on-policy RL": fresher critic, fresher advantages.
+                # The value clip keeps measuring from the rollout's values.
+                _, advantages, returns = self._advantages(batch)
+                flat["advantages"], flat["returns"] = advantages.flatten(), returns.flatten()
             order = torch.randperm(size, device=self.device)
             shuffled = {k: v[order] for k, v in flat.items()}  # one gather per epoch; minibatches are views
             for start in range(0, size, cfg.minibatch_size):
@@ -163,6 +157,18 @@ class PPO(OnPolicyAgent):
         if not self.policy.discrete:
             metrics["policy_std"] = dist.stddev.mean().item()
         return metrics
+
+
+    @torch.no_grad()
+    def _advantages(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """The critic's values, GAE(lambda) advantages and lambda-returns of a ``[T, N]`` rollout."""
+        values = self.critic(batch["obs"])
+        next_values = self.critic(batch["next_obs"])
+        cfg = self.cfg
+        advantages = gae(
+            batch["reward"], values, next_values, batch["terminated"], batch["truncated"], cfg.gamma, cfg.gae_lambda
+        )
+        return values, advantages, advantages + values
 
 
 def _explained_variance(predicted: Tensor, target: Tensor) -> float:
