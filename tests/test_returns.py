@@ -96,6 +96,15 @@ def test_gae_hand_computed():
     close(gae(REWARDS, VALUES, NEXT_VALUES, TERMINATED, TRUNCATED, G, 0.5), GAE_HALF)
 
 
+def test_gae_with_gradient_takes_the_torch_path_and_agrees():
+    values = VALUES.clone().requires_grad_()
+    out = gae(REWARDS, values, NEXT_VALUES, TERMINATED, TRUNCATED, G, 0.5)
+    close(out.detach(), GAE_HALF)
+    out.sum().backward()
+    # d(sum_t A_t)/dV_s = -sum over steps t <= s of s's episode of (gamma * lambda)^(s - t), with gamma * lambda = .25
+    close(values.grad, t([[-1, -1], [-1.25, -1.25], [-1, -1.3125], [-1.25, -1]]))
+
+
 def test_gae_lambda_zero_is_td_error():
     close(gae(REWARDS, VALUES, NEXT_VALUES, TERMINATED, TRUNCATED, G, 0.0), TD)
 

@@ -15,6 +15,7 @@ Either way the episode ends at ``t``, so no return flows back from ``t + 1`` (a 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -96,12 +97,20 @@ def gae(
     lam=0 gives the TD error, lam=1 the Monte-Carlo return minus V(s_t)."""
     deltas = td_errors(rewards, values, next_values, terminated, gamma)
     _, not_ended = _masks(terminated, truncated)
-    advantages = torch.empty_like(rewards)
-    running = torch.zeros_like(rewards[0])
-    for t in range(rewards.shape[0] - 1, -1, -1):
-        running = deltas[t] + gamma * lam * not_ended[t] * running
-        advantages[t] = running
-    return advantages
+    decay = gamma * lam * not_ended
+    if deltas.device.type == "cpu" and not deltas.requires_grad:
+        # Same float32 arithmetic in numpy, whose per-operation cost on these [N] rows is a fraction of torch's
+        # (PPO with recompute_advantages runs this loop every epoch).
+        return torch.from_numpy(_discounted_cumsum(deltas.numpy(), decay.numpy()))
+    return _discounted_cumsum(deltas, decay)
+
+
+def _discounted_cumsum(x, decay):  # numpy arrays or tensors, [T, N]
+    """y_t = x_t + decay_t * y_{t+1}, from the last step back."""
+    out = x.copy() if isinstance(x, np.ndarray) else x.clone()
+    for t in range(x.shape[0] - 2, -1, -1):
+        out[t] = x[t] + decay[t] * out[t + 1]
+    return out
 
 
 def normalize(x: Tensor, eps: float = 1e-8) -> Tensor:
