@@ -105,8 +105,8 @@ def gae(
     return _discounted_cumsum(deltas, decay)
 
 
-def _discounted_cumsum(x, decay):  # numpy arrays or tensors, [T, N]
-    """y_t = x_t + decay_t * y_{t+1}, from the last step back."""
+def _discounted_cumsum(x: np.ndarray | Tensor, decay: np.ndarray | Tensor) -> np.ndarray | Tensor:
+    """y_t = x_t + decay_t * y_{t+1} over ``[T, N]`` arrays or tensors, from the last step back."""
     out = x.copy() if isinstance(x, np.ndarray) else x.clone()
     for t in range(x.shape[0] - 2, -1, -1):
         out[t] = x[t] + decay[t] * out[t + 1]

@@ -158,7 +158,6 @@ class PPO(OnPolicyAgent):
             metrics["policy_std"] = dist.stddev.mean().item()
         return metrics
 
-
     @torch.no_grad()
     def _advantages(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """The critic's values, GAE(lambda) advantages and lambda-returns of a ``[T, N]`` rollout."""
