@@ -82,8 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--title")
 
     bench = sub.add_parser("bench", help="the standard benchmark, side by side with Stable-Baselines3 if installed")
-    bench.add_argument("--tasks", nargs="+", default=["ppo", "sac"], help="ppo, a2c, sac, td3")
-    bench.add_argument("--seeds", nargs="+", type=int, default=[0])
+    bench.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["ppo", "sac"],
+        help="Pendulum-v1: ppo, a2c, ac, sac, td3, ddpg; MuJoCo: ppo-halfcheetah, sac-halfcheetah",
+    )
+    bench.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=list(range(10)),
+        help="seeds, each a fresh process (default: 0-9, ten seeds, for the summary's fraction reaching the "
+        "threshold, median and IQM with 95%% bootstrap intervals, and worst seed)",
+    )
     bench.add_argument("--no-sb3", action="store_true", help="duetrl figures only")
     bench.add_argument("--listing", help="path to the chapter's listing, to compare --preset chapter's speed")
     bench.add_argument("--json", help="also write the results to this JSON file")
