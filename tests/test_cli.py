@@ -137,6 +137,7 @@ def test_crash_mid_training_exits_1_and_writes_no_checkpoint(capsys, tmp_path, m
         "--set",
         "update_every=5",
         "eval_episodes=1",
+        "eval_every=0",
         "--run-dir",
         run_dir,
         "--quiet",
@@ -195,6 +196,18 @@ def test_train_then_eval(capsys, tmp_path):
         match="already holds a run",
     )
     assert ckpt.list_checkpoints(run_dir)[-1].name == "step_000000000400.safetensors"
+
+
+def test_budget_warning_is_printed_once_before_training(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    argv = ["train", "Pendulum-v1", "--preset", "chapter", "--steps", 200, "--set", "eval_episodes=1"]
+    code, out, err = run(capsys, *argv, "eval_every=400", "--run-dir", run_dir, "--quiet")
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("duetrl: training ")
+    assert lines[1].startswith("duetrl: warning: eval_every=400 is more than steps=200"), err
+    assert sum(line.startswith("duetrl: warning:") for line in lines) == 1 and "Traceback" not in err
+    assert json.loads(out.strip().splitlines()[-1])["env_steps"] == 200  # a warning, not an error: the run ran
 
 
 def test_a_mistake_leaves_no_run_directory(capsys, tmp_path):

@@ -1,9 +1,11 @@
 """Config layering (defaults < preset < file < overrides), the chapter preset, and user errors."""
 
+import re
+
 import pytest
 
 from duetrl.algos.ac import ACConfig
-from duetrl.config import RunConfig, list_presets, parse_assignments, resolve
+from duetrl.config import RunConfig, budget_warnings, list_presets, parse_assignments, resolve
 from duetrl.errors import UserError
 
 
@@ -163,3 +165,50 @@ def test_every_shipped_preset_resolves_and_validates(row):
     assert preset_id == f"{row['env']}/{row['algo']}/{row['name']}"
     cfg.algo.validate()
     assert row["description"], "every preset says what it is for and what it measured"
+
+
+# ------------------------------------------------------------------------------------------ budget warnings
+
+
+def warnings_for(algo, **settings):
+    cfg, _ = resolve("Pendulum-v1", algo, "none", overrides=settings)
+    return budget_warnings(cfg)
+
+
+@pytest.mark.parametrize(
+    "algo, settings, match",
+    [
+        ("td3", {"steps": 5_000, "learning_starts": 5_000}, "steps=5000 is not more than learning_starts=5000"),
+        ("sac", {"steps": 200, "learning_starts": 100}, "not more than batch_size=256"),
+        ("ppo", {"steps": 1_000, "num_steps": 2048}, "num_steps=2048.*no update ever happens"),
+        ("ppo", {"steps": 2_000, "num_envs": 4, "num_steps": 512}, r"\(2048 env steps\).*no update ever happens"),
+        ("ppo", {"num_steps": 32, "minibatch_size": 64}, "one gradient step on the whole rollout"),
+        ("ac", {"steps": 400, "update_every": 500}, "update_every=500.*no update ever happens"),
+        ("a2c", {"steps": 1_000, "num_envs": 8, "update_every": 200}, r"\(1600 env steps\)"),
+        ("ppo", {"steps": 5_000, "eval_every": 20_000}, "no periodic evaluation, only the final one"),
+        ("ppo", {"target_return": -200, "eval_every": 0}, "target_return=-200.0 can never stop the run early"),
+        ("ppo", {"target_return": -200, "steps": 5_000}, "eval_every=10000 gives none within steps=5000"),
+    ],
+)
+def test_budget_warnings(algo, settings, match):
+    if "target_return" not in settings:
+        settings = {"eval_every": 0, **settings}  # only the warning under test (short runs skip periodic evals)
+    found = warnings_for(algo, **settings)
+    assert len(found) == 1 and re.search(match, found[0]), found
+    assert found[0][0].islower() and "\n" not in found[0]  # one sentence, printed after "duetrl: warning: "
+
+
+@pytest.mark.parametrize("algo", ["ac", "a2c", "ppo", "sac", "td3", "ddpg"])
+def test_clean_config_gives_no_budget_warning(algo):
+    assert warnings_for(algo) == []
+    # borderline cases are not warnings: the last evaluation at the end, the final one only, a target reachable
+    assert warnings_for(algo, steps=30_000, eval_every=30_000) == []
+    assert warnings_for(algo, steps=30_000, eval_every=0) == []
+    assert warnings_for(algo, steps=30_000, eval_every=29_999, target_return=0) == []
+
+
+def test_borderline_budgets_give_no_budget_warning():
+    assert warnings_for("td3", steps=5_001, learning_starts=5_000, eval_every=0) == []  # one step of learning
+    assert warnings_for("ppo", steps=2_048, num_envs=4, num_steps=512, eval_every=0) == []  # one rollout fits
+    assert warnings_for("ppo", steps=2_045, num_envs=4, num_steps=512, eval_every=0) == []  # 512 rounds of 4 envs
+    assert warnings_for("ppo", num_steps=64, minibatch_size=64) == []  # one minibatch, as asked

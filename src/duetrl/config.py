@@ -353,3 +353,57 @@ def describe_fields(cls: type) -> list[tuple[str, str, Any]]:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         rows.append((f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), default))
     return rows
+
+
+# ---------------------------------------------------------------------------------------------- budget
+
+
+def budget_warnings(cfg: Config) -> list[str]:
+    """Settings that cannot learn, or cannot be evaluated, within ``steps``: said before the run, not after."""
+    from duetrl.algos.ac import ACConfig
+    from duetrl.algos.offpolicy import OffPolicyConfig
+    from duetrl.algos.ppo import PPOConfig
+
+    run, algo = cfg.run, cfg.algo
+    out: list[str] = []
+    rounds = -(-run.steps // run.num_envs)  # loop iterations: each one steps every env once
+    if isinstance(algo, OffPolicyConfig):
+        starts, batch = algo.learning_starts, algo.batch_size
+        key, value = ("learning_starts", starts) if starts >= batch else ("batch_size", batch)
+        if run.steps <= value:
+            out.append(
+                f"steps={run.steps} is not more than {key}={value}: the agent acts at random for the whole run and "
+                f"learns nothing; raise steps or lower {key}"
+            )
+    if isinstance(algo, PPOConfig):
+        batch = algo.num_steps * run.num_envs
+        if algo.num_steps > rounds:
+            out.append(
+                f"{run.algo} first updates after num_steps={algo.num_steps} steps of each of num_envs={run.num_envs} "
+                f"envs ({batch} env steps), more than steps={run.steps}: no update ever happens; raise steps or "
+                "lower num_steps"
+            )
+        if algo.minibatch_size > batch:
+            out.append(
+                f"minibatch_size={algo.minibatch_size} is larger than a rollout (num_steps * num_envs = {batch} "
+                "samples), so each epoch is one gradient step on the whole rollout; set minibatch_size to at most "
+                f"{batch}, or raise num_steps or num_envs"
+            )
+    if isinstance(algo, ACConfig) and algo.update_every > rounds:
+        out.append(
+            f"{run.algo} updates every update_every={algo.update_every} steps of each of num_envs={run.num_envs} "
+            f"envs ({algo.update_every * run.num_envs} env steps), more than steps={run.steps}: no update ever "
+            "happens; raise steps or lower update_every"
+        )
+    if run.target_return is not None and not 0 < run.eval_every < run.steps:
+        out.append(
+            f"target_return={run.target_return} can never stop the run early: it is checked at the periodic "
+            f"evaluations, and eval_every={run.eval_every} gives none within steps={run.steps}; set eval_every to "
+            "a positive number below steps"
+        )
+    elif run.eval_every > run.steps:
+        out.append(
+            f"eval_every={run.eval_every} is more than steps={run.steps}: there is no periodic evaluation, only the "
+            "final one; lower eval_every for a learning curve, or set eval_every=0 to ask for the final one only"
+        )
+    return out

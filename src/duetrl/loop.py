@@ -22,7 +22,7 @@ import torch
 from duetrl import checkpoint as ckpt
 from duetrl.algos import get_algo
 from duetrl.algos.base import Agent
-from duetrl.config import Config
+from duetrl.config import Config, budget_warnings
 from duetrl.envs import BatchEnv, import_modules, make
 from duetrl.errors import TrainingError, UserError
 from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, evaluate_policy
@@ -161,6 +161,8 @@ class Trainer:
         run = self.cfg.run
         preset = f" with preset {run.preset}" if run.preset else ""
         print(f"duetrl: training {run.algo} on {run.env_id}{preset} -> {self.run_dir}", file=sys.stderr)
+        for message in budget_warnings(self.cfg):  # settings that would waste the run, said before it starts
+            print(f"duetrl: warning: {message}", file=sys.stderr)
         start = time.perf_counter()
         self.start = start
         progress = Progress(run.steps, initial=self.env_steps, quiet=self.quiet)
