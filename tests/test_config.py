@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import torch
 
 from duetrl.algos.ac import ACConfig
 from duetrl.config import RunConfig, budget_warnings, list_presets, parse_assignments, resolve
@@ -212,3 +213,47 @@ def test_borderline_budgets_give_no_budget_warning():
     assert warnings_for("ppo", steps=2_048, num_envs=4, num_steps=512, eval_every=0) == []  # one rollout fits
     assert warnings_for("ppo", steps=2_045, num_envs=4, num_steps=512, eval_every=0) == []  # 512 rounds of 4 envs
     assert warnings_for("ppo", num_steps=64, minibatch_size=64) == []  # one minibatch, as asked
+
+
+# ------------------------------------------------------------------------------------------ off-policy warm-up
+
+
+@pytest.mark.parametrize(
+    "algo, steps, expected",
+    [("td3", 10_000, 1_000), ("td3", 1_000_000, 25_000), ("ddpg", 100_000, 10_000), ("sac", 1_000_000, 5_000)],
+)
+def test_learning_starts_auto_scales_with_the_budget(algo, steps, expected, tmp_path):
+    cfg, _ = resolve("Pendulum-v1", algo, "none", overrides={"steps": steps})
+    assert cfg.algo.learning_starts == expected
+    cfg.save(tmp_path / "config.yaml")
+    assert f"learning_starts: {expected}" in (tmp_path / "config.yaml").read_text()  # the run records the number
+    assert budget_warnings(cfg) == []
+
+
+def test_learning_starts_auto_floor_is_the_batch_size():
+    cfg, _ = resolve("Pendulum-v1", "sac", "none", overrides={"steps": 1_500, "batch_size": 128, "eval_every": 0})
+    assert cfg.algo.learning_starts == 150
+    cfg, _ = resolve("Pendulum-v1", "sac", "none", overrides={"steps": 1_000, "eval_every": 0})
+    assert cfg.algo.learning_starts == 256
+
+
+def test_learning_starts_explicit_or_from_a_preset_is_kept():
+    assert (
+        resolve("Pendulum-v1", "td3", "none", overrides={"steps": 10_000, "learning_starts": 7})[0].algo.learning_starts
+        == 7
+    )
+    cfg, preset_id = resolve("Pendulum-v1", "td3")
+    assert preset_id is not None and cfg.algo.learning_starts == 500  # as Pendulum-v1.yaml says
+    assert resolve("Pendulum-v1", "td3", "none", overrides={"learning_starts": None})[0].algo.learning_starts == 10_000
+
+
+def test_learning_starts_none_validates_and_an_unresolved_agent_keeps_the_paper_value():
+    from duetrl.algos.sac import SACConfig
+    from duetrl.algos.td3 import TD3, TD3Config
+    from duetrl.envs.native import Pendulum
+
+    for cls in (SACConfig, TD3Config):
+        cls().validate()
+    env = Pendulum(1)
+    agent = TD3(TD3Config(), env.single_observation_space, env.single_action_space, 1, torch.device("cpu"))
+    assert agent.learning_starts == 25_000 and SACConfig.PAPER_LEARNING_STARTS == 5_000

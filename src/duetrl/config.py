@@ -335,6 +335,8 @@ def resolve(
         apply_overrides(algo_cfg, algo_part, source)
     run.env_id, run.algo, run.preset = env_id, algo_name, preset_id
     run.validate()
+    if hasattr(algo_cfg, "resolve_auto"):  # settings whose default depends on the run (e.g. its steps)
+        algo_cfg.resolve_auto(run.steps)
     algo_cfg.validate()
     return Config(run=run, algo=algo_cfg), preset_id
 
@@ -369,6 +371,7 @@ def budget_warnings(cfg: Config) -> list[str]:
     rounds = -(-run.steps // run.num_envs)  # loop iterations: each one steps every env once
     if isinstance(algo, OffPolicyConfig):
         starts, batch = algo.learning_starts, algo.batch_size
+        starts = algo.PAPER_LEARNING_STARTS if starts is None else starts  # as the agent does when unresolved
         key, value = ("learning_starts", starts) if starts >= batch else ("batch_size", batch)
         if run.steps <= value:
             out.append(

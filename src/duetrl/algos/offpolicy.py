@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import torch
@@ -24,6 +24,10 @@ from duetrl.policy import space_dims
 class OffPolicyConfig:
     """Settings every off-policy actor-critic shares (defaults: the SAC/TD3 papers', as in SB3/CleanRL)."""
 
+    # The papers' warm-up of random actions (SAC 5,000 here; TD3/DDPG 25,000 in td3.py): what learning_starts=None
+    # gives on a long run. A shorter run starts after a tenth of its steps, so a 10,000-step run still learns.
+    PAPER_LEARNING_STARTS: ClassVar[int] = 5_000
+
     actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
     critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
     activation: str = "relu"
@@ -33,7 +37,7 @@ class OffPolicyConfig:
     tau: float = 0.005  # Polyak rate of the target networks
     batch_size: int = 256
     buffer_size: int = 1_000_000
-    learning_starts: int = 5_000  # env steps of uniform random actions before learning
+    learning_starts: int | None = None  # env steps of uniform random actions first; None = auto (resolve_auto)
     utd: float = 1.0  # gradient steps per env step
     policy_delay: int = 1  # actor update every n critic updates
     n_critics: int = 2
@@ -53,7 +57,8 @@ class OffPolicyConfig:
         check_range("critic_dropout", self.critic_dropout, 0.0, 0.99)
         for key in ("batch_size", "buffer_size", "policy_delay", "n_critics"):
             check_range(key, getattr(self, key), 1)
-        check_range("learning_starts", self.learning_starts, 0)
+        if self.learning_starts is not None:
+            check_range("learning_starts", self.learning_starts, 0)
         check_range("noise_beta", self.noise_beta, 0.0, 3.0)
         check_range("noise_length", self.noise_length, 2)
         check_choice("activation", self.activation, tuple(ACTIVATIONS))
@@ -61,6 +66,11 @@ class OffPolicyConfig:
         check_widths("critic_hidden", self.critic_hidden)
         if self.buffer_size < self.batch_size:
             raise UserError(f"buffer_size={self.buffer_size} must be at least batch_size={self.batch_size}")
+
+    def resolve_auto(self, steps: int) -> None:
+        """Fill learning_starts=None from the run's budget: min(the paper's, max(batch_size, steps // 10))."""
+        if self.learning_starts is None:
+            self.learning_starts = min(self.PAPER_LEARNING_STARTS, max(self.batch_size, steps // 10))
 
 
 def averaged_tensors(module: nn.Module) -> list[Tensor]:
@@ -101,6 +111,8 @@ class OffPolicyAgent(Agent):
             raise UserError(f"--algo {self.name} needs a bounded action space, not {act_space}")
         self.action_center, self.action_scale = (high + low) / 2, (high - low) / 2
         self.buffer = ReplayBuffer(cfg.buffer_size, self.obs_dim, self.act_dim, device)
+        # A config that never went through config.resolve (no budget known) keeps the paper's warm-up.
+        self.learning_starts = cfg.PAPER_LEARNING_STARTS if cfg.learning_starts is None else cfg.learning_starts
         self.env_steps_seen = 0
         self.updates_owed = 0.0
         self.gradient_steps = 0
@@ -141,7 +153,7 @@ class OffPolicyAgent(Agent):
     @torch.no_grad()
     def explore(self, obs: Tensor) -> Tensor:
         obs = obs.to(self.device)
-        if self.env_steps_seen < self.cfg.learning_starts:
+        if self.env_steps_seen < self.learning_starts:
             action = torch.rand(obs.shape[0], self.act_dim, device=self.device) * 2 - 1
         else:
             action = self.exploration_action(obs)
@@ -153,7 +165,7 @@ class OffPolicyAgent(Agent):
         self.env_steps_seen += self.num_envs
         if self.noise is not None:
             self.noise.restart((terminated | truncated).to(self.device))
-        if self.env_steps_seen >= max(self.cfg.learning_starts, self.cfg.batch_size):
+        if self.env_steps_seen >= max(self.learning_starts, self.cfg.batch_size):
             self.updates_owed += self.cfg.utd * self.num_envs
 
     def set_progress(self, fraction: float) -> None:

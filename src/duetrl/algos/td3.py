@@ -10,6 +10,7 @@ to mu(s). DDPG is the case of one critic, no delay and no target smoothing (see 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import gymnasium as gym
 import torch
@@ -27,7 +28,7 @@ from duetrl.optim import adam
 class TD3Config(OffPolicyConfig):
     """Hyperparameters of ``td3``: the shared off-policy ones plus exploration and target smoothing."""
 
-    learning_starts: int = 25_000
+    PAPER_LEARNING_STARTS: ClassVar[int] = 25_000  # Fujimoto et al. 2018's warm-up (see OffPolicyConfig)
     policy_delay: int = 2
     exploration_noise: float = 0.1  # std of the noise, in units of half the action range
     noise_type: str = "gaussian"  # gaussian | ou | colored (of colour noise_beta)
