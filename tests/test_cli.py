@@ -1,6 +1,9 @@
 """The ``duetrl`` command: listings, user errors as one line with exit code 2, and train -> eval."""
 
+import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -208,6 +211,35 @@ def test_budget_warning_is_printed_once_before_training(capsys, tmp_path):
     assert lines[1].startswith("duetrl: warning: eval_every=400 is more than steps=200"), err
     assert sum(line.startswith("duetrl: warning:") for line in lines) == 1 and "Traceback" not in err
     assert json.loads(out.strip().splitlines()[-1])["env_steps"] == 200  # a warning, not an error: the run ran
+
+
+def cli_process(cwd, *argv):
+    """``python -m duetrl.cli ARGV`` as a child process, as a user runs it: (exit code, stdout, stderr)."""
+    argv = [sys.executable, "-m", "duetrl.cli", *map(str, argv)]
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_env_kwargs_hold_from_training_to_evaluation_and_video(tmp_path):
+    """Trained on the torch-native Pendulum with m and l, evaluated and recorded on its Gymnasium twin."""
+    run_dir = tmp_path / "D"
+    code, out, err = cli_process(
+        tmp_path,
+        *("train", "Pendulum-v1", "--algo", "ppo", "--preset", "none", "--steps", 256, "--run-dir", run_dir),
+        *("--set", "num_steps=128", "eval_every=0", "eval_episodes=2", "--env-kwargs", "m=1.5", "l=0.8", "--quiet"),
+    )
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["episodes"] == 2  # the final evaluation ran
+    code, out, err = cli_process(tmp_path, "eval", run_dir, "--episodes", 2, "--json")
+    assert code == 0, err
+    returns = json.loads(out)["returns"]
+    code, out, err = cli_process(tmp_path, "eval", run_dir, "--episodes", 2, "--json", "--env-kwargs", "m=1", "l=1")
+    assert code == 0, err
+    assert json.loads(out)["returns"] != returns  # the run's m and l were in force, not Gymnasium's defaults
+    if importlib.util.find_spec("imageio") is not None:
+        code, out, err = cli_process(tmp_path, "eval", run_dir, "--episodes", 1, "--video", "x.gif")
+        assert code == 0, err
+        assert (tmp_path / "x.gif").stat().st_size > 1000
 
 
 def test_a_mistake_leaves_no_run_directory(capsys, tmp_path):

@@ -1,4 +1,5 @@
-"""The torch-native Pendulum follows Gymnasium's Pendulum-v1 exactly, and ``make`` picks it when asked."""
+"""The torch-native Pendulum follows Gymnasium's Pendulum-v1 exactly, ``make`` picks it when asked, and its
+Gymnasium twin (for evaluation and video) takes the same arguments."""
 
 import gymnasium as gym
 import numpy as np
@@ -7,7 +8,9 @@ import torch
 
 import duetrl
 from duetrl.envs import make
+from duetrl.envs.classic import Pendulum as GymnasiumPendulum
 from duetrl.envs.gymnasium_vec import GymnasiumBatchEnv
+from duetrl.envs.make import env_factory
 from duetrl.envs.native import NATIVE_ENVS, Pendulum
 from duetrl.errors import UserError
 
@@ -244,3 +247,52 @@ def test_other_native_envs_truncate_like_gymnasium(env_id):
     env.elapsed[:] = limit - 1
     _, _, _, truncated, info = env.step(torch.zeros(1, 1) if env_id.startswith("Mountain") else torch.ones(1))
     assert bool(truncated[0]) and info["episode_length"] == [limit]
+
+
+# ------------------------------------------------------------------------------------------ Gymnasium twins
+
+
+def test_twin_with_default_arguments_is_gymnasiums_pendulum():
+    twin, reference = env_factory("Pendulum-v1")(), gym.make("Pendulum-v1")
+    assert isinstance(twin.unwrapped, GymnasiumPendulum) and twin.spec.max_episode_steps == 200
+    obs, _ = twin.reset(seed=3)
+    ref_obs, _ = reference.reset(seed=3)
+    np.testing.assert_array_equal(obs, ref_obs)
+    rng = np.random.default_rng(3)
+    for t in range(1, 201):
+        action = rng.uniform(-2.0, 2.0, 1).astype(np.float32)
+        obs, reward, terminated, truncated, _ = twin.step(action)
+        ref_obs, ref_reward, ref_terminated, ref_truncated, _ = reference.step(action)
+        np.testing.assert_array_equal(obs, ref_obs, err_msg=f"step {t}")
+        assert reward == ref_reward and (terminated, truncated) == (ref_terminated, ref_truncated), t
+    assert truncated  # Gymnasium's TimeLimit is kept
+    twin.close()
+    reference.close()
+
+
+def test_twin_with_other_mass_and_length_steps_like_the_native_pendulum():
+    twin = env_factory("Pendulum-v1", m=1.5, l=0.8)()
+    native = Pendulum(1, m=1.5, l=0.8, dtype=torch.float64)
+    twin.reset(seed=4)
+    native.reset(seed=0)
+    native.state = torch.tensor(twin.unwrapped.state, dtype=torch.float64)[None]
+    rng = np.random.default_rng(4)
+    for t in range(1, 201):
+        action = rng.uniform(-2.0, 2.0, 1).astype(np.float32)
+        obs, reward, _, truncated, _ = twin.step(action)
+        _, native_reward, _, native_truncated, info = native.step(torch.from_numpy(action)[None])
+        np.testing.assert_allclose(info["final_obs"][0].numpy(), obs, atol=ATOL, err_msg=f"step {t}")
+        assert float(native_reward[0]) == pytest.approx(reward, abs=ATOL), t
+        assert bool(native_truncated[0]) == truncated == (t == 200)
+    twin.close()
+
+
+def test_twin_rejects_unknown_arguments_and_renders(monkeypatch):
+    with pytest.raises(UserError, match="rejected its arguments"):
+        env_factory("Pendulum-v1", mass=3.0)
+    pytest.importorskip("pygame")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    env = env_factory("Pendulum-v1", render_mode="rgb_array", m=1.5)()
+    env.reset(seed=0)
+    assert env.render_mode == "rgb_array" and env.render().shape == (500, 500, 3)
+    env.close()

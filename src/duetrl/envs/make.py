@@ -11,6 +11,7 @@ import gymnasium as gym
 import torch
 
 from duetrl.envs.base import BatchEnv
+from duetrl.envs.classic import twin_spec
 from duetrl.envs.gymnasium_vec import GymnasiumBatchEnv
 from duetrl.errors import UserError
 
@@ -43,7 +44,8 @@ def env_factory(env_id: str, render_mode: str | None = None, **env_kwargs: Any) 
             factory = lambda: target(**kwargs)  # noqa: E731
             _check_factory(factory, env_id)
             return factory
-    factory = lambda: gym.make(env_id, **kwargs)  # noqa: E731
+    spec = twin_spec(env_id) or env_id  # a native env's twin takes the native env's arguments (m, l, ...)
+    factory = lambda: gym.make(spec, **kwargs)  # noqa: E731
     _check_factory(factory, env_id)
     return factory
 
