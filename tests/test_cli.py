@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from duetrl import checkpoint as ckpt
-from duetrl.cli import main
+from duetrl.cli import build_parser, main
 
 CRASH_ENV = '''
 import gymnasium as gym
@@ -98,6 +98,24 @@ def test_train_user_errors(capsys, tmp_path, argv, match):
     result = run(capsys, "train", *argv, "--steps", 50, "--run-dir", run_dir, "--quiet")
     assert_user_error(*result, match=match)
     assert_no_checkpoint(run_dir)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_before_or_after_the_subcommand_shows_the_traceback(capsys, tmp_path, where):
+    argv = ["train", "NoSuchEnv-v0", "--steps", 50, "--run-dir", tmp_path / "run", "--quiet"]
+    code, out, err = run(capsys, *(["--debug", *argv] if where == "before" else [*argv, "--debug"]))
+    assert code == 2 and "Traceback" in err, err
+    assert err.strip().splitlines()[-1].startswith("duetrl: error: unknown or unusable environment")
+
+
+@pytest.mark.parametrize(
+    "command", [["train"], ["eval", "R"], ["sweep"], ["plot", "R"], ["bench"], ["presets"], ["params"]]
+)
+def test_every_subcommand_takes_debug_in_either_place(command):
+    parser = build_parser()
+    assert parser.parse_args([*command, "--debug"]).debug is True
+    assert parser.parse_args(["--debug", *command]).debug is True  # not overwritten by the subcommand's default
+    assert parser.parse_args(command).debug is False
 
 
 def test_negative_steps(capsys, tmp_path):

@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list shipped presets")
     params = sub.add_parser("params", help="list an algorithm's settings and defaults")
     params.add_argument("--algo", default="ac")
+    # --debug also after the subcommand; SUPPRESS, as a subparser's default would overwrite a leading --debug
+    for subparser in sub.choices.values():
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     return parser
 
 
