@@ -7,10 +7,14 @@ result: this machine is noisy. Over many seeds (each a fresh process), every tas
 figures a lucky seed cannot fake (duetrl.stats): the fraction of seeds reaching the task's threshold, the median
 and interquartile mean with 95% bootstrap intervals, the worst seed, and the env steps and training seconds to
 the threshold.
+
+The `defaults` family (``bench_defaults``) asks another question: how well each library does, untuned, on envs
+nobody tuned it for -- duetrl with no preset against SB3's library defaults.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -22,7 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from duetrl.stats import summarize, summarize_times
+import numpy as np
+
+from duetrl.errors import UserError
+from duetrl.stats import bootstrap_ci, summarize, summarize_times
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,7 @@ class Task:
     threshold: float | None = -200.0  # a seed "reaches" it with a held-out mean >= threshold; None = no threshold
     checkpoints: tuple[int, ...] = ()  # duetrl is also scored on its checkpoints at these env steps
     sb3_until: bool = False  # SB3 trains until its first held-out check >= threshold, not over a fixed budget
+    defaults: bool = False  # untuned, both over sb3_steps: duetrl --preset none, SB3's library defaults
 
 
 HALFCHEETAH = 4800.0  # Gymnasium's reward_threshold for HalfCheetah-v5
@@ -124,12 +132,14 @@ def evaluate(run_dir: Path, episodes: int, checkpoint: str | Path = "latest") ->
     return json.loads(out)
 
 
-def run_duetrl(task: str, seed: int, workdir: Path) -> Figure:
-    spec = TASKS[task]
+def run_duetrl(task: str, seed: int, workdir: Path, spec: Task | None = None) -> Figure:
+    """Train and score duetrl on ``spec`` (default ``TASKS[task]``), one fresh process each."""
+    spec = spec or TASKS[task]
     run_dir = workdir / f"duetrl-{task}-{seed}"
+    untuned = ["--preset", "none", "--steps", str(spec.sb3_steps), "--set", "eval_every=0"]
     process_s, out = _run(
         [*DUETRL, "train", spec.env_id, "--algo", spec.algo, "--seed", str(seed), "--quiet"]
-        + ["--run-dir", str(run_dir), *checkpoint_args(spec)]
+        + ["--run-dir", str(run_dir), *(untuned if spec.defaults else checkpoint_args(spec))]
     )
     steps = json.loads(out.strip().splitlines()[-1])["env_steps"]
     result = evaluate(run_dir, spec.episodes)
@@ -152,8 +162,9 @@ def run_duetrl(task: str, seed: int, workdir: Path) -> Figure:
     )
 
 
-def run_sb3(task: str, seed: int) -> Figure | None:
-    spec = TASKS[task]
+def run_sb3(task: str, seed: int, spec: Task | None = None) -> Figure | None:
+    """Train and score SB3 on ``spec`` (default ``TASKS[task]``) in ``duetrl.bench_sb3``'s own process."""
+    spec = spec or TASKS[task]
     if not spec.sb3_steps:
         return None
     until = [str(spec.threshold)] if spec.sb3_until else []
@@ -162,6 +173,7 @@ def run_sb3(task: str, seed: int) -> Figure | None:
             sys.executable,
             "-m",
             "duetrl.bench_sb3",
+            *(["--defaults"] if spec.defaults else []),
             spec.env_id,
             spec.algo,
             str(spec.sb3_steps),
@@ -183,6 +195,22 @@ def run_sb3(task: str, seed: int) -> Figure | None:
         result["std_return"],
         result["train_s"] if reached else None,
         reached,
+    )
+
+
+FIGURE_HEADER = (
+    f"{'task':<6} {'library':<7} {'seed':>4} {'env steps':>9} {'process s':>9} {'steps/s':>8} "
+    f"{'mean return':>11} {'s to thr':>9}"
+)
+
+
+def figure_line(fig: Figure) -> str:
+    """One run as a row under FIGURE_HEADER, with its checkpoint scores after it."""
+    return (
+        f"{fig.task:<6} {fig.library:<7} {fig.seed:>4} {fig.env_steps:>9} {fig.process_s:>9.1f} "
+        f"{fig.steps_per_s:>8.0f} {fig.mean_return:>11.1f} "
+        f"{'-' if fig.first_target_s is None else fig.first_target_s:>9}"
+        + "".join(f"  @{step} {r:.1f}" for step, r in fig.checkpoint_returns.items())
     )
 
 
@@ -280,18 +308,13 @@ def bench(tasks: list[str], seeds: list[int], with_sb3: bool = True, listing: Pa
     goes, then the summary over the seeds of each task and library."""
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
-        from duetrl.errors import UserError
-
         raise UserError(f"unknown benchmark task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
     if with_sb3 and not have_sb3():
         with_sb3 = False
         print("stable-baselines3 not installed: duetrl figures only (pip install 'duetrl[bench]')", file=sys.stderr)
     workdir = Path(tempfile.mkdtemp(prefix="duetrl-bench-"))
     figures: list[Figure] = []
-    print(
-        f"{'task':<6} {'library':<7} {'seed':>4} {'env steps':>9} {'process s':>9} {'steps/s':>8} "
-        f"{'mean return':>11} {'s to thr':>9}"
-    )
+    print(FIGURE_HEADER)
     try:
         for task in tasks:
             for seed in seeds:
@@ -300,13 +323,7 @@ def bench(tasks: list[str], seeds: list[int], with_sb3: bool = True, listing: Pa
                     runs.append(run_sb3(task, seed))
                 for fig in filter(None, runs):
                     figures.append(fig)
-                    print(
-                        f"{fig.task:<6} {fig.library:<7} {fig.seed:>4} {fig.env_steps:>9} {fig.process_s:>9.1f} "
-                        f"{fig.steps_per_s:>8.0f} {fig.mean_return:>11.1f} "
-                        f"{'-' if fig.first_target_s is None else fig.first_target_s:>9}"
-                        + "".join(f"  @{step} {r:.1f}" for step, r in fig.checkpoint_returns.items()),
-                        flush=True,
-                    )
+                    print(figure_line(fig), flush=True)
         chapter = run_chapter_speed(listing, workdir) if listing else None
         throughput = {
             "torch_4096": round(rollout_throughput("Pendulum-v1", 4096, 200, "torch")),
@@ -349,3 +366,212 @@ def bench(tasks: list[str], seeds: list[int], with_sb3: bool = True, listing: Pa
         "chapter": chapter,
         "throughput": throughput,
     }
+
+
+# The `defaults` family (issue 16, item 4): defaults that work on an env nobody tuned for. duetrl with no preset
+# against SB3's library defaults, on Gymnasium envs with no duetrl preset (those cover Pendulum, CartPole,
+# MountainCarContinuous, HalfCheetah and Hopper), over the same env steps on one env, scored on the same 20 held-out
+# episodes; 3 seeds by default. Ant-v5 is left out: it needs about 1M steps to be worth scoring. All of it is 38
+# pairs x 3 seeds x 2 libraries = 228 runs, roughly 15 hours on a 2-core CPU (about 6 for ppo and a2c alone).
+
+
+@dataclass(frozen=True)
+class DefaultsEnv:
+    """One env of the family and its budgets in env steps, the same for both libraries."""
+
+    env_id: str
+    discrete: bool  # a discrete action space: sac and td3 cannot act in it and are left out
+    on_policy: int  # ppo, a2c
+    off_policy: int = 0  # sac, td3
+
+
+DEFAULTS_ENVS = {
+    e.env_id: e
+    for e in (
+        # env, discrete action space, budget for ppo and a2c, budget for sac and td3 (env steps)
+        DefaultsEnv("Acrobot-v1", True, 100_000),
+        DefaultsEnv("MountainCar-v0", True, 100_000),
+        DefaultsEnv("LunarLander-v3", True, 200_000),
+        DefaultsEnv("LunarLanderContinuous-v3", False, 200_000, 50_000),
+        DefaultsEnv("BipedalWalker-v3", False, 200_000, 50_000),
+        DefaultsEnv("InvertedPendulum-v5", False, 100_000, 30_000),
+        DefaultsEnv("InvertedDoublePendulum-v5", False, 100_000, 50_000),
+        DefaultsEnv("Reacher-v5", False, 100_000, 30_000),
+        DefaultsEnv("Pusher-v5", False, 100_000, 30_000),
+        DefaultsEnv("Swimmer-v5", False, 100_000, 50_000),
+        DefaultsEnv("Walker2d-v5", False, 200_000, 50_000),
+    )
+}
+DEFAULTS_ALGOS = ("ppo", "a2c", "sac", "td3")
+# SB3 trains in whole rollouts (its defaults: PPO n_steps=2048, A2C n_steps=5), so the budgets are rounded up to
+# them for both libraries to take the same env steps; duetrl's own defaults (PPO num_steps=256, A2C
+# update_every=5) divide them.
+SB3_ROLLOUT = {"ppo": 2048, "a2c": 5}
+DEFAULTS_SEEDS = (0, 1, 2)
+DEFAULTS_EPISODES = 20
+
+
+def defaults_tasks(
+    envs: list[str] | None = None, algos: list[str] | None = None, scale: float = 1.0
+) -> dict[str, Task]:
+    """The family's (env, algo) pairs as Tasks named ALGO-ENV, each budget times ``scale`` (rounded up to whole
+    SB3 rollouts). An algorithm that cannot act in the env's action space (sac, td3 on a discrete one) is left out,
+    not an error."""
+    envs, algos = envs or list(DEFAULTS_ENVS), algos or list(DEFAULTS_ALGOS)
+    for kind, names, known in (("env", envs, DEFAULTS_ENVS), ("algorithm", algos, DEFAULTS_ALGOS)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise UserError(f"defaults family: unknown {kind}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    if scale <= 0:
+        raise UserError(f"--budget-scale {scale:g}: must be > 0")
+    tasks = {}
+    for env in (DEFAULTS_ENVS[e] for e in envs):
+        for algo in algos:
+            off_policy = algo in ("sac", "td3")
+            if env.discrete and off_policy:
+                continue
+            rollout = SB3_ROLLOUT.get(algo, 1)
+            steps = math.ceil((env.off_policy if off_policy else env.on_policy) * scale / rollout) * rollout
+            tasks[f"{algo}-{env.env_id}"] = Task(
+                env.env_id, algo, steps, DEFAULTS_EPISODES, threshold=None, defaults=True
+            )
+    return tasks
+
+
+@functools.cache
+def random_return(env_id: str, episodes: int = DEFAULTS_EPISODES) -> float:
+    """Mean return of uniformly random actions on the held-out episodes, scored as SB3 is scored."""
+    import gymnasium as gym
+
+    from duetrl.bench_sb3 import episode_returns
+
+    space = gym.make(env_id).action_space
+    space.seed(0)
+    return float(episode_returns(lambda obs: space.sample(), episodes, env_id).mean())
+
+
+def verdict(duetrl_ci: tuple[float, float], sb3_ci: tuple[float, float]) -> str:
+    """Which library is better: the one whose 95% interval lies wholly above the other's; overlapping = noise."""
+    if duetrl_ci[0] > sb3_ci[1]:
+        return "duetrl better"
+    if sb3_ci[0] > duetrl_ci[1]:
+        return "SB3 better"
+    return "within noise"
+
+
+def normalised(score: float, random: float, reference: float) -> float | None:
+    """(score - random) / (reference - random): 0 = random actions, 1 = the reference. None when the reference is
+    no better than random (neither library learned anything there), where the ratio means nothing."""
+    return None if reference <= random else (score - random) / (reference - random)
+
+
+def compare(tasks: dict[str, Task], figures: list[Figure], randoms: dict[str, float]) -> dict[str, Any]:
+    """Per pair: each library's mean over seeds with a 95% bootstrap interval, the verdict, and the normalised
+    scores against the better of the two means; across pairs, each library's median normalised score and the
+    verdict counts. A pair a failed run left without one library's scores is left out."""
+    pairs = {}
+    for name, spec in tasks.items():
+        scores = {
+            lib: [f.mean_return for f in figures if (f.task, f.library) == (name, lib)] for lib in ("duetrl", "sb3")
+        }
+        if not all(scores.values()):
+            continue
+        means = {
+            lib: {"mean": float(np.mean(x)), "ci": bootstrap_ci(x, np.mean), "scores": x} for lib, x in scores.items()
+        }
+        reference = max(m["mean"] for m in means.values())
+        random = randoms[spec.env_id]
+        pairs[name] = {
+            "env_id": spec.env_id,
+            "algo": spec.algo,
+            "steps": spec.sb3_steps,
+            "random": random,
+            **means,
+            "verdict": verdict(means["duetrl"]["ci"], means["sb3"]["ci"]),
+            "normalised": {lib: normalised(m["mean"], random, reference) for lib, m in means.items()},
+        }
+    scored = [p["normalised"] for p in pairs.values() if p["normalised"]["duetrl"] is not None]
+    return {
+        "pairs": pairs,
+        "median_normalised": {
+            "pairs": len(scored),
+            **{lib: float(np.median([n[lib] for n in scored])) if scored else None for lib in ("duetrl", "sb3")},
+        },
+        "verdicts": {
+            v: sum(p["verdict"] == v for p in pairs.values()) for v in ("duetrl better", "SB3 better", "within noise")
+        },
+    }
+
+
+def format_defaults(result: dict[str, Any]) -> str:
+    """The family's table: one row per pair, then the median normalised scores and the verdict counts."""
+
+    def ci(m: dict[str, Any]) -> str:
+        return f"{m['mean']:.1f} [{m['ci'][0]:.1f}, {m['ci'][1]:.1f}]"
+
+    def norm(n: float | None) -> str:
+        return "-" if n is None else f"{n:.2f}"
+
+    lines = [
+        f"{'env':<25} {'algo':<4} {'steps':>7} {'random':>8}  {'duetrl mean [95% CI]':<28} "
+        f"{'SB3 mean [95% CI]':<28} {'verdict':<13} normalised duetrl/SB3"
+    ]
+    for p in result["pairs"].values():
+        lines.append(
+            f"{p['env_id']:<25} {p['algo']:<4} {p['steps']:>7,} {p['random']:>8.1f}  {ci(p['duetrl']):<28} "
+            f"{ci(p['sb3']):<28} {p['verdict']:<13} {norm(p['normalised']['duetrl'])}/{norm(p['normalised']['sb3'])}"
+        )
+    med = result["median_normalised"]
+    lines.append(
+        f"median normalised score over {med['pairs']} of {len(result['pairs'])} pairs (random 0, the better "
+        f"library 1): duetrl {norm(med['duetrl'])}, SB3 {norm(med['sb3'])}"
+    )
+    lines.append("verdicts: " + ", ".join(f"{v} {n}" for v, n in result["verdicts"].items()))
+    return "\n".join(lines)
+
+
+def bench_defaults(
+    envs: list[str] | None = None,
+    algos: list[str] | None = None,
+    seeds: list[int] | tuple[int, ...] = DEFAULTS_SEEDS,
+    scale: float = 1.0,
+) -> dict[str, Any]:
+    """Run the `defaults` family (each run a fresh process, one at a time) and return {seeds, episodes,
+    budget_scale, budgets, random, figures, failures, pairs, median_normalised, verdicts}; prints each run as it
+    goes, then the table. A failed run is reported and costs its pair, not the family."""
+    tasks = defaults_tasks(envs, algos, scale)
+    if not have_sb3():
+        raise UserError("the defaults family compares against stable-baselines3: pip install 'duetrl[bench]'")
+    randoms = {env_id: random_return(env_id) for env_id in dict.fromkeys(t.env_id for t in tasks.values())}
+    workdir = Path(tempfile.mkdtemp(prefix="duetrl-bench-defaults-"))
+    figures: list[Figure] = []
+    failures = []
+    print(FIGURE_HEADER)
+    try:
+        for name, spec in tasks.items():
+            for seed in seeds:
+                for library in ("duetrl", "sb3"):
+                    try:
+                        fig = (
+                            run_duetrl(name, seed, workdir, spec) if library == "duetrl" else run_sb3(name, seed, spec)
+                        )
+                    except RuntimeError as e:
+                        failures.append({"task": name, "library": library, "seed": seed, "error": str(e)})
+                        print(f"{name} {library} seed {seed}: {e}", file=sys.stderr, flush=True)
+                        continue
+                    figures.append(fig)
+                    print(figure_line(fig), flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = {
+        "seeds": list(seeds),
+        "episodes": DEFAULTS_EPISODES,
+        "budget_scale": scale,
+        "budgets": {name: spec.sb3_steps for name, spec in tasks.items()},
+        "random": randoms,
+        "figures": [asdict(f) for f in figures],
+        "failures": failures,
+        **compare(tasks, figures, randoms),
+    }
+    print(format_defaults(result))
+    return result

@@ -1,7 +1,10 @@
-"""Train and evaluate one Stable-Baselines3 agent with rl-zoo3's tuned settings; print one JSON line.
+"""Train and evaluate one Stable-Baselines3 agent with rl-zoo3's tuned settings (or SB3's defaults); print one
+JSON line.
 
 Run as its own process by duetrl.bench so that both libraries are timed the same way (whole process).
-Usage: python -m duetrl.bench_sb3 ENV_ID ALGO STEPS SEED [EVAL_EPISODES [UNTIL_RETURN]]
+Usage: python -m duetrl.bench_sb3 [--defaults] ENV_ID ALGO STEPS SEED [EVAL_EPISODES [UNTIL_RETURN]]
+With --defaults, SB3's own library defaults instead, as a user who tunes nothing gets them: ``ALGO("MlpPolicy",
+env)`` on one env, so no VecNormalize and, for TD3, no action noise (SB3's default is none).
 With UNTIL_RETURN, training stops at the first check (every 500 steps, 20 held-out episodes, not timed) whose
 mean reaches it: ``train_s`` is then SB3's training time to that first success."""
 
@@ -111,20 +114,29 @@ ZOO["Hopper-v5"] = {
 CLASSES = {"ppo": PPO, "sac": SAC, "td3": TD3, "a2c": A2C}
 
 
-def held_out_returns(model, episodes: int, env_id: str = "Pendulum-v1") -> np.ndarray:
+def episode_returns(act, episodes: int, env_id: str) -> np.ndarray:
+    """The return of ``act(obs) -> action`` on each held-out episode (seeds EVAL_SEED_BASE + k)."""
     returns = []
     env = gym.make(env_id)
-    norm = model.get_vec_normalize_env()
     for k in range(episodes):
         obs, _ = env.reset(seed=EVAL_SEED_BASE + k)
         total, done = 0.0, False
         while not done:
-            action, _ = model.predict(obs if norm is None else norm.normalize_obs(obs), deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(action)
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
     return np.array(returns)
+
+
+def held_out_returns(model, episodes: int, env_id: str = "Pendulum-v1") -> np.ndarray:
+    """The model's deterministic actions on the held-out episodes (through its VecNormalize statistics, if any)."""
+    norm = model.get_vec_normalize_env()
+    return episode_returns(
+        lambda obs: model.predict(obs if norm is None else norm.normalize_obs(obs), deterministic=True)[0],
+        episodes,
+        env_id,
+    )
 
 
 class StopAtReturn(BaseCallback):
@@ -147,20 +159,23 @@ class StopAtReturn(BaseCallback):
 
 
 def main() -> None:
-    env_id, algo, steps, seed = sys.argv[1], sys.argv[2], int(float(sys.argv[3])), int(sys.argv[4])
-    episodes = int(sys.argv[5]) if len(sys.argv) > 5 else 100
+    defaults = "--defaults" in sys.argv
+    argv = [a for a in sys.argv if a != "--defaults"]
+    env_id, algo, steps, seed = argv[1], argv[2], int(float(argv[3])), int(argv[4])
+    episodes = int(argv[5]) if len(argv) > 5 else 100
     torch.set_num_threads(1)
-    spec = ZOO[env_id][algo]
+    # One env, as duetrl trains with no preset (a test in tests/test_bench.py holds it to that).
+    spec = dict(n_envs=1, kwargs={}) if defaults else ZOO[env_id][algo]
     start = time.perf_counter()
     env = make_vec_env(env_id, n_envs=spec["n_envs"], seed=seed)
     kwargs = dict(spec["kwargs"])
     if spec.get("normalize"):  # the zoo's VecNormalize(obs and reward), discounting with the algorithm's gamma
         env = VecNormalize(env, gamma=kwargs.get("gamma", 0.99))
-    if algo == "td3":
+    if algo == "td3" and not defaults:
         size = env.action_space.shape[0]
         kwargs["action_noise"] = NormalActionNoise(np.zeros(size), 0.1 * np.ones(size))
     model = CLASSES[algo]("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs)
-    until = float(sys.argv[6]) if len(sys.argv) > 6 else None
+    until = float(argv[6]) if len(argv) > 6 else None
     callback = StopAtReturn(until) if until is not None else None
     model.learn(total_timesteps=steps, callback=callback)
     uncounted = callback.eval_s if callback else 0.0

@@ -86,15 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--tasks",
         nargs="+",
         default=["ppo", "sac"],
-        help="Pendulum-v1: ppo, a2c, ac, sac, td3, ddpg; MuJoCo: ppo-halfcheetah, sac-halfcheetah",
+        help="Pendulum-v1: ppo, a2c, ac, sac, td3, ddpg; MuJoCo: ppo-halfcheetah, sac-halfcheetah; defaults: "
+        "the family of untuned duetrl (--preset none) against SB3's library defaults on envs with no preset",
     )
     bench.add_argument(
         "--seeds",
         nargs="+",
         type=int,
-        default=list(range(10)),
         help="seeds, each a fresh process (default: 0-9, ten seeds, for the summary's fraction reaching the "
-        "threshold, median and IQM with 95%% bootstrap intervals, and worst seed)",
+        "threshold, median and IQM with 95%% bootstrap intervals, and worst seed; 0 1 2 for defaults)",
+    )
+    bench.add_argument("--defaults-envs", nargs="+", metavar="ENV", help="defaults family: only these envs")
+    bench.add_argument(
+        "--defaults-algos", nargs="+", metavar="ALGO", help="defaults family: only these of ppo, a2c, sac, td3"
+    )
+    bench.add_argument(
+        "--budget-scale", type=float, default=1.0, help="defaults family: every budget times this, for a quick look"
     )
     bench.add_argument("--no-sb3", action="store_true", help="duetrl figures only")
     bench.add_argument("--listing", help="path to the chapter's listing, to compare --preset chapter's speed")
@@ -227,12 +234,23 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from duetrl.bench import bench
+    from duetrl.bench import DEFAULTS_SEEDS, bench, bench_defaults, defaults_tasks
 
     listing = Path(args.listing) if args.listing else None
     if listing is not None and not listing.is_file():
         raise UserError(f"--listing {listing}: no such file")
-    results = bench(args.tasks, args.seeds, with_sb3=not args.no_sb3, listing=listing)
+    tasks = [t for t in args.tasks if t != "defaults"]
+    defaults = "defaults" in args.tasks
+    if defaults:  # fail on a bad name now, not after the other tasks' runs
+        if args.no_sb3:
+            raise UserError("--tasks defaults compares against SB3: it cannot run with --no-sb3")
+        defaults_tasks(args.defaults_envs, args.defaults_algos, args.budget_scale)
+    results: dict[str, Any] = {}
+    if tasks:
+        results = bench(tasks, args.seeds or list(range(10)), with_sb3=not args.no_sb3, listing=listing)
+    if defaults:
+        seeds = args.seeds or DEFAULTS_SEEDS
+        results["defaults"] = bench_defaults(args.defaults_envs, args.defaults_algos, seeds, args.budget_scale)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
