@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from duetrl.algos.ac import ACConfig
+from duetrl.api import resolve
 from duetrl.cli import main
-from duetrl.config import RunConfig, parse_value, resolve
+from duetrl.config import RunConfig, parse_value
 from duetrl.errors import UserError
 
 RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)}

@@ -6,8 +6,8 @@ agent = duetrl.load("runs/g0")
 print(duetrl.evaluate(agent, episodes=100).mean)
 """
 
-from duetrl.api import LoadedAgent, evaluate, load, resume, train
-from duetrl.config import Config, RunConfig, list_presets, resolve
+from duetrl.api import LoadedAgent, evaluate, load, resolve, resume, train
+from duetrl.config import Config, RunConfig, list_presets
 from duetrl.errors import TrainingError, UserError
 
 

@@ -9,7 +9,9 @@ import numpy as np
 import torch
 
 from duetrl import checkpoint as ckpt
-from duetrl.config import Config, RunConfig, resolve
+from duetrl.algos import get_algo
+from duetrl.config import Config, RunConfig
+from duetrl.config import resolve as resolve_config
 from duetrl.envs import import_modules
 from duetrl.envs.make import env_factory
 from duetrl.errors import UserError
@@ -23,6 +25,18 @@ from duetrl.loop import (
     resolve_device,
     run_dir_default,
 )
+
+
+def resolve(
+    env_id: str | None = None,
+    algo: str | None = None,
+    preset: str | None = None,
+    config_file: str | Path | dict | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[Config, str | None]:
+    """The validated :class:`Config` of a run: defaults < preset < config file < overrides, for a registered
+    algorithm; also the id of the preset used (None if none). See :func:`duetrl.config.resolve`."""
+    return resolve_config(env_id, algo, preset, config_file, overrides, lookup=get_algo)
 
 
 def train(

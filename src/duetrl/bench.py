@@ -103,7 +103,7 @@ def checkpoint_args(spec: Task) -> list[str]:
     """``duetrl train`` flags that keep a checkpoint at each of ``spec.checkpoints`` and train far enough."""
     if not spec.checkpoints:
         return []
-    from duetrl.config import resolve
+    from duetrl.api import resolve
 
     every, last = math.gcd(*spec.checkpoints), max(spec.checkpoints)
     steps = resolve(spec.env_id, spec.algo)[0].run.steps

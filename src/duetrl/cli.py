@@ -137,7 +137,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import duetrl
-    from duetrl.config import resolve
+    from duetrl.api import resolve
 
     if args.resume:
         result = duetrl.resume(args.resume, steps=int(args.steps) if args.steps else None, quiet=args.quiet)

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from duetrl.errors import UserError
+from duetrl.validate import check
+
+if TYPE_CHECKING:
+    from duetrl.algos.base import AlgoSpec
 
 BACKENDS = ("auto", "gymnasium", "torch")
 
@@ -51,50 +55,23 @@ class RunConfig:
     imports: list = field(default_factory=list)
 
     def validate(self) -> None:
-        _check(self.steps > 0, "steps", self.steps, "must be a positive number of env steps")
-        _check(self.num_envs >= 1, "num_envs", self.num_envs, "must be at least 1")
-        _check(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0 (0 = only at the end)")
-        _check(self.eval_episodes >= 1, "eval_episodes", self.eval_episodes, "must be at least 1")
-        _check(self.log_every >= 0, "log_every", self.log_every, "must be >= 0")
-        _check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0")
-        _check(self.checkpoint_seconds > 0, "checkpoint_seconds", self.checkpoint_seconds, "must be > 0")
-        _check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "must be at least 1")
-        _check(self.torch_threads >= 1, "torch_threads", self.torch_threads, "must be at least 1")
-        _check(self.backend in BACKENDS, "backend", self.backend, f"must be one of {', '.join(BACKENDS)}")
-        _check(self.vector in ("sync", "async"), "vector", self.vector, "must be sync or async")
-        _check(
+        check(self.steps > 0, "steps", self.steps, "must be a positive number of env steps")
+        check(self.num_envs >= 1, "num_envs", self.num_envs, "must be at least 1")
+        check(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0 (0 = only at the end)")
+        check(self.eval_episodes >= 1, "eval_episodes", self.eval_episodes, "must be at least 1")
+        check(self.log_every >= 0, "log_every", self.log_every, "must be >= 0")
+        check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0")
+        check(self.checkpoint_seconds > 0, "checkpoint_seconds", self.checkpoint_seconds, "must be > 0")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "must be at least 1")
+        check(self.torch_threads >= 1, "torch_threads", self.torch_threads, "must be at least 1")
+        check(self.backend in BACKENDS, "backend", self.backend, f"must be one of {', '.join(BACKENDS)}")
+        check(self.vector in ("sync", "async"), "vector", self.vector, "must be sync or async")
+        check(
             self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
             "device",
             self.device,
             "must be auto, cpu or cuda[:N]",
         )
-
-
-def _check(ok: bool, key: str, value: Any, why: str) -> None:
-    if not ok:
-        raise UserError(f"{key}={value!r} {why}")
-
-
-def check_range(key: str, value: float, low: float | None = None, high: float | None = None) -> None:
-    """Raise a UserError unless value is finite and low <= value <= high."""
-    if not math.isfinite(value):
-        raise UserError(f"{key}={value!r} must be a finite number")
-    if (low is not None and value < low) or (high is not None and value > high):
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        raise UserError(f"{key}={value!r} is out of range: must be in [{lo}, {hi}]")
-
-
-def check_choice(key: str, value: str, options: tuple[str, ...]) -> None:
-    """Raise a UserError unless value is one of options."""
-    if value not in options:
-        raise UserError(f"{key}={value!r} is not one of: {', '.join(options)}")
-
-
-def check_widths(key: str, widths: list[int]) -> None:
-    """Raise a UserError unless widths lists positive layer widths."""
-    if not widths or any(w < 1 for w in widths):
-        raise UserError(f"{key}={widths!r} must list positive layer widths, e.g. [64, 64]")
 
 
 @dataclass
@@ -287,12 +264,14 @@ def resolve(
     preset: str | None = None,
     config_file: str | Path | dict | None = None,
     overrides: dict[str, Any] | None = None,
+    *,
+    lookup: Callable[[str], AlgoSpec],
 ) -> tuple[Config, str | None]:
     """Layer defaults < preset < config file < overrides into a validated :class:`Config`.
 
-    Returns the config and the id of the preset used (None if none)."""
-    from duetrl.algos import get_algo
-
+    ``lookup`` names the algorithms (``duetrl.algos.get_algo``; :func:`duetrl.api.resolve` passes it): taken as an
+    argument so that config sits below the algorithms, which build on it. Returns the config and the id of the
+    preset used (None if none)."""
     file_values = (
         dict(config_file) if isinstance(config_file, dict) else load_yaml_file(config_file) if config_file else {}
     )
@@ -310,7 +289,7 @@ def resolve(
     preset_name = pick("preset", None)
     if preset_name is not None and not isinstance(preset_name, str):
         raise UserError(f"preset={preset_name!r} must be a preset name (see `duetrl presets`)")
-    spec = get_algo(algo_name)
+    spec = lookup(algo_name)
     preset_id, preset_values = find_preset(env_id, algo_name, preset_name)
 
     algo_cfg = spec.config_cls()
@@ -361,43 +340,11 @@ def describe_fields(cls: type) -> list[tuple[str, str, Any]]:
 
 
 def budget_warnings(cfg: Config) -> list[str]:
-    """Settings that cannot learn, or cannot be evaluated, within ``steps``: said before the run, not after."""
-    from duetrl.algos.ac import ACConfig
-    from duetrl.algos.offpolicy import OffPolicyConfig
-    from duetrl.algos.ppo import PPOConfig
+    """Settings that cannot learn, or cannot be evaluated, within ``steps``: said before the run, not after.
 
-    run, algo = cfg.run, cfg.algo
-    out: list[str] = []
-    rounds = -(-run.steps // run.num_envs)  # loop iterations: each one steps every env once
-    if isinstance(algo, OffPolicyConfig):
-        starts, batch = algo.learning_starts, algo.batch_size
-        starts = algo.PAPER_LEARNING_STARTS if starts is None else starts  # as the agent does when unresolved
-        key, value = ("learning_starts", starts) if starts >= batch else ("batch_size", batch)
-        if run.steps <= value:
-            out.append(
-                f"steps={run.steps} is not more than {key}={value}: the agent acts at random for the whole run and "
-                f"learns nothing; raise steps or lower {key}"
-            )
-    if isinstance(algo, PPOConfig):
-        batch = algo.num_steps * run.num_envs
-        if algo.num_steps > rounds:
-            out.append(
-                f"{run.algo} first updates after num_steps={algo.num_steps} steps of each of num_envs={run.num_envs} "
-                f"envs ({batch} env steps), more than steps={run.steps}: no update ever happens; raise steps or "
-                "lower num_steps"
-            )
-        if algo.minibatch_size > batch:
-            out.append(
-                f"minibatch_size={algo.minibatch_size} is larger than a rollout (num_steps * num_envs = {batch} "
-                "samples), so each epoch is one gradient step on the whole rollout; set minibatch_size to at most "
-                f"{batch}, or raise num_steps or num_envs"
-            )
-    if isinstance(algo, ACConfig) and algo.update_every > rounds:
-        out.append(
-            f"{run.algo} updates every update_every={algo.update_every} steps of each of num_envs={run.num_envs} "
-            f"envs ({algo.update_every * run.num_envs} env steps), more than steps={run.steps}: no update ever "
-            "happens; raise steps or lower update_every"
-        )
+    The algorithm's own (an update that never comes) come from its config's ``budget_warnings(run)``."""
+    run = cfg.run
+    out: list[str] = cfg.algo.budget_warnings(run)
     if run.target_return is not None and not 0 < run.eval_every < run.steps:
         out.append(
             f"target_return={run.target_return} can never stop the run early: it is checked at the periodic "

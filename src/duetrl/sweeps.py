@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from duetrl.config import resolve
+from duetrl.api import resolve
 from duetrl.errors import UserError
 
 # Two-sided 95% Student-t critical values by degrees of freedom (normal beyond 30).
@@ -129,7 +129,7 @@ def _trial(config: dict[str, Any]) -> None:
     """One Ray Tune trial: a normal duetrl run in its own directory, reporting each evaluation."""
     from ray import tune
 
-    import duetrl
+    from duetrl import api
     from duetrl import checkpoint as ckpt
 
     spec = SweepSpec(**config["spec"])
@@ -147,9 +147,9 @@ def _trial(config: dict[str, Any]) -> None:
 
     settings = {**spec.base, **values, "seed": seed}
     if ckpt.list_checkpoints(run_dir) and not (run_dir / "result.json").exists():
-        result = duetrl.resume(run_dir, quiet=True, sinks=[TuneSink()])  # an interrupted trial continues
+        result = api.resume(run_dir, quiet=True, sinks=[TuneSink()])  # an interrupted trial continues
     else:
-        result = duetrl.train(
+        result = api.train(
             spec.env_id,
             spec.algo,
             preset=spec.preset,

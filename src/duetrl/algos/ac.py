@@ -23,10 +23,11 @@ from torch import Tensor, nn
 
 from duetrl.algos.base import anneal_lr, clip_and_step
 from duetrl.algos.onpolicy import OnPolicyAgent, validate_policy_settings
-from duetrl.config import check_choice, check_range
+from duetrl.config import RunConfig
 from duetrl.nets import QCritic, ValueCritic, orthogonal_init
 from duetrl.optim import adam
 from duetrl.returns import discounted_returns, gae, normalize, nstep_targets, td_errors
+from duetrl.validate import check_choice, check_range
 
 ADVANTAGES = ("mc", "td", "nstep", "gae")
 
@@ -74,6 +75,16 @@ class ACConfig:
         check_choice("advantage", self.advantage, ADVANTAGES)
         check_choice("optimizer", self.optimizer, ("adam", "rmsprop"))
         validate_policy_settings(self)
+
+    def budget_warnings(self, run: RunConfig) -> list[str]:
+        """No update within the run (see :func:`duetrl.config.budget_warnings`)."""
+        if self.update_every <= -(-run.steps // run.num_envs):  # the loop's rounds, each stepping every env
+            return []
+        return [
+            f"{run.algo} updates every update_every={self.update_every} steps of each of num_envs={run.num_envs} "
+            f"envs ({self.update_every * run.num_envs} env steps), more than steps={run.steps}: no update ever "
+            "happens; raise steps or lower update_every"
+        ]
 
 
 def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:

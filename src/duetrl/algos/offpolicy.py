@@ -13,11 +13,12 @@ from torch import Tensor, nn
 
 from duetrl.algos.base import Agent, anneal_lr
 from duetrl.buffers import ReplayBuffer
-from duetrl.config import check_choice, check_range, check_widths
+from duetrl.config import RunConfig
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS, EnsembleQ
 from duetrl.noise import ColoredNoise, OrnsteinUhlenbeckNoise
 from duetrl.policy import space_dims
+from duetrl.validate import check_choice, check_range, check_widths
 
 
 @dataclass
@@ -71,6 +72,18 @@ class OffPolicyConfig:
         """Fill learning_starts=None from the run's budget: min(the paper's, max(batch_size, steps // 10))."""
         if self.learning_starts is None:
             self.learning_starts = min(self.PAPER_LEARNING_STARTS, max(self.batch_size, steps // 10))
+
+    def budget_warnings(self, run: RunConfig) -> list[str]:
+        """A run that ends before the first update (see :func:`duetrl.config.budget_warnings`)."""
+        # Unresolved (no budget known), the agent falls back on the paper's warm-up: so does this check.
+        starts = self.PAPER_LEARNING_STARTS if self.learning_starts is None else self.learning_starts
+        key, value = ("learning_starts", starts) if starts >= self.batch_size else ("batch_size", self.batch_size)
+        if run.steps > value:
+            return []
+        return [
+            f"steps={run.steps} is not more than {key}={value}: the agent acts at random for the whole run and "
+            f"learns nothing; raise steps or lower {key}"
+        ]
 
 
 def averaged_tensors(module: nn.Module) -> list[Tensor]:

@@ -11,11 +11,11 @@ from torch import Tensor
 
 from duetrl.algos.base import Agent
 from duetrl.buffers import Rollout
-from duetrl.config import check_choice, check_widths
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS
 from duetrl.normalize import RewardScaler, RunningNorm
 from duetrl.policy import Policy, space_dims
+from duetrl.validate import check_choice, check_widths
 
 
 def validate_policy_settings(cfg: Any) -> None:

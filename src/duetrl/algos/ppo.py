@@ -19,10 +19,11 @@ from torch import Tensor
 
 from duetrl.algos.base import anneal_lr, clip_and_step
 from duetrl.algos.onpolicy import OnPolicyAgent, validate_policy_settings
-from duetrl.config import check_range
+from duetrl.config import RunConfig
 from duetrl.nets import ValueCritic, orthogonal_init
 from duetrl.optim import adam
 from duetrl.returns import gae, normalize
+from duetrl.validate import check_range
 
 
 @dataclass
@@ -69,6 +70,24 @@ class PPOConfig:
         check_range("max_grad_norm", self.max_grad_norm, 0.0)
         check_range("target_kl", self.target_kl, 0.0)
         validate_policy_settings(self)
+
+    def budget_warnings(self, run: RunConfig) -> list[str]:
+        """No update within the run, or minibatches larger than a rollout (see config.budget_warnings)."""
+        out = []
+        batch = self.num_steps * run.num_envs
+        if self.num_steps > -(-run.steps // run.num_envs):  # more than the loop's rounds, each stepping every env
+            out.append(
+                f"{run.algo} first updates after num_steps={self.num_steps} steps of each of num_envs={run.num_envs} "
+                f"envs ({batch} env steps), more than steps={run.steps}: no update ever happens; raise steps or "
+                "lower num_steps"
+            )
+        if self.minibatch_size > batch:
+            out.append(
+                f"minibatch_size={self.minibatch_size} is larger than a rollout (num_steps * num_envs = {batch} "
+                "samples), so each epoch is one gradient step on the whole rollout; set minibatch_size to at most "
+                f"{batch}, or raise num_steps or num_envs"
+            )
+        return out
 
 
 class PPO(OnPolicyAgent):

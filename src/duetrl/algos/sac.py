@@ -22,10 +22,10 @@ from torch import Tensor, nn
 
 from duetrl.algos.base import clip_and_step, linear_schedule
 from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, averaged_tensors, frozen_copy, polyak
-from duetrl.config import check_range
 from duetrl.errors import UserError
 from duetrl.nets import GaussianActor
 from duetrl.optim import adam
+from duetrl.validate import check_range
 
 
 @dataclass

@@ -18,10 +18,10 @@ from torch import Tensor
 
 from duetrl.algos.base import clip_and_step
 from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, averaged_tensors, frozen_copy, polyak
-from duetrl.config import check_choice, check_range
 from duetrl.nets import DeterministicActor
 from duetrl.noise import OrnsteinUhlenbeckNoise
 from duetrl.optim import adam
+from duetrl.validate import check_choice, check_range
 
 
 @dataclass
