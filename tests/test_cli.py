@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import assert_user_error, run
 
 from duetrl import checkpoint as ckpt
-from duetrl.cli import build_parser, main
+from duetrl.cli import build_parser
 
 CRASH_ENV = '''
 import gymnasium as gym
@@ -32,22 +33,6 @@ class CrashEnv(gym.Env):
             raise RuntimeError("boom")
         return np.zeros(2, dtype=np.float32), 1.0, False, False, {}
 '''
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(code, out, err, match=None):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("duetrl: error:"), err
-    assert "Traceback" not in err and "Traceback" not in out
-    if match is not None:
-        assert match in lines[0], lines[0]
 
 
 def assert_no_checkpoint(run_dir):

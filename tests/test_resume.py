@@ -1,86 +1,31 @@
 """Stopping and resuming runs: SIGKILL, SIGTERM/SIGINT, --resume, checkpoint pruning, and the run-directory
 errors around them (non-finite losses, checkpoints of other spaces, unwritable or occupied run dirs).
 
-The interrupted runs are real ``python -m duetrl.cli`` processes; the reference and resumed runs go through
+The interrupted runs are real ``duetrl`` child processes, held at a known step (``helpers.spawn_paused``) until
+the test kills or signals them there, so no test races the run's end. The reference and resumed runs go through
 ``duetrl.cli.main`` in this process, which gives the same numbers (every RNG is seeded, torch uses one thread)
 at less start-up cost.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers import assert_user_error, read_metrics, run, spawn_paused, wait_paused, without_wall_time
 
 import duetrl
 from duetrl import checkpoint as ckpt
-from duetrl.cli import main
 from duetrl.errors import UserError
 
-POLL_S = 0.01  # how often to look for a checkpoint of a running process
-START_TIMEOUT_S = 120  # generous: the machine may be busy with benchmarks
-
-
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def run(capsys, *argv):
-    """``duetrl ARGV`` in this process: (exit code, stdout, stderr)."""
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def spawn(tmp_path: Path, name: str, *argv) -> tuple[subprocess.Popen, Path, Path]:
-    """``python -m duetrl.cli ARGV`` as a child process, its output going to files (no pipe can fill up)."""
-    out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
-    with out.open("wb") as fo, err.open("wb") as fe:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "duetrl.cli", *map(str, argv)], cwd=tmp_path, stdout=fo, stderr=fe
-        )
-    return proc, out, err
-
-
-def wait_for(proc: subprocess.Popen, ready, err_file: Path) -> bool:
-    """Poll until ``ready()``: True once it holds, False if the process ended first."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not ready():
-        if proc.poll() is not None:
-            return ready()
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"no checkpoint after {START_TIMEOUT_S} s; stderr:\n{err_file.read_text()}")
-        time.sleep(POLL_S)
-    return True
-
-
-def finished_or_failed(proc: subprocess.Popen, err_file: Path) -> None:
-    """The child ended on its own before we stopped it: skip if it finished, fail if it crashed."""
-    code = proc.wait()
-    if code == 0:
-        pytest.skip("the run finished before it could be stopped (machine too fast or too slow)")
-    pytest.fail(f"the run exited with {code} before it was stopped; stderr:\n{err_file.read_text()}")
-
-
-def read_metrics(run_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with (run_dir / "metrics.csv").open(newline="") as f:
-        reader = csv.DictReader(f)
-        return list(reader.fieldnames or []), list(reader)
-
-
-def without_wall_time(rows):
-    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]
 
 
 def env_steps(rows) -> list[int]:
@@ -103,17 +48,6 @@ def step_name(step: int) -> str:
     return f"step_{step:012d}.safetensors"
 
 
-def assert_user_error(code, out, err, match=None):
-    assert code == 2, (code, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("duetrl: error:"), err
-    assert "Traceback" not in err and "Traceback" not in out
-    if match is not None:
-        assert re.search(match, lines[0]), lines[0]
-    return lines[0]
-
-
 def tensors_in(obj):
     if isinstance(obj, torch.Tensor):
         yield obj
@@ -134,7 +68,7 @@ PPO = ["num_steps=64", "minibatch_size=64", "epochs=2"]
 SAC = ["learning_starts=300", "batch_size=64", "actor_hidden=[32,32]", "critic_hidden=[32,32]", "save_buffer=true"]
 
 # Fewer steps than a hand check would use (3072 on-policy, 1280 for SAC, not 8192 / 3000) to keep the file
-# fast; the kill still lands at 1024 with checkpoints, evaluations (on-policy) and, for SAC, a few hundred
+# fast; the kill still lands just past 1024 with checkpoints, evaluations (on-policy) and, for SAC, a few hundred
 # gradient steps on the restored replay buffer to go.
 KILL_CASES = {
     "ppo-gymnasium": ("Pendulum-v1", ["--algo", "ppo", "--backend", "gymnasium", "--steps", 3072], PPO),
@@ -158,18 +92,14 @@ def test_sigkill_then_resume_matches_uninterrupted_run(capsys, tmp_path, case):
     total = int(flags[flags.index("--steps") + 1])
     a, b = tmp_path / "A", tmp_path / "B"
 
-    # B: a real process, killed without warning right after its checkpoint at 1024 steps appears
-    proc, _, err_file = spawn(tmp_path, "B", "train", *argv, "--run-dir", b)
-    kill_at = ckpt.checkpoint_dir(b) / step_name(1024)
-    if not wait_for(proc, kill_at.exists, err_file) or proc.poll() is not None:
-        finished_or_failed(proc, err_file)
+    # B: a real process, killed without warning at its first metrics row past its checkpoint at 1024 steps
+    proc, flags = spawn_paused(tmp_path, "B", 1024, "train", *argv, "--run-dir", b)
+    paused_at = wait_paused(proc, flags)
     proc.kill()
-    if proc.wait() == 0:
-        pytest.skip("the run finished before the kill landed")
-    latest = ckpt.list_checkpoints(b)[-1]
-    assert 1024 <= step_of(latest) < total
+    assert proc.wait() == -signal.SIGKILL
+    assert step_of(ckpt.list_checkpoints(b)[-1]) == 1024
     _, killed_rows = read_metrics(b)
-    assert max(env_steps(killed_rows)) < total
+    assert max(env_steps(killed_rows)) == paused_at > 1024  # a row the resumed run must drop and write again
 
     # A: the same run, never stopped
     code, _, err = run(capsys, "train", *argv, "--run-dir", a)
@@ -266,27 +196,25 @@ def test_signal_stops_cleanly_with_a_checkpoint_then_resumes(capsys, tmp_path, s
     run_dir = tmp_path / "B"
     total = 2048
     argv = [*SMALL_AC, "eval_every=1024", "--steps", total, "--run-dir", run_dir]
-    proc, out_file, err_file = spawn(tmp_path, "B", "train", *argv)
-    if not wait_for(proc, lambda: bool(ckpt.list_checkpoints(run_dir)), err_file) or proc.poll() is not None:
-        finished_or_failed(proc, err_file)
+    # the signal arrives while the run is held at its first row past its checkpoint at 512 steps
+    proc, flags = spawn_paused(tmp_path, "B", 512, "train", *argv)
+    paused_at = wait_paused(proc, flags)
     proc.send_signal(sig)
+    (flags / "go").touch()
     try:
         code = proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        pytest.fail(f"{sig.name} did not stop the run within 15 s; stderr:\n{err_file.read_text()}")
-    if code == 0:
-        pytest.skip("the run finished before the signal landed")
-    err = err_file.read_text()
-    assert code == 130, err
+        code = None
+    err = (tmp_path / "B.err").read_text()
+    assert code == 130, f"{sig.name} gave exit code {code}; stderr:\n{err}"
     assert "Traceback" not in err
-    summary = json.loads(out_file.read_text().strip().splitlines()[-1])
+    summary = json.loads((tmp_path / "B.out").read_text().strip().splitlines()[-1])
     assert summary["stopped"] == "interrupted"
 
     stopped_at = step_of(ckpt.list_checkpoints(run_dir)[-1])
-    assert 0 < stopped_at < total
-    assert summary["env_steps"] == stopped_at
+    assert stopped_at == summary["env_steps"] == paused_at  # it stopped at the step it was asked to
     _, rows = read_metrics(run_dir)
     assert rows and max(env_steps(rows)) <= stopped_at
     assert_consistent_log(rows)

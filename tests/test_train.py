@@ -1,12 +1,12 @@
 """Tiny end-to-end runs: training writes its run directory, loads back, and is reproducible."""
 
-import csv
 import math
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import read_metrics, without_wall_time
 
 import duetrl
 from duetrl.api import resolve
@@ -23,16 +23,6 @@ COLUMNS = [
     "eval_return_mean",
     "eval_return_std",
 ]
-
-
-def read_metrics(run_dir):
-    with (run_dir / "metrics.csv").open(newline="") as f:
-        reader = csv.DictReader(f)
-        return reader.fieldnames, list(reader)
-
-
-def without_wall_time(rows):
-    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +53,6 @@ def test_run_dir_contents(pendulum_run):
     for r in train_rows:
         for key in ("episode_return", "actor_loss", "critic_loss", "policy_std"):
             assert math.isfinite(float(r[key])), key
-        assert float(r["policy_std"]) > 0
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["env_id"] == "Pendulum-v1" and config["algo"] == "ac" and config["steps"] == 400
@@ -140,7 +129,7 @@ def _short(tmp_path, env_id, algo, **settings):
 def test_cartpole_ac_discrete(tmp_path):
     result, columns = _short(tmp_path, "CartPole-v1", "ac")
     assert "policy_std" not in columns  # a categorical policy
-    assert all(r > 0 for r in result.final_eval.returns)
+    assert result.final_eval.returns == [float(n) for n in result.final_eval.lengths]  # a reward of 1 per step
     agent = duetrl.load(tmp_path / "r")
     obs = np.zeros((5, 4), dtype=np.float32)
     actions = agent.act(obs, deterministic=True)
