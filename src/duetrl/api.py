@@ -10,21 +10,12 @@ import torch
 
 from duetrl import checkpoint as ckpt
 from duetrl.algos import get_algo
+from duetrl.build import probe_spaces, read_checkpoint, resolve_device, restore_agent, run_dir_default, saved_config
 from duetrl.config import Config, RunConfig
 from duetrl.config import resolve as resolve_config
-from duetrl.envs import import_modules
-from duetrl.envs.make import env_factory
 from duetrl.errors import UserError
 from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, evaluate_policy, render_episodes
-from duetrl.loop import (
-    Trainer,
-    TrainResult,
-    build_agent,
-    check_spaces,
-    load_agent_state,
-    resolve_device,
-    run_dir_default,
-)
+from duetrl.loop import Trainer, TrainResult
 
 
 def resolve(
@@ -67,21 +58,9 @@ def resume(
     run_dir: str | Path, steps: int | None = None, quiet: bool = False, sinks: list[Any] | None = None
 ) -> TrainResult:
     """Continue a stopped run from its last checkpoint up to ``steps`` env steps in all."""
-    run_dir = Path(run_dir)
-    state = ckpt.load(ckpt.latest_checkpoint(run_dir))
-    values = dict(state["config"])
-    if steps is not None:
-        values["steps"] = steps
-    cfg, _ = resolve(config_file=_without_preset(values))
-    cfg.run.preset = values.get("preset")  # the preset the run was made with (its settings are all explicit)
-    return Trainer(cfg, run_dir, quiet=quiet, resume=True, sinks=sinks).train()
-
-
-def _without_preset(values: dict[str, Any]) -> dict[str, Any]:
-    """A resolved config as a config-file mapping: every key is explicit, so no preset is applied on top."""
-    values = dict(values)
-    values.pop("preset", None)
-    return values
+    checkpoint = read_checkpoint(ckpt.latest_checkpoint(Path(run_dir)))
+    cfg = saved_config(checkpoint, steps)
+    return Trainer(cfg, Path(run_dir), quiet=quiet, sinks=sinks, resume=checkpoint).train()
 
 
 class LoadedAgent:
@@ -120,19 +99,10 @@ def load(run_dir: str | Path, checkpoint: str = "latest", device: str = "cpu") -
         path = ckpt.checkpoint_dir(run_dir) / "best.safetensors"
     else:
         path = Path(checkpoint)
-    state = ckpt.load(path)
-    if "config" not in state or "agent" not in state:
-        raise UserError(f"checkpoint {path} lacks the config or the agent: it was not written by duetrl train")
-    cfg, _ = resolve(config_file=_without_preset(state["config"]))
-    cfg.run.preset = state["config"].get("preset")
-    import_modules(cfg.run.imports)
-    probe = env_factory(cfg.run.env_id, **cfg.run.env_kwargs)()
-    obs_space, act_space = probe.observation_space, probe.action_space
-    probe.close()
-    check_spaces(state, obs_space, act_space, path)
+    checkpoint = read_checkpoint(path)
+    cfg = saved_config(checkpoint)
     torch_device = resolve_device(device)
-    agent = build_agent(cfg, obs_space, act_space, cfg.run.num_envs, torch_device)
-    load_agent_state(agent, state["agent"], path, weights_only=True)
+    agent = restore_agent(checkpoint, cfg, *probe_spaces(cfg), torch_device, weights_only=True)
     return LoadedAgent(cfg, agent, torch_device, path)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from duetrl.errors import UserError
+from duetrl.logs import read_metrics
 from duetrl.stats import bootstrap_ci, summarize, summarize_times
 
 
@@ -85,8 +86,6 @@ class Figure:
 def first_target(run_dir: Path, threshold: float | None) -> tuple[int | None, float | None]:
     """Env steps and training seconds at the first periodic evaluation in metrics.csv whose mean reached
     ``threshold``; (None, None) if none did (or there is no threshold)."""
-    from duetrl.sweeps import read_metrics
-
     if threshold is None:
         return None, None
     rows = read_metrics(run_dir / "metrics.csv")

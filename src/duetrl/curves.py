@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from duetrl.errors import UserError
-from duetrl.sweeps import read_metrics
+from duetrl.logs import read_metrics
 
 X_AXES = ("env_steps", "wall_time_s")
 

@@ -15,6 +15,12 @@ from tqdm import tqdm
 BASE_COLUMNS = ["env_steps", "wall_time_s"]
 
 
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """A ``metrics.csv`` as rows of floats (empty cells left out)."""
+    with path.open(newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
 class CSVLog:
     """``metrics.csv``: one row per logged point. A metric seen for the first time adds a column (the file is
     rewritten once with the wider header); rows lacking a metric leave it empty."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import random
 import signal
 import sys
@@ -20,8 +19,7 @@ import numpy as np
 import torch
 
 from duetrl import checkpoint as ckpt
-from duetrl.algos import get_algo
-from duetrl.algos.base import Agent
+from duetrl.build import Checkpoint, build_agent, resolve_device, restore_agent, space_signature
 from duetrl.config import Config, budget_warnings
 from duetrl.envs import BatchEnv, import_modules, make
 from duetrl.errors import TrainingError, UserError
@@ -40,35 +38,10 @@ class TrainResult:
     stopped_early: str | None = None  # "target", "interrupted" or None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={name!r} but CUDA is not available here; use --device cpu")
-    return device
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def build_agent(cfg: Config, obs_space: Any, act_space: Any, num_envs: int, device: torch.device) -> Agent:
-    """The configured algorithm's agent, after checking it fits the action space."""
-    import gymnasium as gym
-
-    spec = get_algo(cfg.run.algo)
-    discrete = isinstance(act_space, gym.spaces.Discrete)
-    if discrete and not spec.discrete:
-        raise UserError(
-            f"--algo {spec.name} needs continuous actions; {cfg.run.env_id} has discrete actions "
-            "(try --algo ppo, a2c or ac)"
-        )
-    if not discrete and not spec.continuous:
-        raise UserError(f"--algo {spec.name} needs discrete actions; {cfg.run.env_id} has continuous actions")
-    return spec.agent_cls(cfg.algo, obs_space, act_space, num_envs, device)
 
 
 def make_env(cfg: Config, device: torch.device) -> BatchEnv:
@@ -124,8 +97,14 @@ class Trainer:
     """Drives one agent on one batch of envs, and owns time, logs, evaluation and checkpoints."""
 
     def __init__(
-        self, cfg: Config, run_dir: Path, quiet: bool = False, resume: bool = False, sinks: list[Any] | None = None
+        self,
+        cfg: Config,
+        run_dir: Path,
+        quiet: bool = False,
+        sinks: list[Any] | None = None,
+        resume: Checkpoint | None = None,
     ):
+        """A new run of ``cfg``, or with ``resume`` the run that checkpoint saved (``cfg`` is its saved config)."""
         self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
         run = cfg.run
         torch.set_num_threads(run.torch_threads)
@@ -134,10 +113,12 @@ class Trainer:
         # Environment and agent first: a mistake there must not leave a run directory behind.
         self.env = make_env(cfg, self.device)
         try:
-            self.agent = build_agent(
-                cfg, self.env.single_observation_space, self.env.single_action_space, run.num_envs, self.device
-            )
-            prepare_run_dir(self.run_dir, resume)
+            spaces = self.env.single_observation_space, self.env.single_action_space
+            if resume is None:
+                self.agent = build_agent(cfg, *spaces, self.device)
+            else:
+                self.agent = restore_agent(resume, cfg, *spaces, self.device)
+            prepare_run_dir(self.run_dir, resume is not None)
             self.env_steps = self.updates = self.episodes = 0
             self.obs: torch.Tensor | None = None  # the envs' current observations
             self.obs_device = self.env.device
@@ -146,9 +127,7 @@ class Trainer:
             self.next_eval = run.eval_every if run.eval_every > 0 else run.steps
             self.next_checkpoint = run.checkpoint_every if run.checkpoint_every > 0 else math.inf
             self.last_checkpoint_time = time.monotonic()
-            resume_at = None
-            if resume:
-                resume_at = self._restore(ckpt.latest_checkpoint(self.run_dir))
+            resume_at = None if resume is None else self._restore(resume.state)
             cfg.save(self.run_dir / "config.yaml")
             self.logger: Logger = make_logger(self.run_dir, cfg.to_dict(), run.wandb, run.wandb_project, resume_at)
             self.logger.sinks += list(sinks or [])  # e.g. a sweep reporting each evaluation to Ray Tune
@@ -305,10 +284,8 @@ class Trainer:
         ckpt.prune(self.run_dir, self.cfg.run.keep_checkpoints)
         self.last_checkpoint_time = time.monotonic()
 
-    def _restore(self, path: Path) -> int:
-        state = ckpt.load(path)
-        check_spaces(state, self.env.single_observation_space, self.env.single_action_space, path)
-        load_agent_state(self.agent, state["agent"], path)
+    def _restore(self, state: dict[str, Any]) -> int:
+        """The saved run's counters, RNG and env state (the agent is already restored); returns its env step."""
         counters = state["counters"]
         self.env_steps, self.updates = int(counters["env_steps"]), int(counters["updates"])
         self.episodes, self.elapsed_before = int(counters["episodes"]), float(counters["wall_time_s"])
@@ -336,31 +313,3 @@ def _check_finite(metrics: dict[str, float], env_steps: int) -> None:
             f"{', '.join(bad)} became {metrics[bad[0]]} at env step {env_steps}; the last good "
             "checkpoint is kept (try a lower learning rate or max_grad_norm)"
         )
-
-
-def space_signature(obs_space: Any, act_space: Any) -> dict[str, Any]:
-    return {"observation": str(obs_space), "action": str(act_space)}
-
-
-def check_spaces(state: dict[str, Any], obs_space: Any, act_space: Any, path: Path) -> None:
-    saved = state.get("spaces", {})
-    now = space_signature(obs_space, act_space)
-    if saved and saved != now:
-        raise UserError(
-            f"checkpoint {path} was trained on other spaces ({saved['observation']} -> "
-            f"{saved['action']}) than this environment ({now['observation']} -> {now['action']})"
-        )
-
-
-def load_agent_state(agent: Agent, state: dict[str, Any], path: Path, weights_only: bool = False) -> None:
-    try:
-        agent.load_state_dict(state, weights_only=weights_only)
-    except (RuntimeError, KeyError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} does not fit this agent (other shapes or algorithm): {first}") from None
-
-
-def run_dir_default(env_id: str, algo: str, seed: int) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    safe = env_id.replace(":", "_").replace("/", "_")
-    return Path("runs") / f"{safe}-{algo}-s{seed}-{stamp}-{os.getpid()}"

@@ -21,6 +21,7 @@ from typing import Any
 
 from duetrl.api import resolve
 from duetrl.errors import UserError
+from duetrl.logs import read_metrics
 
 # Two-sided 95% Student-t critical values by degrees of freedom (normal beyond 30).
 _T95 = [
@@ -270,12 +271,6 @@ def _execute(run_dir: Path, spec: SweepSpec, address: str | None) -> list[dict[s
 
 
 # ---------------------------------------------------------------------------------------------- summary
-
-
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    """metrics.csv as rows of floats (empty cells left out)."""
-    with path.open(newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
 def run_summary(run_dir: Path, target_return: float | None) -> dict[str, float] | None:

@@ -1,0 +1,130 @@
+"""Building an agent for a config, and rebuilding a run's config and agent from a checkpoint.
+
+Written once here, used by training (``loop.Trainer``), ``duetrl.resume`` and ``duetrl.load``. A checkpoint
+becomes a run again in two steps, because training opens its environments in between (they follow from the
+config, and the agent must fit their spaces): :func:`saved_config`, then :func:`restore_agent`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+
+from duetrl import checkpoint as ckpt
+from duetrl.algos import get_algo
+from duetrl.algos.base import Agent
+from duetrl.config import Config, resolve
+from duetrl.envs import import_modules
+from duetrl.envs.make import env_factory
+from duetrl.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when present, else CPU; asking for CUDA where there is none is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name!r} but CUDA is not available here; use --device cpu")
+    return device
+
+
+def run_dir_default(env_id: str, algo: str, seed: int) -> Path:
+    """``runs/<env>-<algo>-s<seed>-<time>-<pid>``: a new directory for every run."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = env_id.replace(":", "_").replace("/", "_")
+    return Path("runs") / f"{safe}-{algo}-s{seed}-{stamp}-{os.getpid()}"
+
+
+def build_agent(cfg: Config, obs_space: gym.Space, act_space: gym.Space, device: torch.device) -> Agent:
+    """The configured algorithm's agent for ``cfg.run.num_envs`` envs, after checking it fits the action space."""
+    spec = get_algo(cfg.run.algo)
+    discrete = isinstance(act_space, gym.spaces.Discrete)
+    if discrete and not spec.discrete:
+        raise UserError(
+            f"--algo {spec.name} needs continuous actions; {cfg.run.env_id} has discrete actions "
+            "(try --algo ppo, a2c or ac)"
+        )
+    if not discrete and not spec.continuous:
+        raise UserError(f"--algo {spec.name} needs discrete actions; {cfg.run.env_id} has continuous actions")
+    return spec.agent_cls(cfg.algo, obs_space, act_space, cfg.run.num_envs, device)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint file's saved state, with its path for messages."""
+
+    path: Path
+    state: dict[str, Any]
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """A checkpoint written by ``duetrl train`` (it holds the run's config and agent), or a UserError."""
+    state = ckpt.load(path)
+    if "config" not in state or "agent" not in state:
+        raise UserError(f"checkpoint {path} lacks the config or the agent: it was not written by duetrl train")
+    return Checkpoint(Path(path), state)
+
+
+def saved_config(checkpoint: Checkpoint, steps: int | None = None) -> Config:
+    """The run's config as saved, optionally with a new total of env ``steps``. Every key was saved resolved, so
+    no preset is applied on top; ``run.preset`` still names the one the run was made with."""
+    values = dict(checkpoint.state["config"])
+    preset = values.pop("preset", None)
+    if steps is not None:
+        values["steps"] = steps
+    cfg, _ = resolve(config_file=values, lookup=get_algo)
+    cfg.run.preset = preset
+    return cfg
+
+
+def space_signature(obs_space: gym.Space, act_space: gym.Space) -> dict[str, str]:
+    """What a checkpoint records of the spaces it was trained on."""
+    return {"observation": str(obs_space), "action": str(act_space)}
+
+
+def probe_spaces(cfg: Config) -> tuple[gym.Space, gym.Space]:
+    """The observation and action space of one Gymnasium env as ``cfg`` configures it."""
+    import_modules(cfg.run.imports)
+    env = env_factory(cfg.run.env_id, **cfg.run.env_kwargs)()
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
+
+
+def restore_agent(
+    checkpoint: Checkpoint,
+    cfg: Config,
+    obs_space: gym.Space,
+    act_space: gym.Space,
+    device: torch.device,
+    weights_only: bool = False,
+) -> Agent:
+    """The agent saved in ``checkpoint``, built for ``cfg`` on envs with these spaces (which must be the ones it
+    was trained on). ``weights_only`` leaves optimisers and counters fresh: enough to act, not to resume."""
+    saved = checkpoint.state.get("spaces", {})
+    now = space_signature(obs_space, act_space)
+    if saved and saved != now:
+        raise UserError(
+            f"checkpoint {checkpoint.path} was trained on other spaces ({saved['observation']} -> "
+            f"{saved['action']}) than this environment ({now['observation']} -> {now['action']})"
+        )
+    agent = build_agent(cfg, obs_space, act_space, device)
+    try:
+        agent.load_state_dict(checkpoint.state["agent"], weights_only=weights_only)
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"checkpoint {checkpoint.path} does not fit this agent (other shapes or algorithm): {first}"
+        ) from None
+    return agent
