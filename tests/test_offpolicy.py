@@ -1,5 +1,6 @@
 """SAC, TD3 and DDPG: target networks, ensembles, the squashed Gaussian, update schedules, and short runs."""
 
+import copy
 import math
 
 import pytest
@@ -101,6 +102,18 @@ def test_polyak_with_random_weights():
     polyak(averaged_tensors(target), averaged_tensors(source), 0.5)
     for p, e in zip(target.parameters(), expected, strict=True):
         torch.testing.assert_close(p, e)
+
+
+def test_polyak_without_the_foreach_kernel_gives_the_same_numbers(monkeypatch):
+    torch.manual_seed(0)
+    source, target = nn.Linear(4, 3), nn.Linear(4, 3)
+    fast, plain = copy.deepcopy(target), copy.deepcopy(target)
+    polyak(averaged_tensors(fast), averaged_tensors(source), 0.005)
+    monkeypatch.delattr(torch, "_foreach_lerp_")  # a torch without the private op
+    polyak(averaged_tensors(plain), averaged_tensors(source), 0.005)
+    for a, b in zip(plain.parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(plain.weight, target.weight)  # it moved
 
 
 def test_frozen_copy():

@@ -2,9 +2,10 @@
 
 import copy
 
+import pytest
 import torch
 
-from duetrl.optim import FusedAdam, adam
+from duetrl.optim import FusedAdam, adam, has_fused_adam
 
 
 def _net() -> torch.nn.Module:
@@ -60,3 +61,27 @@ def test_state_dict_round_trips_through_torch_adam():
 
 def test_adam_picks_the_fused_path_on_cpu():
     assert isinstance(adam(_net().parameters(), lr=1e-3), FusedAdam)
+
+
+def _no_cpu_kernel(*args, **kwargs):
+    raise NotImplementedError("Could not run 'aten::_fused_adam_' with arguments from the 'CPU' backend")
+
+
+@pytest.mark.parametrize("missing", ["no-function", "no-cpu-kernel"])
+def test_adam_without_the_fused_kernel_falls_back_to_the_same_numbers(monkeypatch, missing):
+    fast = _net()
+    _train(fast, adam(fast.parameters(), lr=1e-2, eps=1e-5), 20, {10: 3e-3})
+    if missing == "no-function":
+        monkeypatch.delattr(torch, "_fused_adam_")
+    else:  # torch 2.1-2.3: the op exists, for CUDA only
+        monkeypatch.setattr(torch, "_fused_adam_", _no_cpu_kernel)
+    has_fused_adam.cache_clear()
+    try:
+        plain = _net()
+        opt = adam(plain.parameters(), lr=1e-2, eps=1e-5)
+        assert type(opt) is torch.optim.Adam
+        _train(plain, opt, 20, {10: 3e-3})
+    finally:
+        has_fused_adam.cache_clear()  # the real kernel comes back with the monkeypatch's undo
+    for a, b in zip(plain.parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -5,18 +5,37 @@ kernels, and ``torch.optim.Optimizer.step`` adds about 150 us of Python per call
 (measured: 186 us per step, 17 us of it in ``aten::_fused_adam_``). Its first use also imports
 ``torch._dynamo``, about 1 s of every process's start-up. This class makes the same call as
 ``torch.optim.Adam(fused=True)`` -- same kernel, same numbers, same ``state_dict`` layout -- and nothing else.
-Devices without the fused kernel get ``torch.optim.Adam`` from :func:`adam`.
+
+``torch._fused_adam_`` is private: :func:`adam` uses it only where :func:`has_fused_adam` finds it working, and
+gives ``torch.optim.Adam`` elsewhere (torch 2.1-2.3 on CPU, devices without the kernel): the same update to
+float rounding, a little slower.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-FUSED_DEVICES = ("cpu", "cuda")
+
+@functools.cache
+def has_fused_adam(device_type: str) -> bool:
+    """Whether ``torch._fused_adam_`` runs on this device type: on CUDA in every torch >= 2.1, on CPU since
+    torch 2.4 (pytorch/pytorch#123074). Tried once per device type on a one-element tensor."""
+    kernel = getattr(torch, "_fused_adam_", None)
+    if kernel is None:
+        return False
+    tensors = [[torch.zeros(1, device=device_type)] for _ in range(4)]  # param, grad, exp_avg, exp_avg_sq
+    step = [torch.ones((), device=device_type)]
+    options = dict(lr=0.0, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+    try:
+        kernel(*tensors, [], step, **options)
+    except (RuntimeError, TypeError):  # no kernel for this device (NotImplementedError), or another signature
+        return False
+    return True
 
 
 class FusedAdam:
@@ -98,8 +117,8 @@ class FusedAdam:
 
 
 def adam(params: Iterable[Tensor], lr: float, eps: float = 1e-8) -> FusedAdam | torch.optim.Adam:
-    """Adam: :class:`FusedAdam` where the fused kernel exists (CPU, CUDA), else ``torch.optim.Adam``."""
+    """Adam: :class:`FusedAdam` where the fused kernel works (:func:`has_fused_adam`), else ``torch.optim.Adam``."""
     params = list(params)
-    if params and params[0].device.type in FUSED_DEVICES:
+    if params and has_fused_adam(params[0].device.type):
         return FusedAdam(params, lr=lr, eps=eps)
     return torch.optim.Adam(params, lr=lr, eps=eps)

@@ -93,9 +93,16 @@ def averaged_tensors(module: nn.Module) -> list[Tensor]:
 
 def polyak(target: list[Tensor], source: list[Tensor], tau: float) -> None:
     """target <- (1 - tau) * target + tau * source, in one foreach op over :func:`averaged_tensors` lists
-    (gathered once by the caller: walking the modules every step costs more than the update)."""
+    (gathered once by the caller: walking the modules every step costs more than the update).
+
+    ``torch._foreach_lerp_`` is private (in torch since 2.0, pytorch/pytorch#87562): without it, one ``lerp_``
+    per tensor, which is what the foreach op itself does on CPU."""
     with torch.no_grad():
-        torch._foreach_lerp_(target, source, tau)
+        if hasattr(torch, "_foreach_lerp_"):
+            torch._foreach_lerp_(target, source, tau)
+        else:
+            for t, s in zip(target, source, strict=True):
+                t.lerp_(s, tau)
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
