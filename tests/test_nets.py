@@ -227,9 +227,9 @@ def _params(module):
 def _run_update(agent, steps=6):
     obs = torch.randn(2, 3)
     for i in range(steps):
-        agent.explore(obs)
+        decision = agent.explore(obs, env_steps=2 * i)
         next_obs = torch.randn(2, 3)
-        agent.observe(torch.randn(2), torch.tensor([False, i == 2]), torch.tensor([False, False]), next_obs)
+        agent.observe(decision, torch.randn(2), torch.tensor([False, i == 2]), torch.tensor([False, False]), next_obs)
         obs = next_obs
     assert agent.ready()
     return agent.update()

@@ -293,7 +293,7 @@ def test_exploration_before_learning_starts_is_uniform_in_env_bounds(algo):
     spec = get_algo(algo)
     agent = make_agent(spec.agent_cls, spec.config_cls, num_envs=512, learning_starts=10_000)
     obs = torch.zeros(512, 3)  # one observation: any spread comes from the random actions
-    actions = agent.explore(obs)
+    actions = agent.explore(obs, env_steps=0).action
     assert actions.shape == (512, 1)
     assert actions.min() >= -2.0 and actions.max() <= 2.0
     assert actions.min() < -1.5 and actions.max() > 1.5  # scaled to [-2, 2], not left in [-1, 1]
@@ -304,10 +304,10 @@ def test_exploration_before_learning_starts_is_uniform_in_env_bounds(algo):
 def test_exploration_after_learning_starts_uses_the_policy():
     agent = make_agent(TD3, TD3Config, num_envs=4, learning_starts=4, batch_size=4, exploration_noise=0.0)
     obs = torch.randn(4, 3)
-    agent.explore(obs)
-    agent.observe(torch.zeros(4), torch.zeros(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool), obs)
-    assert agent.env_steps_seen == 4 and agent.updates_owed == 4.0
-    torch.testing.assert_close(agent.explore(obs), agent.act(obs, deterministic=True))
+    decision = agent.explore(obs, env_steps=0)  # the loop's count: learning starts after this step
+    agent.observe(decision, torch.zeros(4), torch.zeros(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool), obs)
+    assert agent.updates_owed == 4.0
+    torch.testing.assert_close(agent.explore(obs, env_steps=4).action, agent.act(obs, deterministic=True))
 
 
 def test_td3_ou_stochastic_act_on_another_batch_size():
@@ -362,7 +362,7 @@ def test_short_training_runs(tmp_path, algo, settings):
     state = ckpt.load(ckpt.latest_checkpoint(run_dir))
     assert state["config"]["algo"] == algo and state["config"]["save_buffer"] is False
     assert "buffer" not in state["agent"]  # the default keeps checkpoints small
-    assert state["agent"]["counters"]["env_steps_seen"] == 600
+    assert state["counters"]["env_steps"] == 600  # the loop's count, the only one
     assert state["agent"]["counters"]["gradient_steps"] == 401  # utd 1 from step 200 on
     assert duetrl.load(run_dir).act([0.0, 1.0, 0.0]).shape == (1,)
 

@@ -19,9 +19,10 @@ def filled_agent(seed: int = 0, **overrides) -> PPO:
     agent = PPO(cfg, env.single_observation_space, env.single_action_space, 2, CPU)
     obs = torch.randn(2, 3)
     for t in range(16):
-        agent.explore(obs)
+        decision = agent.explore(obs, env_steps=2 * t)
         next_obs = torch.randn(2, 3)
-        agent.observe(torch.randn(2), torch.zeros(2, dtype=torch.bool), torch.tensor([t == 9, False]), next_obs)
+        truncated = torch.tensor([t == 9, False])
+        agent.observe(decision, torch.randn(2), torch.zeros(2, dtype=torch.bool), truncated, next_obs)
         obs = next_obs
     return agent
 

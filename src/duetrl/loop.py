@@ -157,12 +157,12 @@ class Trainer:
         try:
             with stop_on_signals() as signals:
                 while self.env_steps < run.steps:
-                    action = self.agent.explore(self.obs)
+                    decision = self.agent.explore(self.obs, self.env_steps)
                     try:
-                        self.obs, reward, terminated, truncated, info = self.env.step(action)
+                        self.obs, reward, terminated, truncated, info = self.env.step(decision.action)
                     except Exception as e:
                         raise TrainingError(f"the environment raised {type(e).__name__}: {e}") from e
-                    self.agent.observe(reward, terminated, truncated, info["final_obs"])
+                    self.agent.observe(decision, reward, terminated, truncated, info["final_obs"])
                     self.env_steps += run.num_envs
                     postfix = {}
                     if "episode_return" in info:

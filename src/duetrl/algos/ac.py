@@ -21,7 +21,7 @@ import gymnasium as gym
 import torch
 from torch import Tensor, nn
 
-from duetrl.algos.base import anneal_lr, clip_and_step
+from duetrl.algos.base import Decision, anneal_lr, clip_and_step
 from duetrl.algos.onpolicy import OnPolicyAgent, validate_policy_settings
 from duetrl.config import RunConfig
 from duetrl.nets import QCritic, ValueCritic, orthogonal_init
@@ -116,8 +116,10 @@ class ActorCritic(OnPolicyAgent):
         if self.cfg.anneal_lr:
             anneal_lr(self.optimizers, {"actor": self.cfg.actor_lr, "critic": self.cfg.critic_lr}, fraction)
 
-    def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
-        super().observe(reward, terminated, truncated, next_obs)
+    def observe(
+        self, decision: Decision, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor
+    ) -> None:
+        super().observe(decision, reward, terminated, truncated, next_obs)
         self._episode_ended |= (terminated | truncated).to(self.device)
 
     def ready(self) -> bool:

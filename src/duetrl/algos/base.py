@@ -23,9 +23,32 @@ class AlgoSpec:
     continuous: bool = True
 
 
+@dataclass
+class Decision:
+    """What ``explore`` returns for one env step: the env actions, and what ``observe`` needs back with the step's
+    outcome. The loop hands it back unchanged; only the agent that made it reads ``record``."""
+
+    env_steps: int  # env steps the run had taken before this step (the loop's count, as told to explore)
+    action: Tensor  # the env actions, what env.step takes: [N, act_dim] (continuous) or [N] (discrete)
+    record: dict[str, Tensor]  # what the agent stores with the outcome, e.g. obs, raw action, log-prob: [N, ...]
+
+
 class Agent(ABC):
-    """One algorithm. The loop calls, each env step: ``explore`` -> env.step -> ``observe``; then, when
-    ``ready()``, ``update()``. ``act`` is the trained policy for evaluation and deployment."""
+    """One algorithm, driven by the loop (``loop.Trainer``) on a batch of ``num_envs`` envs.
+
+    The protocol, for each round of the loop (every env steps once):
+
+    1. ``decision = explore(obs, env_steps)``: actions for the envs' observations ``[N, obs_dim]``, told the run's
+       env steps so far. Returns a :class:`Decision`; the agent keeps nothing of it.
+    2. The loop steps the envs with ``decision.action``.
+    3. ``observe(decision, reward, terminated, truncated, next_obs)``: the outcome, ``[N]`` each, with ``next_obs``
+       the final observation where an episode ended (a time limit is ``truncated``, not ``terminated``).
+    4. If ``ready()``: ``set_progress(env_steps / steps)`` then ``metrics = update()``, which learns from what was
+       observed and returns floats by name (the loop logs them and stops on a non-finite one).
+
+    The loop owns the step count (``env_steps``, saved in its checkpoints) and passes it in; an agent counts no
+    env steps of its own. ``act(obs, deterministic)`` is the trained policy for evaluation and deployment: it
+    learns and records nothing. ``state_dict`` / ``load_state_dict`` hold everything an exact resume needs."""
 
     def __init__(self, cfg: Any, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         self.cfg, self.obs_space, self.act_space = cfg, obs_space, act_space
@@ -34,20 +57,22 @@ class Agent(ABC):
         self.optimizers: dict[str, Any] = {}  # torch.optim optimisers or duetrl.optim.FusedAdam
 
     @abstractmethod
-    def explore(self, obs: Tensor) -> Tensor:
-        """Env actions for a batch of observations ``[N, obs_dim]``, remembering what the update needs."""
+    def explore(self, obs: Tensor, env_steps: int) -> Decision:
+        """Env actions for a batch of observations ``[N, obs_dim]`` with exploration, and what observe needs."""
 
     @abstractmethod
-    def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
-        """The outcome of the last ``explore``; ``next_obs`` is the final observation on episode end."""
+    def observe(
+        self, decision: Decision, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor
+    ) -> None:
+        """The outcome of ``decision``; ``next_obs`` is the final observation where an episode ended."""
 
     @abstractmethod
     def ready(self) -> bool:
-        """True when enough has been collected for ``update``."""
+        """True when enough has been observed for ``update``."""
 
     @abstractmethod
     def update(self) -> dict[str, float]:
-        """Learn from what was collected; returns metrics by name."""
+        """Learn from what was observed; returns metrics by name."""
 
     @abstractmethod
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
@@ -93,7 +118,7 @@ def clip_and_step(optimizer: Any, loss: Tensor, params: list[Tensor], max_grad_n
     Only ``params`` receive gradients: an actor's loss through a critic leaves the critic's weights alone (and
     autograd skips computing their gradients). Returns the gradient norm before clipping when clipping (as a
     tensor: no device sync here), else None."""
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()
     loss.backward(inputs=params)
     norm = nn.utils.clip_grad_norm_(params, max_grad_norm) if max_grad_norm > 0 else None
     optimizer.step()

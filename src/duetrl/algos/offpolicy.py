@@ -11,7 +11,7 @@ import gymnasium as gym
 import torch
 from torch import Tensor, nn
 
-from duetrl.algos.base import Agent, anneal_lr
+from duetrl.algos.base import Agent, Decision, anneal_lr
 from duetrl.buffers import ReplayBuffer
 from duetrl.config import RunConfig
 from duetrl.errors import UserError
@@ -133,10 +133,8 @@ class OffPolicyAgent(Agent):
         self.buffer = ReplayBuffer(cfg.buffer_size, self.obs_dim, self.act_dim, device)
         # A config that never went through config.resolve (no budget known) keeps the paper's warm-up.
         self.learning_starts = cfg.PAPER_LEARNING_STARTS if cfg.learning_starts is None else cfg.learning_starts
-        self.env_steps_seen = 0
         self.updates_owed = 0.0
         self.gradient_steps = 0
-        self._pending: dict[str, Tensor] = {}
         # Exploration noise with memory, when the algorithm uses it: restarted as episodes end (``observe``) and
         # kept in checkpoints.
         self.noise: ColoredNoise | OrnsteinUhlenbeckNoise | None = None
@@ -171,21 +169,21 @@ class OffPolicyAgent(Agent):
         return self.action_center + self.action_scale * action
 
     @torch.no_grad()
-    def explore(self, obs: Tensor) -> Tensor:
+    def explore(self, obs: Tensor, env_steps: int) -> Decision:
         obs = obs.to(self.device)
-        if self.env_steps_seen < self.learning_starts:
+        if env_steps < self.learning_starts:
             action = torch.rand(obs.shape[0], self.act_dim, device=self.device) * 2 - 1
         else:
             action = self.exploration_action(obs)
-        self._pending = {"obs": obs, "action": action}
-        return self.to_env(action)
+        return Decision(env_steps, self.to_env(action), {"obs": obs, "action": action})
 
-    def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
-        self.buffer.add(**self._pending, reward=reward, terminated=terminated, next_obs=next_obs)
-        self.env_steps_seen += self.num_envs
+    def observe(
+        self, decision: Decision, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor
+    ) -> None:
+        self.buffer.add(**decision.record, reward=reward, terminated=terminated, next_obs=next_obs)
         if self.noise is not None:
             self.noise.restart((terminated | truncated).to(self.device))
-        if self.env_steps_seen >= max(self.learning_starts, self.cfg.batch_size):
+        if decision.env_steps + self.num_envs >= max(self.learning_starts, self.cfg.batch_size):
             self.updates_owed += self.cfg.utd * self.num_envs
 
     def set_progress(self, fraction: float) -> None:
@@ -218,7 +216,6 @@ class OffPolicyAgent(Agent):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["counters"] = {
-            "env_steps_seen": self.env_steps_seen,
             "updates_owed": self.updates_owed,
             "gradient_steps": self.gradient_steps,
         }
@@ -233,7 +230,6 @@ class OffPolicyAgent(Agent):
         if weights_only:
             return
         counters = state.get("counters", {})
-        self.env_steps_seen = int(counters.get("env_steps_seen", 0))
         self.updates_owed = float(counters.get("updates_owed", 0.0))
         self.gradient_steps = int(counters.get("gradient_steps", 0))
         if "buffer" in state:

@@ -9,7 +9,7 @@ import gymnasium as gym
 import torch
 from torch import Tensor
 
-from duetrl.algos.base import Agent
+from duetrl.algos.base import Agent, Decision
 from duetrl.buffers import Rollout
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS
@@ -54,7 +54,6 @@ class OnPolicyAgent(Agent):
         self.reward_scaler = RewardScaler(num_envs, cfg.gamma).to(device)
         self.modules = {"policy": self.policy, "obs_norm": self.obs_norm, "reward_scaler": self.reward_scaler}
         self.rollout = Rollout()
-        self._pending: dict[str, Tensor] = {}
 
     def _normalize(self, obs: Tensor, update: bool = False) -> Tensor:
         if not self.cfg.normalize_obs:
@@ -64,13 +63,14 @@ class OnPolicyAgent(Agent):
         return self.obs_norm(obs)
 
     @torch.no_grad()
-    def explore(self, obs: Tensor) -> Tensor:
+    def explore(self, obs: Tensor, env_steps: int) -> Decision:
         obs = self._normalize(obs.to(self.device), update=True)
         raw, action, log_prob = self.policy.sample(obs)
-        self._pending = {"obs": obs, "raw": raw, "action": action, "log_prob": log_prob}
-        return action
+        return Decision(env_steps, action, {"obs": obs, "raw": raw, "action": action, "log_prob": log_prob})
 
-    def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
+    def observe(
+        self, decision: Decision, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor
+    ) -> None:
         reward, terminated, truncated = (
             reward.to(self.device),
             terminated.to(self.device),
@@ -79,7 +79,7 @@ class OnPolicyAgent(Agent):
         if self.cfg.normalize_reward:
             reward = self.reward_scaler(reward, terminated | truncated)
         self.rollout.add(
-            **self._pending,
+            **decision.record,
             reward=reward,
             terminated=terminated,
             truncated=truncated,
