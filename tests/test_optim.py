@@ -19,7 +19,7 @@ def _train(net: torch.nn.Module, opt, steps: int, lr_at: dict[int, float] | None
         if lr_at and i in lr_at:
             opt.param_groups[0]["lr"] = lr_at[i]
         loss = net(torch.randn(16, 3, generator=gen)).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Categorical, Distribution, Independent, Normal
+from torch.distributions import Categorical, Normal
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -110,13 +110,6 @@ class QCritic(nn.Module):
 
     def forward(self, obs: Tensor, action: Tensor) -> Tensor:
         return self.net(torch.cat([obs, action], dim=-1)).squeeze(-1)
-
-
-def diag_log_prob(dist: Distribution, actions: Tensor) -> Tensor:
-    """Log-probability summed over action dimensions for a Normal, as-is for a Categorical."""
-    if isinstance(dist, Normal):
-        return Independent(dist, 1).log_prob(actions)
-    return dist.log_prob(actions)
 
 
 class EnsembleLinear(nn.Module):

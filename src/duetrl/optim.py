@@ -58,7 +58,8 @@ class FusedAdam:
         self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
         self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
+        """Drop the gradients, as torch.optim does by default (``set_to_none=True`` since torch 2.0)."""
         for p in self.params:
             p.grad = None
 

@@ -132,7 +132,7 @@ class SAC(OffPolicyAgent):
                 optimizers.append(self.optimizers["alpha"])
                 params = self.actor_alpha_params
             for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
             loss.backward(inputs=params)  # the actor and alpha only: the critic's weights get no gradient
             if cfg.max_grad_norm > 0:
                 nn.utils.clip_grad_norm_(self.actor_params, cfg.max_grad_norm)
