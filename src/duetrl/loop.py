@@ -10,7 +10,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import torch
 
 from duetrl import checkpoint as ckpt
 from duetrl.build import Checkpoint, build_agent, resolve_device, restore_agent, space_signature
-from duetrl.config import Config, budget_warnings
+from duetrl.config import Config, RunConfig, budget_warnings
 from duetrl.envs import BatchEnv, import_modules, make
 from duetrl.errors import TrainingError, UserError
 from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, evaluate_policy
@@ -39,12 +39,14 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators: a run is reproducible from its seed."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def make_env(cfg: Config, device: torch.device) -> BatchEnv:
+    """The run's batch of envs (on ``device`` when torch-native; Gymnasium's live on the CPU)."""
     import_modules(cfg.run.imports)
     env_device = device if cfg.run.backend != "gymnasium" else torch.device("cpu")
     return make(
@@ -93,6 +95,84 @@ def stop_on_signals() -> Iterator[dict[str, bool]]:
             signal.signal(sig, old)
 
 
+class MetricWindow:
+    """What happened since the last metrics row: the finished episodes' returns and lengths, and each update's
+    metrics; a row is their means. Also the last 20 returns, for the progress bar."""
+
+    def __init__(self) -> None:
+        self.returns: list[float] = []
+        self.lengths: list[int] = []
+        self.metrics: dict[str, list[float]] = {}
+        self.recent: deque[float] = deque(maxlen=20)
+
+    def add_episodes(self, returns: list[float], lengths: list[int]) -> float:
+        """Record finished episodes; returns the mean of the last 20 returns."""
+        self.returns += returns
+        self.lengths += lengths
+        self.recent.extend(returns)
+        return float(np.mean(self.recent))
+
+    def add_metrics(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.metrics.setdefault(key, []).append(value)
+
+    def __bool__(self) -> bool:
+        """True when there is something to log."""
+        return bool(self.metrics or self.returns)
+
+    def flush(self) -> dict[str, float]:
+        """The window's means as row fields, and an empty window."""
+        row = {}
+        if self.returns:
+            row["episode_return"] = float(np.mean(self.returns))
+            row["episode_length"] = float(np.mean(self.lengths))
+        row.update({key: float(np.mean(values)) for key, values in self.metrics.items()})
+        self.returns, self.lengths, self.metrics = [], [], {}
+        return row
+
+
+def next_multiple(env_steps: int, every: int) -> int:
+    """The first multiple of ``every`` after ``env_steps``."""
+    return (env_steps // every + 1) * every
+
+
+class Schedule:
+    """When the loop writes a metrics row, evaluates and checkpoints. It follows from the env step alone (and the
+    clock, for checkpoints), so a resumed run keeps the schedule of the run it continues. A ``*_due`` call that
+    says yes moves that event on."""
+
+    def __init__(self, run: RunConfig, env_steps: int):
+        self.run = run
+        self.last_row = env_steps
+        self.next_eval = next_multiple(env_steps, run.eval_every) if run.eval_every > 0 else run.steps
+        self.next_checkpoint = next_multiple(env_steps, run.checkpoint_every) if run.checkpoint_every > 0 else math.inf
+        self.last_checkpoint_time = time.monotonic()
+
+    def row_due(self, env_steps: int) -> bool:
+        """After an update, every ``log_every`` env steps."""
+        if env_steps - self.last_row < self.run.log_every:
+            return False
+        self.last_row = env_steps
+        return True
+
+    def eval_due(self, env_steps: int) -> bool:
+        """Every ``eval_every`` env steps, but not at the end: the final evaluation is the loop's own."""
+        if not self.next_eval <= env_steps < self.run.steps:
+            return False
+        self.next_eval = next_multiple(env_steps, self.run.eval_every)
+        return True
+
+    def checkpoint_due(self, env_steps: int) -> bool:
+        """Every ``checkpoint_every`` env steps, or ``checkpoint_seconds`` after the last one."""
+        now = time.monotonic()
+        if env_steps >= self.next_checkpoint:
+            self.next_checkpoint = next_multiple(env_steps, self.run.checkpoint_every)
+        elif now - self.last_checkpoint_time < self.run.checkpoint_seconds:
+            return False
+        self.last_checkpoint_time = now
+        return True
+
+
 class Trainer:
     """Drives one agent on one batch of envs, and owns time, logs, evaluation and checkpoints."""
 
@@ -120,115 +200,107 @@ class Trainer:
                 self.agent = restore_agent(resume, cfg, *spaces, self.device)
             prepare_run_dir(self.run_dir, resume is not None)
             self.env_steps = self.updates = self.episodes = 0
-            self.obs: torch.Tensor | None = None  # the envs' current observations
-            self.obs_device = self.env.device
-            self.elapsed_before = 0.0  # wall time of earlier sessions of a resumed run
             self.best_eval = -math.inf
-            self.next_eval = run.eval_every if run.eval_every > 0 else run.steps
-            self.next_checkpoint = run.checkpoint_every if run.checkpoint_every > 0 else math.inf
-            self.last_checkpoint_time = time.monotonic()
-            resume_at = None if resume is None else self._restore(resume.state)
+            self.elapsed_before = 0.0  # wall time of earlier sessions of a resumed run
+            saved_obs = None if resume is None else self._restore(resume.state)
+            # The envs' current observations: new episodes for a new run, or a resumed one whose envs were not saved.
+            self.obs = self.env.reset(seed=run.seed + self.env_steps)[0] if saved_obs is None else saved_obs
             cfg.save(self.run_dir / "config.yaml")
+            resume_at = None if resume is None else self.env_steps
             self.logger: Logger = make_logger(self.run_dir, cfg.to_dict(), run.wandb, run.wandb_project, resume_at)
             self.logger.sinks += list(sinks or [])  # e.g. a sweep reporting each evaluation to Ray Tune
         except BaseException:
             self.env.close()
             raise
+        self.start = time.perf_counter()
 
     # ------------------------------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
-        run = self.cfg.run
-        preset = f" with preset {run.preset}" if run.preset else ""
-        print(f"duetrl: training {run.algo} on {run.env_id}{preset} -> {self.run_dir}", file=sys.stderr)
-        for message in budget_warnings(self.cfg):  # settings that would waste the run, said before it starts
-            print(f"duetrl: warning: {message}", file=sys.stderr)
-        start = time.perf_counter()
-        self.start = start
+        """Collect, update, log, evaluate and checkpoint until ``steps`` env steps, the target return or a signal."""
+        run, agent = self.cfg.run, self.agent
+        self._announce()
         progress = Progress(run.steps, initial=self.env_steps, quiet=self.quiet)
-        recent_returns: deque[float] = deque(maxlen=20)
-        pending_returns: list[float] = []
-        pending_lengths: list[int] = []
-        pending_metrics: dict[str, list[float]] = {}
-        last_log_step = self.env_steps
+        window, schedule = MetricWindow(), Schedule(run, self.env_steps)
         stopped: str | None = None
         final_eval: EvalResult | None = None
-        if self.obs is None:  # a new run, or a resumed one whose envs could not be saved
-            self.obs, _ = self.env.reset(seed=run.seed + self.env_steps)
-        try:
-            with stop_on_signals() as signals:
-                while self.env_steps < run.steps:
-                    decision = self.agent.explore(self.obs, self.env_steps)
-                    try:
-                        self.obs, reward, terminated, truncated, info = self.env.step(decision.action)
-                    except Exception as e:
-                        raise TrainingError(f"the environment raised {type(e).__name__}: {e}") from e
-                    self.agent.observe(decision, reward, terminated, truncated, info["final_obs"])
-                    self.env_steps += run.num_envs
-                    postfix = {}
-                    if "episode_return" in info:
-                        self.episodes += len(info["episode_return"])
-                        pending_returns += info["episode_return"]
-                        pending_lengths += info["episode_length"]
-                        recent_returns.extend(info["episode_return"])
-                        postfix["return"] = float(np.mean(recent_returns))
-
-                    logged = False
-                    if self.agent.ready():
-                        self.agent.set_progress(self.env_steps / run.steps)
-                        metrics = self.agent.update()
-                        self.updates += 1
-                        _check_finite(metrics, self.env_steps)
-                        for key, value in metrics.items():
-                            pending_metrics.setdefault(key, []).append(value)
-                        if self.env_steps - last_log_step >= run.log_every:
-                            self._log(pending_metrics, pending_returns, pending_lengths)
-                            pending_metrics, pending_returns, pending_lengths = {}, [], []
-                            last_log_step = self.env_steps
-                            logged = True
-
-                    progress.advance(run.num_envs, **postfix)
-                    if self.env_steps >= self.next_eval and self.env_steps < run.steps:
-                        self.next_eval += run.eval_every
-                        result = self._evaluate()
-                        if run.target_return is not None and result.mean >= run.target_return:
-                            stopped, final_eval = "target", result
-                            break
-                    # Checkpoints sit right after a metrics row, so a resumed run rewrites nothing and loses nothing.
-                    if logged and self._checkpoint_due():
-                        self._save_checkpoint()
-                    if signals["stop"]:
-                        stopped = "interrupted"
+        # Closed in this order however the loop ends: signal handlers restored, progress bar, logs, envs.
+        with closing(self.env), closing(self.logger), closing(progress), stop_on_signals() as signals:
+            while self.env_steps < run.steps:
+                decision = agent.explore(self.obs, self.env_steps)
+                self.obs, reward, terminated, truncated, info = self._step(decision.action)
+                agent.observe(decision, reward, terminated, truncated, info["final_obs"])
+                self.env_steps += run.num_envs
+                postfix = {}
+                if "episode_return" in info:
+                    self.episodes += len(info["episode_return"])
+                    postfix["return"] = window.add_episodes(info["episode_return"], info["episode_length"])
+                logged = False
+                if agent.ready():
+                    window.add_metrics(self._update())
+                    logged = schedule.row_due(self.env_steps)
+                    if logged:
+                        self._log(window.flush())
+                progress.advance(run.num_envs, **postfix)
+                if schedule.eval_due(self.env_steps):
+                    result = self._evaluate()
+                    if run.target_return is not None and result.mean >= run.target_return:
+                        stopped, final_eval = "target", result
                         break
-                # Still inside the signal guard: a signal now cannot cut the final evaluation or checkpoint short.
-                if pending_metrics or pending_returns:
-                    self._log(pending_metrics, pending_returns, pending_lengths)
-                if stopped != "interrupted" and final_eval is None:
-                    final_eval = self._evaluate()
-                self._save_checkpoint()
-        finally:
-            progress.close()
-            self.logger.close()
-            self.env.close()
+                # Checkpoints sit right after a metrics row, so a resumed run rewrites nothing and loses nothing.
+                if logged and schedule.checkpoint_due(self.env_steps):
+                    self._save_checkpoint()
+                if signals["stop"]:
+                    stopped = "interrupted"
+                    break
+            # Still inside the signal guard: a signal now cannot cut the final evaluation or checkpoint short.
+            if window:
+                self._log(window.flush())
+            if stopped != "interrupted" and final_eval is None:
+                final_eval = self._evaluate()
+            self._save_checkpoint()
         return TrainResult(self.run_dir, self.env_steps, self._wall_time(), final_eval, stopped)
 
     # ------------------------------------------------------------------------------------------ pieces
+    def _announce(self) -> None:
+        """What is about to run, and the settings that would waste it, said before it starts."""
+        run = self.cfg.run
+        preset = f" with preset {run.preset}" if run.preset else ""
+        print(f"duetrl: training {run.algo} on {run.env_id}{preset} -> {self.run_dir}", file=sys.stderr)
+        for message in budget_warnings(self.cfg):
+            print(f"duetrl: warning: {message}", file=sys.stderr)
+
+    def _step(
+        self, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """``env.step``, its failure a TrainingError (the last good checkpoint is kept)."""
+        try:
+            return self.env.step(action)
+        except Exception as e:
+            raise TrainingError(f"the environment raised {type(e).__name__}: {e}") from e
+
+    def _update(self) -> dict[str, float]:
+        """One update of the agent, told how far the run is; its metrics, which must be finite."""
+        self.agent.set_progress(self.env_steps / self.cfg.run.steps)
+        metrics = self.agent.update()
+        self.updates += 1
+        bad = [key for key, value in metrics.items() if not math.isfinite(value)]
+        if bad:
+            raise TrainingError(
+                f"{', '.join(bad)} became {metrics[bad[0]]} at env step {self.env_steps}; the last good "
+                "checkpoint is kept (try a lower learning rate or max_grad_norm)"
+            )
+        return metrics
+
     def _wall_time(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start
 
-    def _log(self, metrics: dict[str, list[float]], returns: list[float], lengths: list[int]) -> None:
-        row: dict[str, Any] = {
-            "env_steps": self.env_steps,
-            "wall_time_s": round(self._wall_time(), 3),
-            "updates": self.updates,
-            "episodes": self.episodes,
-        }
-        if returns:
-            row["episode_return"] = float(np.mean(returns))
-            row["episode_length"] = float(np.mean(lengths))
-        row.update({key: float(np.mean(values)) for key, values in metrics.items()})
-        self.logger.write(row)
+    def _log(self, fields: dict[str, float]) -> None:
+        """A metrics row: where the run is, then ``fields``."""
+        where = {"env_steps": self.env_steps, "wall_time_s": round(self._wall_time(), 3)}
+        self.logger.write({**where, "updates": self.updates, "episodes": self.episodes, **fields})
 
     def _evaluate(self) -> EvalResult:
+        """Evaluate the current policy on held-out seeds, log it, and keep it as best.safetensors if it is."""
         run = self.cfg.run
         self.agent.train_mode(False)
         result = evaluate_policy(
@@ -240,26 +312,14 @@ class Trainer:
             device=self.device,
         )
         self.agent.train_mode(True)
-        self.logger.write(
-            {
-                "env_steps": self.env_steps,
-                "wall_time_s": round(self._wall_time(), 3),
-                "eval_return_mean": result.mean,
-                "eval_return_std": result.std,
-            }
-        )
+        where = {"env_steps": self.env_steps, "wall_time_s": round(self._wall_time(), 3)}
+        self.logger.write({**where, "eval_return_mean": result.mean, "eval_return_std": result.std})
         if result.mean > self.best_eval:
             self.best_eval = result.mean
             ckpt.save(ckpt.checkpoint_dir(self.run_dir) / "best.safetensors", self._state())
         return result
 
-    def _checkpoint_due(self) -> bool:
-        if self.env_steps >= self.next_checkpoint:
-            while self.next_checkpoint <= self.env_steps:
-                self.next_checkpoint += self.cfg.run.checkpoint_every
-            return True
-        return time.monotonic() - self.last_checkpoint_time >= self.cfg.run.checkpoint_seconds
-
+    # ------------------------------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
         return {
             "config": self.cfg.to_dict(),
@@ -268,9 +328,8 @@ class Trainer:
                 "env_steps": self.env_steps,
                 "updates": self.updates,
                 "episodes": self.episodes,
-                "wall_time_s": self._wall_time() if hasattr(self, "start") else self.elapsed_before,
+                "wall_time_s": self._wall_time(),
                 "best_eval": self.best_eval,
-                "next_eval": self.next_eval,
             },
             "spaces": space_signature(self.env.single_observation_space, self.env.single_action_space),
             "rng": ckpt.rng_state(),
@@ -282,34 +341,21 @@ class Trainer:
         path = ckpt.checkpoint_dir(self.run_dir) / f"step_{self.env_steps:012d}.safetensors"
         ckpt.save(path, self._state())
         ckpt.prune(self.run_dir, self.cfg.run.keep_checkpoints)
-        self.last_checkpoint_time = time.monotonic()
 
-    def _restore(self, state: dict[str, Any]) -> int:
-        """The saved run's counters, RNG and env state (the agent is already restored); returns its env step."""
+    def _restore(self, state: dict[str, Any]) -> torch.Tensor | None:
+        """The saved run's counters, RNG and env state (the agent is already restored); returns the envs'
+        observations, or None if their state could not be saved."""
         counters = state["counters"]
         self.env_steps, self.updates = int(counters["env_steps"]), int(counters["updates"])
         self.episodes, self.elapsed_before = int(counters["episodes"]), float(counters["wall_time_s"])
         self.best_eval = float(counters["best_eval"])
-        # The next evaluation follows from where the run is (the saved one may be past a final evaluation).
-        every = self.cfg.run.eval_every
-        self.next_eval = (self.env_steps // every + 1) * every if every > 0 else self.cfg.run.steps
         ckpt.set_rng_state(state["rng"])
         if state.get("env") is not None and state.get("obs") is not None:
             self.env.set_state(state["env"])
-            self.obs = state["obs"].to(self.obs_device)
-        else:
-            warnings.warn(
-                "this environment's state could not be saved: the resumed run starts new episodes here, so its "
-                "numbers will differ from a run that was never stopped",
-                stacklevel=2,
-            )
-        return self.env_steps
-
-
-def _check_finite(metrics: dict[str, float], env_steps: int) -> None:
-    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-    if bad:
-        raise TrainingError(
-            f"{', '.join(bad)} became {metrics[bad[0]]} at env step {env_steps}; the last good "
-            "checkpoint is kept (try a lower learning rate or max_grad_norm)"
+            return state["obs"].to(self.env.device)
+        warnings.warn(
+            "this environment's state could not be saved: the resumed run starts new episodes here, so its "
+            "numbers will differ from a run that was never stopped",
+            stacklevel=2,
         )
+        return None
