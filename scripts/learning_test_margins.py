@@ -3,7 +3,10 @@ both thread counts, so that each threshold can be set with a stated margin below
 
     .venv/bin/python scripts/learning_test_margins.py [--seeds 0 1 ... 9] [--cases ppo-pendulum sac-pendulum ...]
 
-Prints one line per case: the scores (mean return over the test's evaluation episodes) for each thread count,
+With two threads on a busy machine, set OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads that wait for a descheduled
+partner slow a run by orders of magnitude (the wait policy changes scheduling, not the arithmetic).
+
+Prints a line per run, then one line per case: the scores (mean return over the test's evaluation episodes) for each thread count,
 the worst, and the threshold's margin below it.
 """
 
@@ -35,6 +38,7 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     result = duetrl.train(**case.settings(seed, threads), run_dir=Path(tmp) / "run", quiet=True)
                 scores[(threads, seed)] = result.final_eval.mean
+                print(f"{name} threads {threads} seed {seed}: {result.final_eval.mean:.1f}", flush=True)
         worst = min(scores.values())
         lines = "; ".join(
             f"threads {t}: " + " ".join(f"{scores[(t, s)]:.0f}" for s in args.seeds) for t in args.threads

@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The learning tests also train with two torch threads; on a busy machine, OpenMP threads that spin while waiting for
+# a descheduled partner slow such a run by orders of magnitude. Passive waiting changes scheduling, not arithmetic.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,5 +1,19 @@
-"""One small learning test per algorithm: each fails if learning breaks (a random policy scores about
--1200 on Pendulum-v1 and about 20 on CartPole-v1). Budgets are cut from the shipped presets to stay fast."""
+"""One learning test per algorithm, built to pass on any machine, not only on the one that measured it.
+
+Training is chaotic in the low bits of floating point: another CPU, torch build or thread count gives another
+trajectory. So each case
+- trains the shipped preset at its full budget (whose 10-seed figures are in the README), on three seeds, and
+  asks two of them to reach the threshold: one unlucky seed cannot fail it, a broken algorithm fails all three;
+- runs with ``torch_threads`` 1 and 2, which reduce in a different order and so stand in for another CPU;
+- sets its threshold far below the worst of the distribution measured by ``scripts/learning_test_margins.py``
+  (seeds 0-9, both thread counts; the margin is stated beside each case), and far above an agent that learned
+  nothing: a random policy scores about -1,200 on Pendulum-v1 and about 22 on CartPole-v1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -8,30 +22,49 @@ import duetrl
 pytestmark = pytest.mark.learning
 
 
-@pytest.mark.parametrize(
-    ("algo", "steps", "threshold"),
-    [
-        ("ac", 150_000, -600.0),  # the Pendulum-v1/ac preset: GAE over parallel envs
-        ("a2c", 150_000, -600.0),
-        ("ppo", 40_000, -400.0),
-        ("sac", 2_000, -400.0),
-        ("td3", 3_000, -400.0),
-        ("ddpg", 3_000, -400.0),
-    ],
-)
-def test_learns_pendulum_with_gravity(algo, steps, threshold, tmp_path):
-    result = duetrl.train(
-        "Pendulum-v1", algo, steps=steps, seed=0, eval_every=0, eval_episodes=10, run_dir=tmp_path / "run", quiet=True
-    )
-    assert result.final_eval.mean >= threshold, f"{algo} scored {result.final_eval.mean:.0f} after {steps} steps"
+@dataclass(frozen=True)
+class Case:
+    env_id: str
+    algo: str
+    threshold: float
+    episodes: int = 20
+
+    def settings(self, seed: int, threads: int) -> dict[str, Any]:
+        """Keyword arguments for ``duetrl.train``: the env's preset, evaluated once at the end."""
+        return dict(
+            env_id=self.env_id,
+            algo=self.algo,
+            seed=seed,
+            torch_threads=threads,
+            eval_every=0,
+            eval_episodes=self.episodes,
+        )
 
 
-@pytest.mark.parametrize(("algo", "steps", "threshold"), [("ppo", 30_000, 300.0), ("a2c", 60_000, 150.0)])
-def test_learns_cartpole_discrete(algo, steps, threshold, tmp_path):
-    result = duetrl.train(
-        "CartPole-v1", algo, steps=steps, seed=0, eval_every=0, eval_episodes=10, run_dir=tmp_path / "run", quiet=True
-    )
-    assert result.final_eval.mean >= threshold, f"{algo} scored {result.final_eval.mean:.0f} after {steps} steps"
+# name -> case; beside each, the worst of 20 runs (seeds 0-9 x threads 1, 2; 20 evaluation episodes each), measured
+# by scripts/learning_test_margins.py, and the threshold's margin below it.
+CASES: dict[str, Case] = {
+    "ac-pendulum": Case("Pendulum-v1", "ac", -400.0),  # worst -179: margin 221
+    "a2c-cartpole": Case("CartPole-v1", "a2c", 300.0),  # worst 500 (all 20 runs): margin 200
+    "ppo-pendulum": Case("Pendulum-v1", "ppo", -400.0),  # worst -174: margin 226
+    "ppo-cartpole": Case("CartPole-v1", "ppo", 150.0),  # worst 251 (seed 1, threads 1; 19 runs at 500): margin 101
+    "sac-pendulum": Case("Pendulum-v1", "sac", -400.0),  # worst -157: margin 243
+    "td3-pendulum": Case("Pendulum-v1", "td3", -400.0),  # worst -812 (seed 7, threads 2; 18 runs >= -161): see README
+    "ddpg-pendulum": Case("Pendulum-v1", "ddpg", -400.0),  # worst -228 (seed 7, threads 2): margin 172
+}
+SEEDS = (0, 1, 2)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", list(CASES))
+def test_learns(name: str, threads: int, tmp_path) -> None:
+    case = CASES[name]
+    scores = [
+        duetrl.train(**case.settings(seed, threads), run_dir=tmp_path / f"s{seed}", quiet=True).final_eval.mean
+        for seed in SEEDS
+    ]
+    reached = sum(score >= case.threshold for score in scores)
+    assert reached >= 2, f"{name} (threads {threads}): seeds {SEEDS} scored {[round(s) for s in scores]}"
 
 
 def test_chapter_preset_learns_without_gravity(tmp_path):
