@@ -6,8 +6,8 @@ both thread counts, so that each threshold can be set with a stated margin below
 With two threads on a busy machine, set OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads that wait for a descheduled
 partner slow a run by orders of magnitude (the wait policy changes scheduling, not the arithmetic).
 
-Prints a line per run, then one line per case: the scores (mean return over the test's evaluation episodes) for each thread count,
-the worst, and the threshold's margin below it.
+Prints a line per run, then one line per case: the scores (mean return over the test's evaluation episodes) for
+each thread count, the worst, and the threshold's margin below it.
 """
 
 from __future__ import annotations
