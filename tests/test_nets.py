@@ -10,9 +10,10 @@ from torch import nn
 from torch.distributions import Normal
 
 from duetrl.algos.ac import ACConfig, ActorCritic
+from duetrl.algos.sac import SAC, SACConfig
 from duetrl.errors import UserError
 from duetrl.nets import CategoricalActor, GaussianActor, QCritic, ValueCritic
-from duetrl.policy import Policy
+from duetrl.policy import Policy, rescale
 
 OBS = gym.spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float32)
 ACT = gym.spaces.Box(np.array([-1.0, 0.0], dtype=np.float32), np.array([1.0, 2.0], dtype=np.float32))
@@ -105,6 +106,22 @@ def test_tanh_mapping_stays_inside_bounds():
     )
 
 
+def test_rescale_maps_the_unit_box_onto_the_bounds():
+    low, high = torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 2.0])
+    unit = torch.tensor([[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0], [0.5, -0.5]])
+    expected = torch.tensor([[-1.0, 0.0], [0.0, 1.0], [1.0, 2.0], [0.5, 0.5]])
+    torch.testing.assert_close(rescale(unit, low, high), expected)
+
+
+def test_the_tanh_policy_and_sac_map_actions_the_same_way():
+    # One mapping: SAC's tanh(u) in [-1, 1] is rescaled by the same function as the tanh policy's raw sample.
+    policy = Policy(OBS, ACT, HIDDEN, squash="tanh")
+    sac = SAC(SACConfig(actor_hidden=HIDDEN, buffer_size=256), OBS, ACT, 1, torch.device("cpu"))
+    sac.actor.load_state_dict(policy.actor.state_dict())
+    obs = torch.randn(16, 3)
+    assert torch.equal(policy.act(obs, deterministic=True), sac.act(obs, deterministic=True))
+
+
 @pytest.mark.parametrize("squash", ["clip", "tanh"])
 def test_sampled_actions_stay_inside_bounds(squash):
     policy = Policy(OBS, ACT, HIDDEN, squash=squash)
@@ -135,37 +152,74 @@ def test_deterministic_act_is_the_mean():
 def test_log_prob_and_entropy_shapes():
     policy = Policy(OBS, ACT, HIDDEN)
     obs = torch.randn(6, 3)
-    dist = policy.distribution(obs)
-    raw = dist.sample()
-    assert policy.log_prob(dist, raw).shape == (6,)
-    assert policy.entropy(dist).shape == (6,)
-    expected = Normal(dist.mean, dist.stddev).log_prob(raw).sum(-1)
-    torch.testing.assert_close(policy.log_prob(dist, raw), expected)
+    raw = policy.distribution(obs).sample()
+    log_prob, entropy, dist = policy.evaluate_actions(obs, raw)
+    assert log_prob.shape == entropy.shape == (6,)
+    torch.testing.assert_close(log_prob, Normal(dist.mean, dist.stddev).log_prob(raw).sum(-1))
+    torch.testing.assert_close(entropy, Normal(dist.mean, dist.stddev).entropy().sum(-1))
 
     discrete = Policy(OBS, gym.spaces.Discrete(4), HIDDEN)
-    dist = discrete.distribution(obs)
-    raw = dist.sample()
+    raw = discrete.distribution(obs).sample()
     assert raw.shape == (6,)
-    assert discrete.log_prob(dist, raw).shape == (6,)
-    assert discrete.entropy(dist).shape == (6,)
+    log_prob, entropy, dist = discrete.evaluate_actions(obs, raw)
+    assert log_prob.shape == entropy.shape == (6,)
+    torch.testing.assert_close(log_prob, dist.logits.gather(-1, raw[:, None])[:, 0])
     action = discrete.act(obs, deterministic=True)
     torch.testing.assert_close(action, discrete.actor(obs).argmax(-1))
 
 
-def _fixed_dist():
-    """A Normal with a fixed mean/std (as float32 for the policy, float64 as the reference)."""
-    mean = torch.tensor([[0.3, 1.5]])
-    std = torch.tensor([[0.5, 2.0]])
-    return Normal(mean, std), Normal(mean.double(), std.double())
+@pytest.mark.parametrize(
+    "act_space, kwargs",
+    [
+        (ACT, {"squash": "clip"}),
+        (ACT, {"squash": "clip", "clip_log_prob": True}),
+        (ACT, {"squash": "tanh"}),
+        (ACT, {"squash": "clip", "state_dependent_std": False, "log_std_init": 1.0}),
+        (gym.spaces.Discrete(4), {}),
+    ],
+    ids=["clip", "clip-clip_log_prob", "tanh", "clip-state-independent-std", "categorical"],
+)
+def test_log_prob_at_sampling_equals_evaluate_actions(act_space, kwargs):
+    # PPO's ratio divides the policy's probability of a stored raw action by the one recorded when it was sampled:
+    # with unchanged weights the two must agree, or the first ratio is not 1.
+    policy = Policy(OBS, act_space, HIDDEN, **kwargs)
+    if "state_dependent_std" not in kwargs and not policy.discrete:
+        with torch.no_grad():
+            policy.actor.log_std.bias.fill_(1.0)  # std e: many samples fall beyond the bounds
+    obs = torch.randn(512, 3)
+    raw, action, sampled = policy.sample(obs)
+    evaluated, _, _ = policy.evaluate_actions(obs, raw)
+    assert sampled.shape == evaluated.shape == (512,)
+    torch.testing.assert_close(sampled, evaluated, rtol=1e-5, atol=1e-5)
+    if kwargs.get("clip_log_prob"):  # the case covers clipped actions, which take the mass beyond the bound
+        clipped = ((raw <= policy.low) | (raw >= policy.high)).any(-1)
+        assert 0 < clipped.sum() < 512
+    if not policy.discrete:
+        torch.testing.assert_close(action, policy.to_env(raw))
+
+
+def _fixed_policy(**kwargs):
+    """A policy whose Gaussian has mean [0.3, 1.5] and std [0.5, 2.0] at every observation, and a float64
+    reference Normal of the same."""
+    policy = Policy(OBS, ACT, HIDDEN, **kwargs)
+    mean, std = torch.tensor([0.3, 1.5]), torch.tensor([0.5, 2.0])
+    with torch.no_grad():
+        for head, bias in ((policy.actor.mean, mean), (policy.actor.log_std, std.log())):
+            head.weight.zero_()
+            head.bias.copy_(bias)
+    return policy, Normal(mean.double(), std.double())
+
+
+def _log_prob(policy, raw):
+    return policy.evaluate_actions(torch.zeros(1, 3), torch.tensor([raw])).log_prob
 
 
 def test_clip_log_prob_uses_cdf_mass_at_the_bounds():
-    policy = Policy(OBS, ACT, HIDDEN, squash="clip", clip_log_prob=True)
-    dist, ref = _fixed_dist()
+    policy, ref = _fixed_policy(squash="clip", clip_log_prob=True)
     low, high = torch.tensor([-1.0, 0.0]).double(), torch.tensor([1.0, 2.0]).double()
-    below = ref.cdf(low[None]).log()[0]  # log P(raw <= low)
-    above = (1 - ref.cdf(high[None])).log()[0]  # log P(raw >= high)
-    density = lambda raw: ref.log_prob(torch.tensor([raw]).double())[0]  # noqa: E731
+    below = ref.cdf(low).log()  # log P(raw <= low)
+    above = (1 - ref.cdf(high)).log()  # log P(raw >= high)
+    density = lambda raw: ref.log_prob(torch.tensor(raw).double())  # noqa: E731
     cases = [
         ([-3.0, 5.0], below[0] + above[1]),  # below in dim 0, above in dim 1
         ([0.2, 0.0], density([0.2, 0.0])[0] + below[1]),  # inside; exactly at low
@@ -173,7 +227,7 @@ def test_clip_log_prob_uses_cdf_mass_at_the_bounds():
         ([0.0, 1.0], density([0.0, 1.0]).sum()),  # all inside: the plain density
     ]
     for raw, expected in cases:
-        got = policy.log_prob(dist, torch.tensor([raw]))
+        got = _log_prob(policy, raw)
         assert got.shape == (1,)
         assert got.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5), raw
 
@@ -182,19 +236,17 @@ def test_clip_log_prob_uses_cdf_mass_at_the_bounds():
     "kwargs", [{"squash": "clip", "clip_log_prob": False}, {"squash": "tanh", "clip_log_prob": True}]
 )
 def test_without_clip_log_prob_the_density_is_used_beyond_bounds(kwargs):
-    policy = Policy(OBS, ACT, HIDDEN, **kwargs)
-    dist, ref = _fixed_dist()
-    raw = torch.tensor([[-3.0, 5.0]])
-    expected = ref.log_prob(raw.double()).sum().item()
-    assert policy.log_prob(dist, raw).item() == pytest.approx(expected, rel=1e-5)
+    policy, ref = _fixed_policy(**kwargs)
+    raw = [-3.0, 5.0]
+    expected = ref.log_prob(torch.tensor(raw).double()).sum().item()
+    assert _log_prob(policy, raw).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_clip_log_prob_has_gradient_to_mean_and_std():
     policy = Policy(OBS, ACT, HIDDEN, clip_log_prob=True)
     obs = torch.randn(8, 3)
-    dist = policy.distribution(obs)
     raw = torch.full((8, 2), 10.0)  # every action clipped at the upper bound
-    policy.log_prob(dist, raw).sum().backward()
+    policy.evaluate_actions(obs, raw).log_prob.sum().backward()
     assert policy.actor.mean.weight.grad.abs().sum() > 0
     assert policy.actor.log_std.weight.grad.abs().sum() > 0
 
@@ -211,9 +263,8 @@ def _agent(act_space=ACT, **overrides):
 def test_log_prob_gradients_reach_actor_not_critic(state_dependent_std):
     agent = _agent(state_dependent_std=state_dependent_std)
     obs = torch.randn(10, 3)
-    dist = agent.policy.distribution(obs)
-    raw = dist.sample()
-    agent.policy.log_prob(dist, raw).mean().backward()
+    raw = agent.policy.distribution(obs).sample()
+    agent.policy.evaluate_actions(obs, raw).log_prob.mean().backward()
     for name, p in agent.policy.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     for name, p in agent.critic.named_parameters():

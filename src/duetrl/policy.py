@@ -1,19 +1,25 @@
 """A stochastic policy that knows its action space: sampling, log-probabilities and env actions.
 
 Continuous actions: a Gaussian over an unbounded ``raw`` action, mapped to the env's bounds either by clipping
-(the chapter) or by a tanh squash. The log-probability is always of ``raw``; with clipping it can optionally
-account for the clipping (``clip_log_prob``: the probability mass beyond a bound, as in Fujita & Maeda 2018,
-"Clipped Action Policy Gradient"), which fixes the chapter's log-prob of an action the env never saw.
+(the chapter) or by a tanh squash (:func:`to_bounds`). The log-probability is always of ``raw``; with clipping it
+can optionally account for the clipping (``clip_log_prob``: the probability mass beyond a bound, as in Fujita &
+Maeda 2018, "Clipped Action Policy Gradient"), which fixes the chapter's log-prob of an action the env never saw.
 Discrete actions: a categorical; ``raw`` is the action index.
+
+Written once here and used by every algorithm: the diagonal Gaussian's log-density (:func:`gaussian_log_density`,
+also SAC's), the tanh squash's change of variables (:func:`tanh_log_det`) and the map from the policy's output to
+the env's bounds (:func:`to_bounds`, :func:`rescale`; also the off-policy agents').
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import gymnasium as gym
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 from torch.special import log_ndtr
@@ -22,6 +28,41 @@ from duetrl.errors import UserError
 from duetrl.nets import CategoricalActor, GaussianActor, last_linear, orthogonal_init
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+LOG_2 = math.log(2)
+
+
+def gaussian_log_density(noise: Tensor, log_std: Tensor) -> Tensor:
+    """log N(x | mean, std) per dimension ``[..., act_dim]`` at x = mean + std * noise: the diagonal Gaussian's
+    log-density, summed over the last dimension by the caller. Taking the standardised ``noise`` rather than x
+    makes it exact at sampling, where the noise is known."""
+    return -0.5 * noise.pow(2) - log_std - HALF_LOG_2PI
+
+
+def tanh_log_det(raw: Tensor) -> Tensor:
+    """log |d tanh(raw) / d raw| per dimension: the change of variables of the tanh squash, in the numerically
+    stable form log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u))."""
+    return 2 * (LOG_2 - raw - F.softplus(-2 * raw))
+
+
+def rescale(unit: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """Actions in [-1, 1] mapped linearly onto the box [low, high]."""
+    return (high + low) / 2 + (high - low) / 2 * unit
+
+
+def to_bounds(raw: Tensor, low: Tensor, high: Tensor, bound_by: str) -> Tensor:
+    """A raw sample as an action in the box [low, high]: clipped (``bound_by="clip"``), or squashed into (-1, 1)
+    by tanh and rescaled (``"tanh"``)."""
+    if bound_by == "tanh":
+        return rescale(torch.tanh(raw), low, high)
+    return torch.maximum(torch.minimum(raw, high), low)
+
+
+class Evaluation(NamedTuple):
+    """What the policy says of given raw actions at given observations (see :meth:`Policy.evaluate_actions`)."""
+
+    log_prob: Tensor  # log pi(raw | s), summed over action dimensions: [B]
+    entropy: Tensor  # of the distribution over raw actions (before clipping or squashing): [B]
+    dist: Distribution  # torch's Normal (per dimension) or Categorical, for its mean, stddev or probs
 
 
 def space_dims(obs_space: gym.Space, act_space: gym.Space) -> tuple[int, int, bool]:
@@ -93,36 +134,34 @@ class Policy(nn.Module):
         mean, log_std = self.actor(obs)
         noise = torch.randn_like(mean)
         raw = mean + log_std.exp() * noise
-        if self.clip_log_prob and self.squash == "clip":
-            log_prob = self.log_prob(Normal(mean, log_std.exp(), validate_args=False), raw)
-        else:
-            log_prob = (-0.5 * noise.pow(2) - log_std - HALF_LOG_2PI).sum(-1)
-        return raw, self.to_env(raw), log_prob
+        return raw, self.to_env(raw), self._log_prob(mean, log_std, raw, noise)
 
-    def to_env(self, raw: Tensor) -> Tensor:
-        """The action the environment receives for a raw sample."""
+    def evaluate_actions(self, obs: Tensor, raw: Tensor) -> Evaluation:
+        """log pi(raw | s), the entropy and the distribution at ``obs`` for raw actions sampled earlier (by
+        :meth:`sample`, perhaps with older weights): what PPO's ratio and the actor-critic's gradient need."""
         if self.discrete:
-            return raw
-        if self.squash == "tanh":
-            return self.low + (torch.tanh(raw) + 1.0) * 0.5 * (self.high - self.low)
-        return torch.maximum(torch.minimum(raw, self.high), self.low)
+            dist = self.actor.dist(obs)
+            return Evaluation(dist.log_prob(raw), dist.entropy(), dist)
+        mean, log_std = self.actor(obs)
+        std = log_std.exp()
+        dist = Normal(mean, std, validate_args=False)
+        log_prob = self._log_prob(mean, log_std, raw, (raw - mean) / std)
+        return Evaluation(log_prob, dist.entropy().sum(-1), dist)
 
-    def log_prob(self, dist: Distribution, raw: Tensor) -> Tensor:
-        """log pi(raw | s), summed over action dimensions: ``[B]``."""
-        if self.discrete:
-            return dist.log_prob(raw)
-        assert isinstance(dist, Normal)
-        log_prob = dist.log_prob(raw)
+    def _log_prob(self, mean: Tensor, log_std: Tensor, raw: Tensor, noise: Tensor) -> Tensor:
+        """log pi(raw | s) ``[B]`` of the Gaussian, for raw = mean + std * noise; with ``clip_log_prob``, the
+        log of the probability mass beyond a bound for a raw action the clipping moved onto it."""
+        log_prob = gaussian_log_density(noise, log_std)  # [B, act_dim]
         if self.clip_log_prob and self.squash == "clip":
-            below = log_ndtr((self.low - dist.mean) / dist.stddev)
-            above = log_ndtr((dist.mean - self.high) / dist.stddev)
+            std = log_std.exp()
+            below = log_ndtr((self.low - mean) / std)
+            above = log_ndtr((mean - self.high) / std)
             log_prob = torch.where(raw <= self.low, below, torch.where(raw >= self.high, above, log_prob))
         return log_prob.sum(-1)
 
-    def entropy(self, dist: Distribution) -> Tensor:
-        """Entropy of the (unsquashed) distribution: ``[B]``."""
-        entropy = dist.entropy()
-        return entropy if self.discrete else entropy.sum(-1)
+    def to_env(self, raw: Tensor) -> Tensor:
+        """The action the environment receives for a raw sample."""
+        return raw if self.discrete else to_bounds(raw, self.low, self.high, self.squash)
 
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:

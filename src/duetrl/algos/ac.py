@@ -147,9 +147,8 @@ class ActorCritic(OnPolicyAgent):
         advantages = values.detach() if cfg.critic == "q" else targets - values.detach()
         if cfg.normalize_advantage:
             advantages = normalize(advantages)
-        dist = self.policy.distribution(obs)
-        log_prob = self.policy.log_prob(dist, raw)  # [T, N]
-        entropy = self.policy.entropy(dist).mean()
+        log_prob, entropy, dist = self.policy.evaluate_actions(obs, raw)  # [T, N] each
+        entropy = entropy.mean()
         actor_loss = -(log_prob * advantages).mean() - cfg.ent_coef * entropy
 
         actor_grad = clip_and_step(self.optimizers["actor"], actor_loss, self.actor_params, cfg.max_grad_norm)

@@ -17,7 +17,7 @@ from duetrl.config import RunConfig
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS, EnsembleQ
 from duetrl.noise import ColoredNoise, OrnsteinUhlenbeckNoise
-from duetrl.policy import space_dims
+from duetrl.policy import rescale, space_dims
 from duetrl.validate import check_choice, check_range, check_widths
 
 
@@ -125,11 +125,10 @@ class OffPolicyAgent(Agent):
         self.obs_dim, self.act_dim, discrete = space_dims(obs_space, act_space)
         if discrete:
             raise UserError(f"--algo {self.name} needs a continuous (Box) action space, not {act_space}")
-        low = torch.as_tensor(act_space.low, dtype=torch.float32, device=device)
-        high = torch.as_tensor(act_space.high, dtype=torch.float32, device=device)
-        if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+        self.low = torch.as_tensor(act_space.low, dtype=torch.float32, device=device)
+        self.high = torch.as_tensor(act_space.high, dtype=torch.float32, device=device)
+        if not (torch.isfinite(self.low).all() and torch.isfinite(self.high).all()):
             raise UserError(f"--algo {self.name} needs a bounded action space, not {act_space}")
-        self.action_center, self.action_scale = (high + low) / 2, (high - low) / 2
         self.buffer = ReplayBuffer(cfg.buffer_size, self.obs_dim, self.act_dim, device)
         # A config that never went through config.resolve (no budget known) keeps the paper's warm-up.
         self.learning_starts = cfg.PAPER_LEARNING_STARTS if cfg.learning_starts is None else cfg.learning_starts
@@ -165,9 +164,6 @@ class OffPolicyAgent(Agent):
     def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:
         """Actions in [-1, 1] of the learned policy."""
 
-    def to_env(self, action: Tensor) -> Tensor:
-        return self.action_center + self.action_scale * action
-
     @torch.no_grad()
     def explore(self, obs: Tensor, env_steps: int) -> Decision:
         obs = obs.to(self.device)
@@ -175,7 +171,7 @@ class OffPolicyAgent(Agent):
             action = torch.rand(obs.shape[0], self.act_dim, device=self.device) * 2 - 1
         else:
             action = self.exploration_action(obs)
-        return Decision(env_steps, self.to_env(action), {"obs": obs, "action": action})
+        return Decision(env_steps, rescale(action, self.low, self.high), {"obs": obs, "action": action})
 
     def observe(
         self, decision: Decision, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor
@@ -195,7 +191,7 @@ class OffPolicyAgent(Agent):
 
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         with torch.no_grad():
-            return self.to_env(self.policy_action(obs.to(self.device), deterministic))
+            return rescale(self.policy_action(obs.to(self.device), deterministic), self.low, self.high)
 
     # ------------------------------------------------------------------------------------------ learning
     @abstractmethod

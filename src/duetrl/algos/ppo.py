@@ -138,8 +138,7 @@ class PPO(OnPolicyAgent):
             shuffled = {k: v[order] for k, v in flat.items()}  # one gather per epoch; minibatches are views
             for start in range(0, size, cfg.minibatch_size):
                 mb = {k: v[start : start + cfg.minibatch_size] for k, v in shuffled.items()}
-                dist = self.policy.distribution(mb["obs"])
-                log_prob = self.policy.log_prob(dist, mb["raw"])
+                log_prob, entropy, dist = self.policy.evaluate_actions(mb["obs"], mb["raw"])
                 log_ratio = log_prob - mb["log_prob"]
                 ratio = log_ratio.exp()
                 adv = normalize(mb["advantages"]) if cfg.normalize_advantage else mb["advantages"]
@@ -152,7 +151,7 @@ class PPO(OnPolicyAgent):
                     clipped = mb["values"] + (value - mb["values"]).clamp(-cfg.clip_vf, cfg.clip_vf)
                     value_loss = torch.max(value_loss, (clipped - mb["returns"]).pow(2))
                 value_loss = 0.5 * value_loss.mean()
-                entropy = self.policy.entropy(dist).mean()
+                entropy = entropy.mean()
                 loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
                 clip_and_step(optimizer, loss, optimizer.param_groups[0]["params"], cfg.max_grad_norm)
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from duetrl.algos.base import clip_and_step, linear_schedule
@@ -25,6 +24,7 @@ from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, averaged_ten
 from duetrl.errors import UserError
 from duetrl.nets import GaussianActor
 from duetrl.optim import adam
+from duetrl.policy import gaussian_log_density, tanh_log_det
 from duetrl.validate import check_range
 
 
@@ -52,15 +52,13 @@ def squashed_sample(
     actor: GaussianActor, obs: Tensor, deterministic: bool = False, noise: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """(a = tanh(u), log pi(a|s)) with u = mean + std * noise, the noise white unless given (coloured noise for
-    exploration). The change-of-variables correction log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)) is the
-    numerically stable form."""
+    exploration): the Gaussian's log-density of u less the tanh squash's change of variables."""
     mean, log_std = actor(obs)
     if deterministic:
         return torch.tanh(mean), torch.zeros(mean.shape[:-1], device=mean.device)
     noise = torch.randn_like(mean) if noise is None else noise
     u = mean + log_std.exp() * noise
-    log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-    log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
+    log_prob = gaussian_log_density(noise, log_std).sum(-1) - tanh_log_det(u).sum(-1)
     return torch.tanh(u), log_prob
 
 
