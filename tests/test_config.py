@@ -8,10 +8,14 @@ import torch
 import yaml
 
 import duetrl
-from duetrl.algos.ac import ACConfig
+from duetrl.algos.ac import ACConfig, ActorCritic
 from duetrl.api import resolve
-from duetrl.config import RunConfig, budget_warnings, list_presets, parse_assignments
+from duetrl.config import RunConfig, budget_warnings, ignored_settings_warnings, list_presets, parse_assignments
+from duetrl.envs.native import Pendulum
 from duetrl.errors import UserError
+from duetrl.policy import PolicyConfig
+
+PENDULUM_SPACES = (Pendulum(1).single_observation_space, Pendulum(1).single_action_space)
 
 
 def test_defaults_without_preset():
@@ -220,6 +224,104 @@ def test_borderline_budgets_give_no_budget_warning():
     assert warnings_for("ppo", steps=2_048, num_envs=4, num_steps=512, eval_every=0) == []  # one rollout fits
     assert warnings_for("ppo", steps=2_045, num_envs=4, num_steps=512, eval_every=0) == []  # 512 rounds of 4 envs
     assert warnings_for("ppo", num_steps=64, minibatch_size=64) == []  # one minibatch, as asked
+
+
+# ------------------------------------------------------------------------------------------ ignored settings
+
+
+def ignored_for(algo, preset="none", **settings):
+    cfg, _ = resolve("Pendulum-v1", algo, preset, overrides=settings)
+    return ignored_settings_warnings(cfg)
+
+
+@pytest.mark.parametrize(
+    "algo, settings, match",
+    [
+        (
+            "td3",
+            {"noise_beta": 0.5},
+            "noise_beta=0.5 is ignored: .*only with noise_type=colored, and noise_type=gaussian",
+        ),
+        ("td3", {"noise_type": "ou", "noise_length": 500}, "noise_length=500 is ignored: .*noise_type=colored"),
+        ("td3", {"ou_theta": 0.3}, "ou_theta=0.3 is ignored: .*only with noise_type=ou"),
+        ("ddpg", {"target_noise_clip": 0.3}, "target_noise_clip=0.3 is ignored: .*target_noise=0"),
+        ("sac", {"noise_length": 500}, "noise_length=500 is ignored: .*noise_beta=0"),
+        ("sac", {"autotune_alpha": False, "alpha_lr": 1e-3}, "alpha_lr=0.001 is ignored: .*autotune_alpha is false"),
+        ("sac", {"autotune_alpha": False, "target_entropy": -2}, "target_entropy=-2.0 is ignored"),
+        ("ac", {"gae_lambda": 0.9}, "gae_lambda=0.9 is ignored: .*only with advantage=gae, and advantage=mc"),
+        ("ac", {"advantage": "td", "nstep": 3}, "nstep=3 is ignored: .*only with advantage=nstep, and advantage=td"),
+        ("a2c", {"nstep": 3}, "nstep=3 is ignored: .*advantage=gae"),
+        ("ac", {"squash": "tanh", "clip_log_prob": True}, "clip_log_prob=True is ignored: .*squash=tanh"),
+        ("ac", {"log_std_init": -1.0}, "log_std_init=-1.0 is ignored: .*state_dependent_std is true"),
+        ("ppo", {"state_dependent_std": True, "log_std_init": -1.0}, "log_std_init=-1.0 is ignored"),
+    ],
+)
+def test_ignored_settings_warnings(algo, settings, match):
+    found = ignored_for(algo, **settings)
+    assert len(found) == 1 and re.search(match, found[0]), found
+    assert found[0][0].islower() and "\n" not in found[0]  # one sentence, printed after "duetrl: warning: "
+
+
+@pytest.mark.parametrize(
+    "algo, settings",
+    [
+        ("td3", {"noise_type": "colored", "noise_beta": 0.5, "noise_length": 500}),
+        ("td3", {"noise_type": "ou", "ou_theta": 0.3}),
+        ("td3", {"target_noise_clip": 0.3}),  # TD3 smooths its target: the clip applies
+        ("sac", {"noise_beta": 1.0, "noise_length": 500}),
+        ("sac", {"alpha_lr": 1e-3, "target_entropy": -2}),
+        ("ac", {"advantage": "gae", "gae_lambda": 0.9}),
+        ("ac", {"advantage": "nstep", "nstep": 3}),
+        ("ac", {"advantage": "td"}),  # gae_lambda and nstep ignored, but left at their defaults: nothing to say
+        ("ac", {"clip_log_prob": True}),
+        ("ac", {"state_dependent_std": False, "log_std_init": -1.0}),
+        ("a2c", {"gae_lambda": 0.9}),
+        ("ppo", {"log_std_init": -1.0}),
+    ],
+)
+def test_settings_in_effect_give_no_ignored_warning(algo, settings):
+    assert ignored_for(algo, **settings) == []
+
+
+@pytest.mark.parametrize("row", list_presets(), ids=lambda r: f"{r['env']}/{r['algo']}/{r['name']}")
+def test_no_shipped_preset_sets_what_it_ignores(row):
+    env_id = "Pendulum-v1" if row["env"] == "any" else row["env"]
+    cfg, _ = resolve(env_id, row["algo"], row["name"])
+    assert ignored_settings_warnings(cfg) == []
+
+
+def test_training_says_which_settings_it_ignores(tmp_path, capsys):
+    duetrl.train(
+        "Pendulum-v1",
+        "td3",
+        preset="none",
+        run_dir=tmp_path / "run",
+        quiet=True,
+        steps=20,
+        learning_starts=10,
+        eval_every=0,
+        eval_episodes=1,
+        noise_beta=0.5,
+    )
+    err = capsys.readouterr().err
+    assert "duetrl: warning: noise_beta=0.5 is ignored" in err
+
+
+def test_policy_keys_reach_the_policy_whole():
+    cfg, _ = resolve(
+        "Pendulum-v1",
+        "ac",
+        "none",
+        overrides={"hidden": [32], "activation": "tanh", "squash": "tanh", "log_std_min": -5.0, "ortho_init": True},
+    )
+    expected = PolicyConfig(hidden=(32,), activation="tanh", log_std_min=-5.0, bound_by="tanh", ortho_init=True)
+    assert cfg.algo.policy_config() == expected
+    agent = ActorCritic(cfg.algo, *PENDULUM_SPACES, 1, torch.device("cpu"))
+    assert agent.policy.config == expected
+    ppo, _ = resolve("Pendulum-v1", "ppo", "none", overrides={"squash": "tanh"})
+    assert ppo.algo.policy_config().bound_by == "tanh" and not ppo.algo.policy_config().clip_log_prob
+    sac, _ = resolve("Pendulum-v1", "sac", "none", overrides={"actor_hidden": [48], "critic_hidden": [16]})
+    assert sac.algo.policy_config().hidden == (48,) and sac.algo.policy_config().bound_by == "tanh"
 
 
 # ------------------------------------------------------------------------------------------ off-policy warm-up

@@ -13,11 +13,15 @@ from duetrl.algos.ac import ACConfig, ActorCritic
 from duetrl.algos.sac import SAC, SACConfig
 from duetrl.errors import UserError
 from duetrl.nets import CategoricalActor, GaussianActor, QCritic, ValueCritic
-from duetrl.policy import Policy, rescale
+from duetrl.policy import Policy, PolicyConfig, rescale
 
 OBS = gym.spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float32)
 ACT = gym.spaces.Box(np.array([-1.0, 0.0], dtype=np.float32), np.array([1.0, 2.0], dtype=np.float32))
 HIDDEN = [16, 16]
+
+
+def make_policy(act_space=ACT, **settings):
+    return Policy(OBS, act_space, PolicyConfig(hidden=tuple(HIDDEN), **settings))
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +37,7 @@ def linears(module):
 
 
 def test_gaussian_actor_shapes():
-    actor = GaussianActor(3, 2, HIDDEN)
+    actor = GaussianActor(3, 2, hidden=HIDDEN)
     mean, log_std = actor(torch.randn(5, 3))
     assert mean.shape == log_std.shape == (5, 2)
     mean, log_std = actor(torch.randn(4, 6, 3))  # [T, N, obs]
@@ -44,7 +48,7 @@ def test_gaussian_actor_shapes():
 
 @pytest.mark.parametrize("bias, expected", [(100.0, 2.0), (-100.0, -20.0)])
 def test_gaussian_log_std_is_clamped(bias, expected):
-    actor = GaussianActor(3, 2, HIDDEN)
+    actor = GaussianActor(3, 2, hidden=HIDDEN)
     with torch.no_grad():
         actor.log_std.weight.zero_()
         actor.log_std.bias.fill_(bias)
@@ -54,7 +58,7 @@ def test_gaussian_log_std_is_clamped(bias, expected):
 
 
 def test_state_independent_std():
-    actor = GaussianActor(3, 2, HIDDEN, state_dependent_std=False, log_std_init=-0.5)
+    actor = GaussianActor(3, 2, hidden=HIDDEN, state_dependent_std=False, log_std_init=-0.5)
     assert not hasattr(actor, "log_std")
     _, log_std = actor(torch.randn(6, 3) * 10)
     assert log_std.shape == (6, 2)
@@ -65,7 +69,7 @@ def test_state_independent_std():
 
 
 def test_categorical_actor():
-    actor = CategoricalActor(4, 3, HIDDEN)
+    actor = CategoricalActor(4, 3, hidden=HIDDEN)
     obs = torch.randn(5, 4)
     logits = actor(obs)
     assert logits.shape == (5, 3)
@@ -75,10 +79,10 @@ def test_categorical_actor():
 
 
 def test_critic_shapes():
-    v = ValueCritic(3, HIDDEN)
+    v = ValueCritic(3, hidden=HIDDEN)
     assert v(torch.randn(5, 3)).shape == (5,)
     assert v(torch.randn(4, 2, 3)).shape == (4, 2)
-    q = QCritic(3, 2, HIDDEN)
+    q = QCritic(3, 2, hidden=HIDDEN)
     assert q(torch.randn(5, 3), torch.randn(5, 2)).shape == (5,)
     assert q(torch.randn(4, 2, 3), torch.randn(4, 2, 2)).shape == (4, 2)
 
@@ -87,14 +91,14 @@ def test_critic_shapes():
 
 
 def test_clip_mapping_clamps_to_bounds():
-    policy = Policy(OBS, ACT, HIDDEN, squash="clip")
+    policy = make_policy(bound_by="clip")
     raw = torch.tensor([[-100.0, -100.0], [0.5, 1.5], [100.0, 100.0]])
     env = policy.to_env(raw)
     torch.testing.assert_close(env, torch.tensor([[-1.0, 0.0], [0.5, 1.5], [1.0, 2.0]]))
 
 
 def test_tanh_mapping_stays_inside_bounds():
-    policy = Policy(OBS, ACT, HIDDEN, squash="tanh")
+    policy = make_policy(bound_by="tanh")
     raw = torch.linspace(-50, 50, 101)[:, None].expand(101, 2)
     env = policy.to_env(raw)
     assert torch.all(env >= policy.low) and torch.all(env <= policy.high)
@@ -115,16 +119,16 @@ def test_rescale_maps_the_unit_box_onto_the_bounds():
 
 def test_the_tanh_policy_and_sac_map_actions_the_same_way():
     # One mapping: SAC's tanh(u) in [-1, 1] is rescaled by the same function as the tanh policy's raw sample.
-    policy = Policy(OBS, ACT, HIDDEN, squash="tanh")
+    policy = make_policy(bound_by="tanh")
     sac = SAC(SACConfig(actor_hidden=HIDDEN, buffer_size=256), OBS, ACT, 1, torch.device("cpu"))
     sac.actor.load_state_dict(policy.actor.state_dict())
     obs = torch.randn(16, 3)
     assert torch.equal(policy.act(obs, deterministic=True), sac.act(obs, deterministic=True))
 
 
-@pytest.mark.parametrize("squash", ["clip", "tanh"])
-def test_sampled_actions_stay_inside_bounds(squash):
-    policy = Policy(OBS, ACT, HIDDEN, squash=squash)
+@pytest.mark.parametrize("bound_by", ["clip", "tanh"])
+def test_sampled_actions_stay_inside_bounds(bound_by):
+    policy = make_policy(bound_by=bound_by)
     with torch.no_grad():
         policy.actor.log_std.bias.fill_(2.0)  # std e^2: most samples fall outside the box
     obs = torch.randn(500, 3)
@@ -136,11 +140,11 @@ def test_sampled_actions_stay_inside_bounds(squash):
 def test_tanh_needs_bounded_space():
     unbounded = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
     with pytest.raises(UserError):
-        Policy(OBS, unbounded, HIDDEN, squash="tanh")
+        make_policy(unbounded, bound_by="tanh")
 
 
 def test_deterministic_act_is_the_mean():
-    policy = Policy(OBS, ACT, HIDDEN)
+    policy = make_policy()
     obs = torch.randn(4, 3)
     mean, _ = policy.actor(obs)
     torch.testing.assert_close(policy.act(obs, deterministic=True), policy.to_env(mean))
@@ -150,7 +154,7 @@ def test_deterministic_act_is_the_mean():
 
 
 def test_log_prob_and_entropy_shapes():
-    policy = Policy(OBS, ACT, HIDDEN)
+    policy = make_policy()
     obs = torch.randn(6, 3)
     raw = policy.distribution(obs).sample()
     log_prob, entropy, dist = policy.evaluate_actions(obs, raw)
@@ -158,7 +162,7 @@ def test_log_prob_and_entropy_shapes():
     torch.testing.assert_close(log_prob, Normal(dist.mean, dist.stddev).log_prob(raw).sum(-1))
     torch.testing.assert_close(entropy, Normal(dist.mean, dist.stddev).entropy().sum(-1))
 
-    discrete = Policy(OBS, gym.spaces.Discrete(4), HIDDEN)
+    discrete = make_policy(gym.spaces.Discrete(4))
     raw = discrete.distribution(obs).sample()
     assert raw.shape == (6,)
     log_prob, entropy, dist = discrete.evaluate_actions(obs, raw)
@@ -171,10 +175,10 @@ def test_log_prob_and_entropy_shapes():
 @pytest.mark.parametrize(
     "act_space, kwargs",
     [
-        (ACT, {"squash": "clip"}),
-        (ACT, {"squash": "clip", "clip_log_prob": True}),
-        (ACT, {"squash": "tanh"}),
-        (ACT, {"squash": "clip", "state_dependent_std": False, "log_std_init": 1.0}),
+        (ACT, {"bound_by": "clip"}),
+        (ACT, {"bound_by": "clip", "clip_log_prob": True}),
+        (ACT, {"bound_by": "tanh"}),
+        (ACT, {"bound_by": "clip", "state_dependent_std": False, "log_std_init": 1.0}),
         (gym.spaces.Discrete(4), {}),
     ],
     ids=["clip", "clip-clip_log_prob", "tanh", "clip-state-independent-std", "categorical"],
@@ -182,7 +186,7 @@ def test_log_prob_and_entropy_shapes():
 def test_log_prob_at_sampling_equals_evaluate_actions(act_space, kwargs):
     # PPO's ratio divides the policy's probability of a stored raw action by the one recorded when it was sampled:
     # with unchanged weights the two must agree, or the first ratio is not 1.
-    policy = Policy(OBS, act_space, HIDDEN, **kwargs)
+    policy = make_policy(act_space, **kwargs)
     if "state_dependent_std" not in kwargs and not policy.discrete:
         with torch.no_grad():
             policy.actor.log_std.bias.fill_(1.0)  # std e: many samples fall beyond the bounds
@@ -201,7 +205,7 @@ def test_log_prob_at_sampling_equals_evaluate_actions(act_space, kwargs):
 def _fixed_policy(**kwargs):
     """A policy whose Gaussian has mean [0.3, 1.5] and std [0.5, 2.0] at every observation, and a float64
     reference Normal of the same."""
-    policy = Policy(OBS, ACT, HIDDEN, **kwargs)
+    policy = make_policy(**kwargs)
     mean, std = torch.tensor([0.3, 1.5]), torch.tensor([0.5, 2.0])
     with torch.no_grad():
         for head, bias in ((policy.actor.mean, mean), (policy.actor.log_std, std.log())):
@@ -215,7 +219,7 @@ def _log_prob(policy, raw):
 
 
 def test_clip_log_prob_uses_cdf_mass_at_the_bounds():
-    policy, ref = _fixed_policy(squash="clip", clip_log_prob=True)
+    policy, ref = _fixed_policy(bound_by="clip", clip_log_prob=True)
     low, high = torch.tensor([-1.0, 0.0]).double(), torch.tensor([1.0, 2.0]).double()
     below = ref.cdf(low).log()  # log P(raw <= low)
     above = (1 - ref.cdf(high)).log()  # log P(raw >= high)
@@ -233,7 +237,7 @@ def test_clip_log_prob_uses_cdf_mass_at_the_bounds():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"squash": "clip", "clip_log_prob": False}, {"squash": "tanh", "clip_log_prob": True}]
+    "kwargs", [{"bound_by": "clip", "clip_log_prob": False}, {"bound_by": "tanh", "clip_log_prob": True}]
 )
 def test_without_clip_log_prob_the_density_is_used_beyond_bounds(kwargs):
     policy, ref = _fixed_policy(**kwargs)
@@ -243,7 +247,7 @@ def test_without_clip_log_prob_the_density_is_used_beyond_bounds(kwargs):
 
 
 def test_clip_log_prob_has_gradient_to_mean_and_std():
-    policy = Policy(OBS, ACT, HIDDEN, clip_log_prob=True)
+    policy = make_policy(clip_log_prob=True)
     obs = torch.randn(8, 3)
     raw = torch.full((8, 2), 10.0)  # every action clipped at the upper bound
     policy.evaluate_actions(obs, raw).log_prob.sum().backward()
@@ -313,8 +317,8 @@ def _is_orthogonal(weight, gain):
 
 
 def test_orthogonal_init_option():
-    plain = Policy(OBS, ACT, HIDDEN, ortho_init=False)
-    ortho = Policy(OBS, ACT, HIDDEN, ortho_init=True)
+    plain = make_policy(ortho_init=False)
+    ortho = make_policy(ortho_init=True)
     trunk = linears(ortho.actor.trunk)
     assert len(trunk) == 2
     for layer in trunk:
@@ -326,7 +330,7 @@ def test_orthogonal_init_option():
     assert not any(_is_orthogonal(layer.weight, math.sqrt(2)) for layer in linears(plain.actor.trunk))
     assert any(layer.bias.abs().sum() > 0 for layer in linears(plain.actor))
 
-    discrete = Policy(OBS, gym.spaces.Discrete(4), HIDDEN, ortho_init=True)
+    discrete = make_policy(gym.spaces.Discrete(4), ortho_init=True)
     layers = linears(discrete.actor)
     assert all(_is_orthogonal(layer.weight, math.sqrt(2)) for layer in layers[:-1])
     assert _is_orthogonal(layers[-1].weight, 0.01)

@@ -278,11 +278,12 @@ def rollout_throughput(
     import torch
 
     from duetrl.envs import make
-    from duetrl.policy import Policy
+    from duetrl.policy import Policy, PolicyConfig
 
     torch.set_num_threads(1)
     env = make(env_id, num_envs, backend=backend)
-    policy = Policy(env.single_observation_space, env.single_action_space, [64, 64], "tanh", False)
+    config = PolicyConfig(hidden=(64, 64), activation="tanh", state_dependent_std=False)
+    policy = Policy(env.single_observation_space, env.single_action_space, config)
     obs, _ = env.reset(seed=0)
     with torch.inference_mode():
         for i in range(steps + 10):

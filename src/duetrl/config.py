@@ -357,3 +357,17 @@ def budget_warnings(cfg: Config) -> list[str]:
             "final one; lower eval_every for a learning curve, or set eval_every=0 to ask for the final one only"
         )
     return out
+
+
+def ignored_settings_warnings(cfg: Config) -> list[str]:
+    """Settings changed from the algorithm's defaults that its other settings make it ignore (e.g. ``gae_lambda``
+    without ``advantage=gae``): said before the run, which would otherwise go silently without them.
+
+    Which keys each choice ignores comes from the algorithm's config, ``ignored_settings()`` (key -> why); only a
+    value that differs from the config class's default counts as set (by a preset, a config file or a flag)."""
+    defaults = type(cfg.algo)()
+    return [
+        f"{key}={getattr(cfg.algo, key)!r} is ignored: {why}"
+        for key, why in cfg.algo.ignored_settings().items()
+        if getattr(cfg.algo, key) != getattr(defaults, key)
+    ]

@@ -20,7 +20,7 @@ import torch
 
 from duetrl import checkpoint as ckpt
 from duetrl.build import Checkpoint, build_agent, resolve_device, restore_agent, space_signature
-from duetrl.config import Config, RunConfig, budget_warnings
+from duetrl.config import Config, RunConfig, budget_warnings, ignored_settings_warnings
 from duetrl.envs import BatchEnv, import_modules, make
 from duetrl.errors import TrainingError, UserError
 from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, evaluate_policy
@@ -262,11 +262,11 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ pieces
     def _announce(self) -> None:
-        """What is about to run, and the settings that would waste it, said before it starts."""
+        """What is about to run, and the settings that would waste it or that it ignores, said before it starts."""
         run = self.cfg.run
         preset = f" with preset {run.preset}" if run.preset else ""
         print(f"duetrl: training {run.algo} on {run.env_id}{preset} -> {self.run_dir}", file=sys.stderr)
-        for message in budget_warnings(self.cfg):
+        for message in budget_warnings(self.cfg) + ignored_settings_warnings(self.cfg):
             print(f"duetrl: warning: {message}", file=sys.stderr)
 
     def _step(

@@ -46,6 +46,7 @@ class GaussianActor(nn.Module):
         self,
         obs_dim: int,
         act_dim: int,
+        *,
         hidden: Sequence[int] = (128, 128),
         activation: str = "relu",
         state_dependent_std: bool = True,
@@ -79,7 +80,7 @@ class GaussianActor(nn.Module):
 class CategoricalActor(nn.Module):
     """Categorical policy over a discrete action space."""
 
-    def __init__(self, obs_dim: int, num_actions: int, hidden: Sequence[int] = (128, 128), activation: str = "relu"):
+    def __init__(self, obs_dim: int, num_actions: int, *, hidden: Sequence[int] = (128, 128), activation: str = "relu"):
         super().__init__()
         self.net = mlp(obs_dim, hidden, activation, out_dim=num_actions)
 
@@ -93,7 +94,7 @@ class CategoricalActor(nn.Module):
 class ValueCritic(nn.Module):
     """V(s)."""
 
-    def __init__(self, obs_dim: int, hidden: Sequence[int] = (128, 128), activation: str = "relu"):
+    def __init__(self, obs_dim: int, *, hidden: Sequence[int] = (128, 128), activation: str = "relu"):
         super().__init__()
         self.net = mlp(obs_dim, hidden, activation, out_dim=1)
 
@@ -104,7 +105,7 @@ class ValueCritic(nn.Module):
 class QCritic(nn.Module):
     """Q(s, a): the action is concatenated to the observation (one-hot for discrete actions)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (128, 128), activation: str = "relu"):
+    def __init__(self, obs_dim: int, act_dim: int, *, hidden: Sequence[int] = (128, 128), activation: str = "relu"):
         super().__init__()
         self.net = mlp(obs_dim + act_dim, hidden, activation, out_dim=1)
 
@@ -137,6 +138,7 @@ class EnsembleQ(nn.Module):
         self,
         obs_dim: int,
         act_dim: int,
+        *,
         hidden: Sequence[int] = (256, 256),
         ensemble: int = 2,
         activation: str = "relu",
@@ -167,7 +169,7 @@ class EnsembleQ(nn.Module):
 class DeterministicActor(nn.Module):
     """a = tanh(MLP(s)), in [-1, 1] (scaled to the env's bounds outside): TD3 and DDPG."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), activation: str = "relu"):
+    def __init__(self, obs_dim: int, act_dim: int, *, hidden: Sequence[int] = (256, 256), activation: str = "relu"):
         super().__init__()
         self.net = mlp(obs_dim, hidden, activation, out_dim=act_dim)
 

@@ -14,7 +14,7 @@ the env's bounds (:func:`to_bounds`, :func:`rescale`; also the off-policy agents
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import gymnasium as gym
@@ -76,46 +76,60 @@ def space_dims(obs_space: gym.Space, act_space: gym.Space) -> tuple[int, int, bo
     raise UserError(f"action space {act_space} is not supported: use a Discrete or a flat Box action space")
 
 
-class Policy(nn.Module):
-    """The actor, plus the mapping from its samples to env actions."""
+@dataclass(frozen=True, kw_only=True)
+class PolicyConfig:
+    """The policy's settings, passed whole from an algorithm's config (its ``policy_config()``) to :class:`Policy`
+    and :func:`gaussian_actor`. The names are the policy's own; the public config keys that set them may differ
+    (``hidden`` or ``actor_hidden`` for ``hidden``, ``squash`` for ``bound_by``)."""
 
-    def __init__(
-        self,
-        obs_space: gym.Space,
-        act_space: gym.Space,
-        hidden: Sequence[int] = (128, 128),
-        activation: str = "relu",
-        state_dependent_std: bool = True,
-        log_std_init: float = 0.0,
-        log_std_min: float = -20.0,
-        log_std_max: float = 2.0,
-        squash: str = "clip",
-        clip_log_prob: bool = False,
-        ortho_init: bool = False,
-    ):
+    hidden: tuple[int, ...] = (128, 128)  # widths of the actor's MLP
+    activation: str = "relu"
+    state_dependent_std: bool = True  # the log-std a head of the trunk, else a free parameter
+    log_std_init: float = 0.0  # the free parameter's initial value (state-independent std only)
+    log_std_min: float = -20.0
+    log_std_max: float = 2.0
+    bound_by: str = "clip"  # how a raw Gaussian sample reaches the env's bounds: "clip" or "tanh" (see to_bounds)
+    clip_log_prob: bool = False  # with bound_by="clip": the log-prob of a clipped action is the mass beyond the bound
+    ortho_init: bool = False
+
+
+def gaussian_actor(obs_dim: int, act_dim: int, config: PolicyConfig) -> GaussianActor:
+    """The Gaussian actor of ``config`` (the on-policy algorithms' and SAC's)."""
+    return GaussianActor(
+        obs_dim,
+        act_dim,
+        hidden=config.hidden,
+        activation=config.activation,
+        state_dependent_std=config.state_dependent_std,
+        log_std_init=config.log_std_init,
+        log_std_min=config.log_std_min,
+        log_std_max=config.log_std_max,
+    )
+
+
+class Policy(nn.Module):
+    """The actor, plus the mapping from its samples to env actions.
+
+    Names: ``raw`` is what the actor's distribution is over (a Gaussian sample before it is brought into the env's
+    bounds, or a categorical index); ``action`` is what the env receives (``to_env(raw)``)."""
+
+    def __init__(self, obs_space: gym.Space, act_space: gym.Space, config: PolicyConfig = PolicyConfig()):
         super().__init__()
         obs_dim, act_dim, self.discrete = space_dims(obs_space, act_space)
-        self.act_dim, self.squash, self.clip_log_prob = act_dim, squash, clip_log_prob
+        self.config, self.act_dim = config, act_dim
         if self.discrete:
-            self.actor: nn.Module = CategoricalActor(obs_dim, act_dim, hidden, activation)
-        else:
-            self.actor = GaussianActor(
-                obs_dim,
-                act_dim,
-                hidden,
-                activation,
-                state_dependent_std,
-                log_std_init,
-                log_std_min,
-                log_std_max,
+            self.actor: nn.Module = CategoricalActor(
+                obs_dim, act_dim, hidden=config.hidden, activation=config.activation
             )
+        else:
+            self.actor = gaussian_actor(obs_dim, act_dim, config)
             low = torch.as_tensor(act_space.low, dtype=torch.float32)
             high = torch.as_tensor(act_space.high, dtype=torch.float32)
-            if squash == "tanh" and not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+            if config.bound_by == "tanh" and not (torch.isfinite(low).all() and torch.isfinite(high).all()):
                 raise UserError("squash=tanh needs a bounded action space; use squash=clip")
             self.register_buffer("low", low)
             self.register_buffer("high", high)
-        if ortho_init:
+        if config.ortho_init:
             orthogonal_init(self.actor)
             head = self.actor.mean if not self.discrete else last_linear(self.actor)
             orthogonal_init(head, gain=0.01)
@@ -152,7 +166,7 @@ class Policy(nn.Module):
         """log pi(raw | s) ``[B]`` of the Gaussian, for raw = mean + std * noise; with ``clip_log_prob``, the
         log of the probability mass beyond a bound for a raw action the clipping moved onto it."""
         log_prob = gaussian_log_density(noise, log_std)  # [B, act_dim]
-        if self.clip_log_prob and self.squash == "clip":
+        if self.config.clip_log_prob and self.config.bound_by == "clip":
             std = log_std.exp()
             below = log_ndtr((self.low - mean) / std)
             above = log_ndtr((mean - self.high) / std)
@@ -161,7 +175,7 @@ class Policy(nn.Module):
 
     def to_env(self, raw: Tensor) -> Tensor:
         """The action the environment receives for a raw sample."""
-        return raw if self.discrete else to_bounds(raw, self.low, self.high, self.squash)
+        return raw if self.discrete else to_bounds(raw, self.low, self.high, self.config.bound_by)
 
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:

@@ -22,10 +22,16 @@ import torch
 from torch import Tensor, nn
 
 from duetrl.algos.base import Decision, anneal_lr, clip_and_step
-from duetrl.algos.onpolicy import OnPolicyAgent, validate_policy_settings
+from duetrl.algos.onpolicy import (
+    OnPolicyAgent,
+    ignored_policy_settings,
+    policy_config_of,
+    validate_policy,
+)
 from duetrl.config import RunConfig
 from duetrl.nets import QCritic, ValueCritic, orthogonal_init
 from duetrl.optim import adam
+from duetrl.policy import PolicyConfig
 from duetrl.returns import discounted_returns, gae, normalize, nstep_targets, td_errors
 from duetrl.validate import check_choice, check_range
 
@@ -74,7 +80,20 @@ class ACConfig:
         check_choice("critic", self.critic, ("v", "q"))
         check_choice("advantage", self.advantage, ADVANTAGES)
         check_choice("optimizer", self.optimizer, ("adam", "rmsprop"))
-        validate_policy_settings(self)
+        validate_policy(self.policy_config())
+
+    def policy_config(self) -> PolicyConfig:
+        """The policy's settings, passed whole to :class:`~duetrl.policy.Policy`."""
+        return policy_config_of(self, clip_log_prob=self.clip_log_prob)
+
+    def ignored_settings(self) -> dict[str, str]:
+        """Keys that the other settings make ignored: key -> why (see config.ignored_settings_warnings)."""
+        ignored = ignored_policy_settings(self.policy_config())
+        if self.advantage != "gae":
+            ignored["gae_lambda"] = f"it applies only with advantage=gae, and advantage={self.advantage}"
+        if self.advantage != "nstep":
+            ignored["nstep"] = f"it applies only with advantage=nstep, and advantage={self.advantage}"
+        return ignored
 
     def budget_warnings(self, run: RunConfig) -> list[str]:
         """No update within the run (see :func:`duetrl.config.budget_warnings`)."""
@@ -99,9 +118,11 @@ class ActorCritic(OnPolicyAgent):
     def __init__(self, cfg: ACConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
         if cfg.critic == "q":
-            self.critic: nn.Module = QCritic(self.obs_dim, self.act_dim, cfg.hidden, cfg.activation).to(device)
+            self.critic: nn.Module = QCritic(
+                self.obs_dim, self.act_dim, hidden=cfg.hidden, activation=cfg.activation
+            ).to(device)
         else:
-            self.critic = ValueCritic(self.obs_dim, cfg.hidden, cfg.activation).to(device)
+            self.critic = ValueCritic(self.obs_dim, hidden=cfg.hidden, activation=cfg.activation).to(device)
         if cfg.ortho_init:
             orthogonal_init(self.critic, last_gain=1.0)
         self.modules["critic"] = self.critic

@@ -73,6 +73,11 @@ class OffPolicyConfig:
         if self.learning_starts is None:
             self.learning_starts = min(self.PAPER_LEARNING_STARTS, max(self.batch_size, steps // 10))
 
+    def ignored_settings(self) -> dict[str, str]:
+        """Keys that the other settings make ignored: key -> why (see config.ignored_settings_warnings); each
+        algorithm adds its own."""
+        return {}
+
     def budget_warnings(self, run: RunConfig) -> list[str]:
         """A run that ends before the first update (see :func:`duetrl.config.budget_warnings`)."""
         # Unresolved (no budget known), the agent falls back on the paper's warm-up: so does this check.
@@ -148,11 +153,11 @@ class OffPolicyAgent(Agent):
         return EnsembleQ(
             self.obs_dim,
             self.act_dim,
-            cfg.critic_hidden,
-            cfg.n_critics,
-            cfg.activation,
-            cfg.critic_layer_norm,
-            cfg.critic_dropout,
+            hidden=cfg.critic_hidden,
+            ensemble=cfg.n_critics,
+            activation=cfg.activation,
+            layer_norm=cfg.critic_layer_norm,
+            dropout=cfg.critic_dropout,
         ).to(self.device)
 
     # ------------------------------------------------------------------------------------------ acting

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import torch
@@ -14,42 +14,69 @@ from duetrl.buffers import Rollout
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS
 from duetrl.normalize import RewardScaler, RunningNorm
-from duetrl.policy import Policy, space_dims
+from duetrl.policy import Policy, PolicyConfig, space_dims
 from duetrl.validate import check_choice, check_widths
 
 
-def validate_policy_settings(cfg: Any) -> None:
-    """Checks of the policy settings every on-policy config shares (see :class:`OnPolicyAgent`)."""
-    check_widths("hidden", cfg.hidden)
-    check_choice("activation", cfg.activation, tuple(ACTIVATIONS))
-    check_choice("squash", cfg.squash, ("clip", "tanh"))
-    if cfg.log_std_min > cfg.log_std_max:
-        raise UserError(f"log_std_min={cfg.log_std_min} must not exceed log_std_max={cfg.log_std_max}")
+class PolicyKeys(Protocol):
+    """The public keys that set the policy of an on-policy config (``ac``, ``a2c``, ``ppo``)."""
+
+    hidden: list[int]
+    activation: str
+    state_dependent_std: bool
+    log_std_init: float
+    log_std_min: float
+    log_std_max: float
+    squash: str
+    ortho_init: bool
+
+
+def policy_config_of(cfg: PolicyKeys, *, clip_log_prob: bool = False) -> PolicyConfig:
+    """The :class:`PolicyConfig` an on-policy config's keys describe (what its ``policy_config()`` returns)."""
+    return PolicyConfig(
+        hidden=tuple(cfg.hidden),
+        activation=cfg.activation,
+        state_dependent_std=cfg.state_dependent_std,
+        log_std_init=cfg.log_std_init,
+        log_std_min=cfg.log_std_min,
+        log_std_max=cfg.log_std_max,
+        bound_by=cfg.squash,
+        clip_log_prob=clip_log_prob,
+        ortho_init=cfg.ortho_init,
+    )
+
+
+def validate_policy(policy: PolicyConfig) -> None:
+    """Checks of an on-policy config's policy settings, in the words of its public keys."""
+    check_widths("hidden", list(policy.hidden))
+    check_choice("activation", policy.activation, tuple(ACTIVATIONS))
+    check_choice("squash", policy.bound_by, ("clip", "tanh"))
+    if policy.log_std_min > policy.log_std_max:
+        raise UserError(f"log_std_min={policy.log_std_min} must not exceed log_std_max={policy.log_std_max}")
+
+
+def ignored_policy_settings(policy: PolicyConfig) -> dict[str, str]:
+    """The policy keys that an on-policy config's other policy settings make ignored: key -> why (see
+    :func:`duetrl.config.ignored_settings_warnings`)."""
+    ignored = {}
+    if policy.state_dependent_std:
+        ignored["log_std_init"] = "it sets a state-independent std only, and state_dependent_std is true"
+    if policy.bound_by != "clip":
+        ignored["clip_log_prob"] = f"it corrects the log-prob of clipped actions, and squash={policy.bound_by}"
+    return ignored
 
 
 class OnPolicyAgent(Agent):
     """Collects ``obs, raw, action, log_prob, reward, terminated, truncated, next_obs`` per step.
 
-    Config fields used: the policy's (``hidden``, ``activation``, ``state_dependent_std``, ``log_std_*``,
-    ``squash``, ``ortho_init``, optional ``clip_log_prob``), ``gamma``, ``normalize_obs``, ``normalize_reward``.
+    Config fields used: ``policy_config()`` (the policy's settings, passed whole), ``gamma``, ``normalize_obs``,
+    ``normalize_reward``.
     """
 
     def __init__(self, cfg: Any, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
         self.obs_dim, self.act_dim, _ = space_dims(obs_space, act_space)
-        self.policy = Policy(
-            obs_space,
-            act_space,
-            cfg.hidden,
-            cfg.activation,
-            cfg.state_dependent_std,
-            cfg.log_std_init,
-            cfg.log_std_min,
-            cfg.log_std_max,
-            cfg.squash,
-            getattr(cfg, "clip_log_prob", False),
-            cfg.ortho_init,
-        ).to(device)
+        self.policy = Policy(obs_space, act_space, cfg.policy_config()).to(device)
         self.obs_norm = RunningNorm((self.obs_dim,)).to(device)
         self.reward_scaler = RewardScaler(num_envs, cfg.gamma).to(device)
         self.modules = {"policy": self.policy, "obs_norm": self.obs_norm, "reward_scaler": self.reward_scaler}

@@ -18,10 +18,11 @@ import torch
 from torch import Tensor
 
 from duetrl.algos.base import anneal_lr, clip_and_step
-from duetrl.algos.onpolicy import OnPolicyAgent, validate_policy_settings
+from duetrl.algos.onpolicy import OnPolicyAgent, ignored_policy_settings, policy_config_of, validate_policy
 from duetrl.config import RunConfig
 from duetrl.nets import ValueCritic, orthogonal_init
 from duetrl.optim import adam
+from duetrl.policy import PolicyConfig
 from duetrl.returns import gae, normalize
 from duetrl.validate import check_range
 
@@ -69,7 +70,15 @@ class PPOConfig:
         check_range("vf_coef", self.vf_coef, 0.0)
         check_range("max_grad_norm", self.max_grad_norm, 0.0)
         check_range("target_kl", self.target_kl, 0.0)
-        validate_policy_settings(self)
+        validate_policy(self.policy_config())
+
+    def policy_config(self) -> PolicyConfig:
+        """The policy's settings, passed whole to :class:`~duetrl.policy.Policy`."""
+        return policy_config_of(self)
+
+    def ignored_settings(self) -> dict[str, str]:
+        """Keys that the other settings make ignored: key -> why (see config.ignored_settings_warnings)."""
+        return ignored_policy_settings(self.policy_config())
 
     def budget_warnings(self, run: RunConfig) -> list[str]:
         """No update within the run, or minibatches larger than a rollout (see config.budget_warnings)."""
@@ -93,7 +102,7 @@ class PPOConfig:
 class PPO(OnPolicyAgent):
     def __init__(self, cfg: PPOConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
-        self.critic = ValueCritic(self.obs_dim, cfg.hidden, cfg.activation).to(device)
+        self.critic = ValueCritic(self.obs_dim, hidden=cfg.hidden, activation=cfg.activation).to(device)
         if cfg.ortho_init:
             orthogonal_init(self.critic, last_gain=1.0)
         self.modules["critic"] = self.critic

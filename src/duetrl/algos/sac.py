@@ -24,7 +24,7 @@ from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, averaged_ten
 from duetrl.errors import UserError
 from duetrl.nets import GaussianActor
 from duetrl.optim import adam
-from duetrl.policy import gaussian_log_density, tanh_log_det
+from duetrl.policy import PolicyConfig, gaussian_actor, gaussian_log_density, tanh_log_det
 from duetrl.validate import check_range
 
 
@@ -47,6 +47,27 @@ class SACConfig(OffPolicyConfig):
         if self.alpha <= 0:
             raise UserError(f"alpha={self.alpha} must be positive (it is learned in log space)")
 
+    def policy_config(self) -> PolicyConfig:
+        """The actor's settings: a state-dependent Gaussian, squashed by tanh into the env's bounds."""
+        return PolicyConfig(
+            hidden=tuple(self.actor_hidden),
+            activation=self.activation,
+            state_dependent_std=True,
+            log_std_min=self.log_std_min,
+            log_std_max=self.log_std_max,
+            bound_by="tanh",
+        )
+
+    def ignored_settings(self) -> dict[str, str]:
+        ignored = super().ignored_settings()
+        if not self.autotune_alpha:
+            why = "it tunes alpha, and autotune_alpha is false (alpha stays at its initial value)"
+            for key in ("alpha_lr", "target_entropy", "target_entropy_final"):
+                ignored[key] = why
+        if self.noise_beta == 0:
+            ignored["noise_length"] = "it applies only to coloured exploration noise, and noise_beta=0 (white)"
+        return ignored
+
 
 def squashed_sample(
     actor: GaussianActor, obs: Tensor, deterministic: bool = False, noise: Tensor | None = None
@@ -67,9 +88,7 @@ class SAC(OffPolicyAgent):
 
     def __init__(self, cfg: SACConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
-        self.actor = GaussianActor(
-            self.obs_dim, self.act_dim, cfg.actor_hidden, cfg.activation, True, 0.0, cfg.log_std_min, cfg.log_std_max
-        ).to(device)
+        self.actor = gaussian_actor(self.obs_dim, self.act_dim, cfg.policy_config()).to(device)
         self.critic = self.make_critic()
         self.critic_target = frozen_copy(self.critic)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.alpha), device=device))

@@ -42,13 +42,26 @@ class TD3Config(OffPolicyConfig):
             check_range(key, getattr(self, key), 0.0)
         check_choice("noise_type", self.noise_type, ("gaussian", "ou", "colored"))
 
+    def ignored_settings(self) -> dict[str, str]:
+        ignored = super().ignored_settings()
+        if self.noise_type != "colored":
+            why = f"it applies only with noise_type=colored, and noise_type={self.noise_type}"
+            ignored["noise_beta"] = ignored["noise_length"] = why
+        if self.noise_type != "ou":
+            ignored["ou_theta"] = f"it applies only with noise_type=ou, and noise_type={self.noise_type}"
+        if self.target_noise == 0:
+            ignored["target_noise_clip"] = "it clips the target policy smoothing, and target_noise=0 (none)"
+        return ignored
+
 
 class TD3(OffPolicyAgent):
     name = "td3"
 
     def __init__(self, cfg: TD3Config, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
-        self.actor = DeterministicActor(self.obs_dim, self.act_dim, cfg.actor_hidden, cfg.activation).to(device)
+        self.actor = DeterministicActor(
+            self.obs_dim, self.act_dim, hidden=cfg.actor_hidden, activation=cfg.activation
+        ).to(device)
         self.critic = self.make_critic()
         self.actor_target, self.critic_target = frozen_copy(self.actor), frozen_copy(self.critic)
         self.modules = {
