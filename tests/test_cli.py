@@ -250,3 +250,34 @@ def test_a_mistake_leaves_no_run_directory(capsys, tmp_path):
         code, _, err = run(capsys, *argv, "--run-dir", tmp_path / "new", "--quiet")
         assert code == 2 and "duetrl: error:" in err
         assert not (tmp_path / "new").exists()
+
+
+NEVER_ENDS = """
+import gymnasium as gym
+import numpy as np
+
+
+class NeverEnds(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, dtype=np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, dtype=np.float32), 1.0, False, False, {}
+"""
+
+
+def test_evaluation_of_an_env_without_an_end_stops_at_the_step_cap_and_says_so(tmp_path):
+    (tmp_path / "never_ends.py").write_text(NEVER_ENDS)
+    argv = ["train", "never_ends:NeverEnds", "--algo", "ppo", "--preset", "none", "--steps", 64, "--quiet"]
+    settings = ["--set", "num_steps=32", "minibatch_size=32", "eval_every=0", "eval_episodes=2", "eval_max_steps=50"]
+    code, out, err = cli_process(tmp_path, *argv, *settings, "--run-dir", tmp_path / "R")
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["mean_length"] == 50 and summary["capped_episodes"] == 2
+    warnings = [line for line in err.splitlines() if line.startswith("duetrl: warning:")]
+    assert len(warnings) == 1 and "2 of 2 evaluation episodes" in warnings[0] and "50 steps" in warnings[0], err
+    assert "Traceback" not in err

@@ -34,3 +34,76 @@ def test_video_is_written_headless(run_dir, tmp_path, suffix):
 def test_video_needs_a_known_format(run_dir, tmp_path):
     with pytest.raises(duetrl.UserError, match="mp4 or .gif"):
         duetrl.evaluate(run_dir, episodes=1, video=tmp_path / "x.avi")
+
+
+# ------------------------------------------------------------------------------------------ envs without an end
+
+NEVER_ENDS = '''
+import gymnasium as gym
+import numpy as np
+
+
+class NeverEnds(gym.Env):
+    """Neither terminates nor truncates: an episode lasts as long as its caller lets it."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, dtype=np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, dtype=np.float32), 1.0, False, False, {}
+'''
+
+
+@pytest.fixture
+def never_ends(tmp_path, monkeypatch):
+    (tmp_path / "duetrl_test_never_ends.py").write_text(NEVER_ENDS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "duetrl_test_never_ends:NeverEnds"
+
+
+def test_an_episode_without_an_end_is_cut_at_the_step_cap(never_ends):
+    import torch
+
+    from duetrl.evaluate import evaluate_policy
+
+    act = lambda obs: torch.zeros(len(obs), dtype=torch.long)  # noqa: E731
+    result = evaluate_policy(act, never_ends, episodes=3, max_steps=40)
+    assert result.lengths == [40, 40, 40] and result.returns == [40.0, 40.0, 40.0]
+    assert result.capped == 3 and result.to_dict()["capped_episodes"] == 3
+    assert "3 of 3 evaluation episodes" in result.cap_warning(never_ends)
+    # an env with its own time limit is cut there, and nothing is said
+    limited = evaluate_policy(lambda o: torch.zeros(len(o), 1), "Pendulum-v1", episodes=2, max_steps=40)
+    assert limited.lengths == [200, 200] and limited.capped == 0 and limited.cap_warning("Pendulum-v1") is None
+
+
+def test_the_final_checkpoint_is_written_before_the_final_evaluation(never_ends, tmp_path, monkeypatch):
+    """A signal during a long final evaluation stops it, and the run's last step is already saved."""
+    from duetrl import checkpoint as ckpt
+    from duetrl import loop
+    from duetrl.evaluate import EvaluationStopped
+
+    run_dir = tmp_path / "run"
+    seen = []
+
+    def interrupted_evaluation(*args, **kwargs):
+        seen.append([p.name for p in ckpt.list_checkpoints(run_dir)])
+        raise EvaluationStopped  # what a signal during it does
+
+    monkeypatch.setattr(loop, "evaluate_policy", interrupted_evaluation)
+    result = duetrl.train(
+        never_ends,
+        "ppo",
+        preset="none",
+        steps=64,
+        num_steps=32,
+        minibatch_size=32,
+        eval_every=0,
+        run_dir=run_dir,
+        quiet=True,
+    )
+    assert seen == [["step_000000000064.safetensors"]]
+    assert result.stopped_early == "interrupted" and result.final_eval is None and result.env_steps == 64

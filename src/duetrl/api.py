@@ -13,7 +13,7 @@ from duetrl.algos import get_algo
 from duetrl.build import probe_spaces, read_checkpoint, resolve_device, restore_agent, run_dir_default, saved_config
 from duetrl.config import Config, RunConfig
 from duetrl.config import resolve as resolve_config
-from duetrl.errors import UserError
+from duetrl.errors import UserError, say
 from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, evaluate_policy, render_episodes
 from duetrl.loop import Trainer, TrainResult
 
@@ -128,5 +128,12 @@ def evaluate(
     kwargs = run.env_kwargs if env_kwargs is None else env_kwargs
     act = lambda obs: loaded.act_tensor(obs, deterministic)  # noqa: E731
     if render is not None or video is not None:
-        return render_episodes(act, run.env_id, kwargs, episodes, seed, render or "human", video)
-    return evaluate_policy(act, run.env_id, kwargs, episodes, seed)
+        result = render_episodes(
+            act, run.env_id, kwargs, episodes, seed, render or "human", video, max_steps=run.eval_max_steps
+        )
+    else:
+        result = evaluate_policy(act, run.env_id, kwargs, episodes, seed, max_steps=run.eval_max_steps)
+    warning = result.cap_warning(run.env_id)
+    if warning:
+        say("warning", warning)
+    return result

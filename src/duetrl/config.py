@@ -45,6 +45,7 @@ class RunConfig:
     eval_every: int = 10_000  # env steps between evaluations; 0 = only at the end
     eval_episodes: int = 10
     eval_deterministic: bool = True
+    eval_max_steps: int = 10_000  # step cap of an evaluation episode on an env without its own time limit
     log_every: int = 1000  # env steps between metric rows (at the next update); 0 = after every update
     checkpoint_every: int = 0  # env steps between checkpoints; 0 = time-based only
     checkpoint_seconds: float = 30.0
@@ -59,6 +60,7 @@ class RunConfig:
         check(self.num_envs >= 1, "num_envs", self.num_envs, "must be at least 1")
         check(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0 (0 = only at the end)")
         check(self.eval_episodes >= 1, "eval_episodes", self.eval_episodes, "must be at least 1")
+        check(self.eval_max_steps >= 1, "eval_max_steps", self.eval_max_steps, "must be at least 1")
         check(self.log_every >= 0, "log_every", self.log_every, "must be >= 0")
         check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0")
         check(self.checkpoint_seconds > 0, "checkpoint_seconds", self.checkpoint_seconds, "must be > 0")

@@ -18,14 +18,21 @@ from duetrl.errors import UserError
 
 EVAL_SEED_BASE = 1_000_000  # evaluation episodes use seeds from here on, never used by training
 MAX_PARALLEL = 50
+DEFAULT_MAX_STEPS = 10_000  # RunConfig.eval_max_steps: the step cap of an episode on an env without a time limit
 
 ActFn = Callable[[Tensor], Tensor]
+
+
+class EvaluationStopped(Exception):  # noqa: N818 - a signal, not an error
+    """The evaluation was asked to stop (``stop()`` became true) before its episodes ended."""
 
 
 @dataclass
 class EvalResult:
     returns: list[float]
     lengths: list[int] = field(default_factory=list)
+    capped: int = 0  # episodes cut at the step cap (the env never ended them)
+    step_cap: int | None = None  # that cap: the env's own time limit, else max_steps
 
     @property
     def mean(self) -> float:
@@ -44,7 +51,24 @@ class EvalResult:
             "min_return": float(np.min(self.returns)),
             "max_return": float(np.max(self.returns)),
             "mean_length": float(np.mean(self.lengths)) if self.lengths else None,
+            "capped_episodes": self.capped,
         }
+
+    def cap_warning(self, env_id: str) -> str | None:
+        """One sentence when episodes were cut at the step cap, else None."""
+        if not self.capped:
+            return None
+        return (
+            f"{self.capped} of {len(self.returns)} evaluation episodes of {env_id} were cut at {self.step_cap} steps: "
+            f"the env has no time limit and did not end them, so their returns cover {self.step_cap} steps only "
+            "(eval_max_steps sets the cap)"
+        )
+
+
+def step_cap(env: gym.Env, max_steps: int) -> int:
+    """Steps after which an evaluation episode is cut: the env's own time limit, else ``max_steps``."""
+    limit = env.spec.max_episode_steps if env.spec is not None else None
+    return int(limit) if limit else int(max_steps)
 
 
 def evaluate_policy(
@@ -54,33 +78,46 @@ def evaluate_policy(
     episodes: int = 10,
     seed: int = EVAL_SEED_BASE,
     device: torch.device | str = "cpu",
+    max_steps: int = DEFAULT_MAX_STEPS,
+    stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
     """Run ``episodes`` full episodes of Gymnasium's own env, seeded ``seed, seed+1, ...``, many in parallel.
 
-    ``act`` maps a batch of observations to env actions."""
+    ``act`` maps a batch of observations to env actions. An episode is cut after the env's own time limit or,
+    on an env without one, after ``max_steps`` steps (``EvalResult.capped`` counts those). ``stop``, checked
+    every step, raises :class:`EvaluationStopped` when it returns true (a signal during the evaluation)."""
     factory = env_factory(env_id, **(env_kwargs or {}))
     returns: list[float] = []
     lengths: list[int] = []
+    capped, cap = 0, None
     while len(returns) < episodes:
         n = min(MAX_PARALLEL, episodes - len(returns))
         vec = gym.vector.SyncVectorEnv([factory] * n, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-        discrete = isinstance(vec.single_action_space, gym.spaces.Discrete)
-        obs, _ = vec.reset(seed=[seed + len(returns) + i for i in range(n)])
-        total, length = np.zeros(n), np.zeros(n, dtype=np.int64)
-        running = np.ones(n, dtype=bool)
-        while running.any():
-            with torch.no_grad():
-                action = act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-            if discrete:
-                action = action.astype(np.int64)
-            obs, reward, terminated, truncated, _ = vec.step(action)
-            total += reward * running
-            length += running
-            running &= ~(terminated | truncated)
-        vec.close()
+        try:
+            cap = step_cap(vec.envs[0], max_steps)
+            discrete = isinstance(vec.single_action_space, gym.spaces.Discrete)
+            obs, _ = vec.reset(seed=[seed + len(returns) + i for i in range(n)])
+            total, length = np.zeros(n), np.zeros(n, dtype=np.int64)
+            running = np.ones(n, dtype=bool)
+            while running.any():
+                if stop is not None and stop():
+                    raise EvaluationStopped
+                with torch.no_grad():
+                    action = act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+                if discrete:
+                    action = action.astype(np.int64)
+                obs, reward, terminated, truncated, _ = vec.step(action)
+                total += reward * running
+                length += running
+                running &= ~(terminated | truncated)
+                if running.any() and length.max() >= cap:
+                    capped += int(running.sum())
+                    break
+        finally:
+            vec.close()
         returns += total.tolist()
         lengths += length.tolist()
-    return EvalResult(returns, lengths)
+    return EvalResult(returns, lengths, capped, cap)
 
 
 def render_episodes(
@@ -93,8 +130,10 @@ def render_episodes(
     video: str | Path | None = None,
     fps: int | None = None,
     device: torch.device | str = "cpu",
+    max_steps: int = DEFAULT_MAX_STEPS,
 ) -> EvalResult:
-    """Play episodes one at a time in a window (``render_mode="human"``) or into a video file (.mp4/.gif)."""
+    """Play episodes one at a time in a window (``render_mode="human"``) or into a video file (.mp4/.gif), each
+    cut as in :func:`evaluate_policy`."""
     if video is not None:
         if Path(video).suffix.lower() not in (".mp4", ".gif"):
             raise UserError(f"video file must end in .mp4 or .gif, got {Path(video).name!r}")
@@ -103,12 +142,16 @@ def render_episodes(
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # off-screen frames need no display
     env = env_factory(env_id, render_mode=render_mode, **(env_kwargs or {}))()
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
+    cap = step_cap(env, max_steps)
     frames: list[np.ndarray] = []
-    returns, lengths = [], []
+    returns, lengths, capped = [], [], 0
     for k in range(episodes):
         obs, _ = env.reset(seed=seed + k)
         total, length, done = 0.0, 0, False
         while not done:
+            if length >= cap:
+                capped += 1
+                break
             if video is not None:
                 frames.append(env.render())
             with torch.no_grad():
@@ -124,7 +167,7 @@ def render_episodes(
         fps = fps or int(env.metadata.get("render_fps", 30))
         write_video(writer_module, Path(video), frames, fps)
     env.close()
-    return EvalResult(returns, lengths)
+    return EvalResult(returns, lengths, capped, cap)
 
 
 def _imageio() -> Any:

@@ -22,8 +22,8 @@ from duetrl import checkpoint as ckpt
 from duetrl.build import Checkpoint, build_agent, resolve_device, restore_agent, space_signature
 from duetrl.config import Config, RunConfig, budget_warnings, ignored_settings_warnings
 from duetrl.envs import BatchEnv, import_modules, make
-from duetrl.errors import TrainingError, UserError
-from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, evaluate_policy
+from duetrl.errors import TrainingError, UserError, say
+from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, EvaluationStopped, evaluate_policy
 from duetrl.logs import Logger, Progress, make_logger
 
 
@@ -201,6 +201,7 @@ class Trainer:
             prepare_run_dir(self.run_dir, resume is not None)
             self.env_steps = self.updates = self.episodes = 0
             self.best_eval = -math.inf
+            self.cap_warned = False  # the evaluation step cap's warning is said once per session
             self.elapsed_before = 0.0  # wall time of earlier sessions of a resumed run
             saved_obs = None if resume is None else self._restore(resume.state)
             # The envs' current observations: new episodes for a new run, or a resumed one whose envs were not saved.
@@ -242,7 +243,10 @@ class Trainer:
                         self._log(window.flush())
                 progress.advance(run.num_envs, **postfix)
                 if schedule.eval_due(self.env_steps):
-                    result = self._evaluate()
+                    result = self._evaluate(signals)
+                    if result is None:  # a signal during the evaluation
+                        stopped = "interrupted"
+                        break
                     if run.target_return is not None and result.mean >= run.target_return:
                         stopped, final_eval = "target", result
                         break
@@ -252,12 +256,17 @@ class Trainer:
                 if signals["stop"]:
                     stopped = "interrupted"
                     break
-            # Still inside the signal guard: a signal now cannot cut the final evaluation or checkpoint short.
             if window:
                 self._log(window.flush())
-            if stopped != "interrupted" and final_eval is None:
-                final_eval = self._evaluate()
+            # The checkpoint before the final evaluation, which may be long: a signal during it loses nothing.
             self._save_checkpoint()
+            if stopped is None:
+                best = self.best_eval
+                final_eval = self._evaluate(signals)
+                if final_eval is None:
+                    stopped = "interrupted"
+                elif self.best_eval != best:
+                    self._save_checkpoint()  # the same step, now knowing its best evaluation
         return TrainResult(self.run_dir, self.env_steps, self._wall_time(), final_eval, stopped)
 
     # ------------------------------------------------------------------------------------------ pieces
@@ -299,19 +308,30 @@ class Trainer:
         where = {"env_steps": self.env_steps, "wall_time_s": round(self._wall_time(), 3)}
         self.logger.write({**where, "updates": self.updates, "episodes": self.episodes, **fields})
 
-    def _evaluate(self) -> EvalResult:
-        """Evaluate the current policy on held-out seeds, log it, and keep it as best.safetensors if it is."""
+    def _evaluate(self, signals: dict[str, bool]) -> EvalResult | None:
+        """Evaluate the current policy on held-out seeds, log it, and keep it as best.safetensors if it is; None
+        if a signal stopped the evaluation."""
         run = self.cfg.run
         self.agent.train_mode(False)
-        result = evaluate_policy(
-            lambda o: self.agent.act(o, deterministic=run.eval_deterministic).to("cpu"),
-            run.env_id,
-            run.env_kwargs,
-            run.eval_episodes,
-            seed=EVAL_SEED_BASE,
-            device=self.device,
-        )
-        self.agent.train_mode(True)
+        try:
+            result = evaluate_policy(
+                lambda o: self.agent.act(o, deterministic=run.eval_deterministic).to("cpu"),
+                run.env_id,
+                run.env_kwargs,
+                run.eval_episodes,
+                seed=EVAL_SEED_BASE,
+                device=self.device,
+                max_steps=run.eval_max_steps,
+                stop=lambda: signals["stop"],
+            )
+        except EvaluationStopped:
+            return None
+        finally:
+            self.agent.train_mode(True)
+        warning = result.cap_warning(run.env_id)
+        if warning and not self.cap_warned:
+            say("warning", warning)
+            self.cap_warned = True
         where = {"env_steps": self.env_steps, "wall_time_s": round(self._wall_time(), 3)}
         self.logger.write({**where, "eval_return_mean": result.mean, "eval_return_std": result.std})
         if result.mean > self.best_eval:
