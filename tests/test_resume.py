@@ -415,3 +415,94 @@ def test_existing_run_without_resume_is_refused_with_a_hint(capsys, tmp_path):
     )
     assert f"--resume {run_dir}" in line
     assert {p: p.read_bytes() for p in snapshot} == snapshot
+
+
+# ------------------------------------------------------------------------------------------ 9. settings on resume
+
+
+def cli_process(cwd, *argv):
+    """``python -m duetrl.cli ARGV`` as a child process, as a user runs it: (exit code, stdout, stderr)."""
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "duetrl.cli", *map(str, argv)], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def files_of(run_dir: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and "tb" not in p.parts}
+
+
+def test_resume_applies_the_safe_settings_and_refuses_the_others_by_name(tmp_path):
+    run_dir = tmp_path / "R"
+    code, _, err = cli_process(tmp_path, "train", *SMALL_AC, "eval_every=0", "--steps", 64, "--run-dir", run_dir)
+    assert code == 0, err
+    before = files_of(run_dir)
+
+    for argv, names in (
+        (["--set", "lr=0.1", "--algo", "sac"], "algo, lr"),
+        (["--seed", "5", "--set", "actor_lr=0.1", "eval_every=32"], "seed, actor_lr"),
+        (["CartPole-v1", "--num-envs", "4"], "env_id, num_envs"),
+    ):
+        code, out, err = cli_process(tmp_path, "train", "--resume", run_dir, *argv, "--quiet")
+        assert code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("duetrl: error:") and "Traceback" not in err, err
+        assert f"cannot change {names}:" in lines[0], lines[0]
+        assert files_of(run_dir) == before  # nothing written
+
+    # the same values as saved are no change; the resumable ones apply, and the resume says so
+    argv = ["--algo", "ac", "--seed", "1", "--steps", 96, "--set", "eval_every=32", "log_every=16"]
+    code, out, err = cli_process(tmp_path, "train", "--resume", run_dir, *argv, "--quiet")
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert (
+        lines[1]
+        == "duetrl: resuming from step 64 of 96 (changed: steps 64 -> 96, eval_every 0 -> 32, log_every 0 -> 16)"
+    )
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["eval_every"] == 32
+    assert eval_steps(run_dir) == [64, 96]  # the final evaluation at 64, then the new schedule's (32 divides 96)
+
+
+CLASSIC_ENV = '''
+import gymnasium as gym
+import numpy as np
+
+
+class Drift(gym.Env):
+    """A 1-d point pushed by the action; its state lives in a private attribute, which duetrl cannot capture."""
+
+    observation_space = gym.spaces.Box(-10.0, 10.0, shape=(1,), dtype=np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._x, self._t = 0.0, 0
+        return np.array([self._x], dtype=np.float32), {}
+
+    def step(self, action):
+        self._x = float(np.clip(self._x + float(action[0]), -10, 10))
+        self._t += 1
+        return np.array([self._x], dtype=np.float32), -abs(self._x), False, self._t >= 20, {}
+'''
+
+
+def test_resume_says_in_one_line_what_it_cannot_restore(tmp_path):
+    """An off-policy run without its replay buffer, on a user env whose state cannot be captured: one note each,
+    no raw UserWarning."""
+    (tmp_path / "drift_env.py").write_text(CLASSIC_ENV)
+    run_dir = tmp_path / "R"
+    settings = ["learning_starts=32", "batch_size=16", "actor_hidden=[8]", "critic_hidden=[8]", "eval_episodes=1"]
+    argv = ["train", "drift_env:Drift", "--algo", "sac", "--preset", "none", "--steps", 64, "--set", *settings]
+    code, _, err = cli_process(tmp_path, *argv, "eval_every=0", "--run-dir", run_dir, "--quiet")
+    assert code == 0, err
+    code, out, err = cli_process(tmp_path, "train", "--resume", run_dir, "--steps", 96, "--quiet")
+    assert code == 0, err
+    assert "Warning" not in err and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert lines[1] == "duetrl: resuming from step 64 of 96 (changed: steps 64 -> 96)"
+    notes = [line for line in lines if line.startswith("duetrl: note:")]
+    assert len(notes) == 2, err
+    assert "replay buffer was not saved" in notes[0] and "batch_size=16" in notes[0]
+    assert "environment's state could not be saved" in notes[1]

@@ -55,11 +55,21 @@ def train(
 
 
 def resume(
-    run_dir: str | Path, steps: int | None = None, quiet: bool = False, sinks: list[Any] | None = None
+    run_dir: str | Path,
+    steps: int | None = None,
+    quiet: bool = False,
+    sinks: list[Any] | None = None,
+    **settings: Any,
 ) -> TrainResult:
-    """Continue a stopped run from its last checkpoint up to ``steps`` env steps in all."""
+    """Continue a stopped run from its last checkpoint up to ``steps`` env steps in all.
+
+    ``settings`` may change how long the run goes on and how it evaluates, logs and checkpoints
+    (:data:`duetrl.config.RESUMABLE`: ``eval_every=5000``, ``target_return=-200``, ...); asking to change any other
+    setting is a UserError, raised before anything is written."""
     checkpoint = read_checkpoint(ckpt.latest_checkpoint(Path(run_dir)))
-    cfg = saved_config(checkpoint, steps)
+    if steps is not None:
+        settings["steps"] = steps
+    cfg = saved_config(checkpoint, settings)
     return Trainer(cfg, Path(run_dir), quiet=quiet, sinks=sinks, resume=checkpoint).train()
 
 

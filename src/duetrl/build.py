@@ -19,7 +19,7 @@ import torch
 from duetrl import checkpoint as ckpt
 from duetrl.algos import get_algo
 from duetrl.algos.base import Agent
-from duetrl.config import Config, resolve
+from duetrl.config import RESUMABLE, Config, resolve
 from duetrl.envs import import_modules
 from duetrl.envs.make import env_factory
 from duetrl.errors import UserError
@@ -75,16 +75,43 @@ def read_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(Path(path), state)
 
 
-def saved_config(checkpoint: Checkpoint, steps: int | None = None) -> Config:
-    """The run's config as saved, optionally with a new total of env ``steps``. Every key was saved resolved, so
-    no preset is applied on top; ``run.preset`` still names the one the run was made with."""
+def saved_config(checkpoint: Checkpoint, changes: dict[str, Any] | None = None) -> Config:
+    """The run's config as saved, with ``changes`` to the settings a resumed run may change (``RESUMABLE``: its
+    length, evaluation, logging and checkpoint cadence); a change to any other is a UserError naming them all.
+    Every key was saved resolved, so no preset is applied on top; ``run.preset`` still names the run's own."""
     values = dict(checkpoint.state["config"])
     preset = values.pop("preset", None)
-    if steps is not None:
-        values["steps"] = steps
     cfg, _ = resolve(config_file=values, lookup=get_algo)
     cfg.run.preset = preset
-    return cfg
+    if not changes:
+        return cfg
+    refused, rest = [], {}
+    for key, value in changes.items():
+        if key == "preset":  # the recorded id, or its name, is no change
+            if value is not None and value not in (preset, (preset or "").rsplit("/", 1)[-1]):
+                refused.append(key)
+        elif key == "algo":
+            if str(value).lower() != cfg.run.algo:
+                refused.append(key)
+        elif key == "env_id":
+            if value != cfg.run.env_id:
+                refused.append(key)
+        else:
+            rest[key] = value
+    if refused:  # another algorithm or env: the other keys are named as given, not resolved against the old one
+        refused += [key for key in rest if key not in RESUMABLE]
+    else:
+        changed, _ = resolve(config_file=values, overrides=rest, lookup=get_algo)
+        before, after = cfg.to_dict(), changed.to_dict()
+        refused = [key for key in after if key != "preset" and after[key] != before[key] and key not in RESUMABLE]
+    if refused:
+        raise UserError(
+            f"a resumed run cannot change {', '.join(refused)}: it would be another run (on resume only "
+            f"{', '.join(sorted(RESUMABLE))} can change); start a new run from its settings instead "
+            f"({checkpoint.path.parent.parent / 'config.yaml'} as the config file)"
+        )
+    changed.run.preset = preset
+    return changed
 
 
 def space_signature(obs_space: gym.Space, act_space: gym.Space) -> dict[str, str]:

@@ -140,7 +140,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from duetrl.api import resolve
 
     if args.resume:
-        result = duetrl.resume(args.resume, steps=int(args.steps) if args.steps else None, quiet=args.quiet)
+        from duetrl.config import load_yaml_file
+
+        # Every setting given beside --resume is checked: the resumable ones apply, any other is refused.
+        changes = {**(load_yaml_file(args.config) if args.config else {}), **_overrides(args)}
+        for key, value in (("env_id", args.env_id), ("algo", args.algo), ("preset", args.preset)):
+            if value is not None:
+                changes[key] = value
+        result = duetrl.resume(args.resume, quiet=args.quiet, **changes)
     else:
         overrides = _overrides(args)
         cfg, _ = resolve(args.env_id, args.algo, args.preset, args.config, overrides)

@@ -26,6 +26,24 @@ if TYPE_CHECKING:
 
 BACKENDS = ("auto", "gymnasium", "torch")
 
+# Settings a resumed run may change: how long it runs, how often it evaluates, logs and checkpoints, and where its
+# metrics go. Every other setting shapes what is learned, so changing it on resume would make a different run.
+RESUMABLE = frozenset(
+    {
+        "steps",
+        "eval_every",
+        "eval_episodes",
+        "eval_max_steps",
+        "log_every",
+        "checkpoint_every",
+        "checkpoint_seconds",
+        "keep_checkpoints",
+        "target_return",
+        "wandb",
+        "wandb_project",
+    }
+)
+
 
 @dataclass
 class RunConfig:

@@ -7,7 +7,6 @@ import random
 import signal
 import sys
 import time
-import warnings
 from collections import deque
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -203,7 +202,9 @@ class Trainer:
             self.best_eval = -math.inf
             self.cap_warned = False  # the evaluation step cap's warning is said once per session
             self.elapsed_before = 0.0  # wall time of earlier sessions of a resumed run
-            saved_obs = None if resume is None else self._restore(resume.state)
+            self.resume_line: str | None = None
+            self.notes: list[str] = []  # said after the start line: what a resumed run does differently
+            saved_obs = None if resume is None else self._restore(resume)
             # The envs' current observations: new episodes for a new run, or a resumed one whose envs were not saved.
             self.obs = self.env.reset(seed=run.seed + self.env_steps)[0] if saved_obs is None else saved_obs
             cfg.save(self.run_dir / "config.yaml")
@@ -275,8 +276,12 @@ class Trainer:
         run = self.cfg.run
         preset = f" with preset {run.preset}" if run.preset else ""
         print(f"duetrl: training {run.algo} on {run.env_id}{preset} -> {self.run_dir}", file=sys.stderr)
+        if self.resume_line:
+            print(self.resume_line, file=sys.stderr)
+        for message in self.notes:
+            say("note", message)
         for message in budget_warnings(self.cfg) + ignored_settings_warnings(self.cfg):
-            print(f"duetrl: warning: {message}", file=sys.stderr)
+            say("warning", message)
 
     def _step(
         self, action: torch.Tensor
@@ -362,20 +367,30 @@ class Trainer:
         ckpt.save(path, self._state())
         ckpt.prune(self.run_dir, self.cfg.run.keep_checkpoints)
 
-    def _restore(self, state: dict[str, Any]) -> torch.Tensor | None:
+    def _restore(self, checkpoint: Checkpoint) -> torch.Tensor | None:
         """The saved run's counters, RNG and env state (the agent is already restored); returns the envs'
-        observations, or None if their state could not be saved."""
+        observations, or None if their state could not be saved. Says what the resumed run does differently."""
+        state = checkpoint.state
         counters = state["counters"]
         self.env_steps, self.updates = int(counters["env_steps"]), int(counters["updates"])
         self.episodes, self.elapsed_before = int(counters["episodes"]), float(counters["wall_time_s"])
         self.best_eval = float(counters["best_eval"])
         ckpt.set_rng_state(state["rng"])
+        saved, now = state["config"], self.cfg.to_dict()
+        changes = [f"{key} {saved[key]!r} -> {now[key]!r}" for key in now if key in saved and saved[key] != now[key]]
+        changed = f" (changed: {', '.join(changes)})" if changes else ""
+        self.resume_line = f"duetrl: resuming from step {self.env_steps} of {self.cfg.run.steps}{changed}"
+        if hasattr(self.agent, "buffer") and "buffer" not in state["agent"]:
+            self.notes.append(
+                "the replay buffer was not saved with the run (save_buffer=false): it starts empty, so updates "
+                f"wait for batch_size={self.cfg.algo.batch_size} new transitions and the run will differ from one "
+                "that was never stopped"
+            )
         if state.get("env") is not None and state.get("obs") is not None:
             self.env.set_state(state["env"])
             return state["obs"].to(self.env.device)
-        warnings.warn(
+        self.notes.append(
             "this environment's state could not be saved: the resumed run starts new episodes here, so its "
-            "numbers will differ from a run that was never stopped",
-            stacklevel=2,
+            "numbers will differ from a run that was never stopped"
         )
         return None
