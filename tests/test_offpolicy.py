@@ -223,6 +223,71 @@ def test_sac_fixed_alpha_stays_fixed():
     assert agent.log_alpha.item() == pytest.approx(math.log(0.2))
 
 
+def test_sac_actor_and_alpha_steps_equal_one_combined_backward():
+    # The plain steps (actor, then alpha, each its own backward) give, bit for bit, the weights that one backward pass
+    # of the summed losses gave: alpha's loss reaches only log_alpha, and the actor's uses alpha detached.
+    agent = make_agent(SAC, SACConfig, max_grad_norm=0.5)
+    combined = copy.deepcopy(agent)
+    obs = torch.randn(8, 3)
+    torch.manual_seed(3)
+    agent.actor_step(obs)
+    torch.manual_seed(3)
+    alpha = combined.log_alpha.exp().detach()
+    action, log_prob = squashed_sample(combined.actor, obs)
+    actor_loss = (alpha * log_prob - combined.critic(obs, action).min(0).values).mean()
+    loss = actor_loss - (combined.log_alpha * (log_prob.detach() + combined.target_entropy)).mean()
+    for name in ("actor", "alpha"):
+        combined.optimizers[name].zero_grad()
+    loss.backward(inputs=[*combined.actor.parameters(), combined.log_alpha])
+    nn.utils.clip_grad_norm_(list(combined.actor.parameters()), 0.5)
+    for name in ("actor", "alpha"):
+        combined.optimizers[name].step()
+    for got, want in zip(agent.actor.parameters(), combined.actor.parameters(), strict=True):
+        assert torch.equal(got, want)
+    assert torch.equal(agent.log_alpha, combined.log_alpha)
+    assert agent.log_alpha.item() != math.log(0.2)
+
+
+@pytest.mark.parametrize("cls,cfg_cls", [(SAC, SACConfig), (TD3, TD3Config), (DDPG, DDPGConfig)])
+def test_critic_step_regresses_on_the_bellman_target_of_next_value(cls, cfg_cls):
+    agent = make_agent(cls, cfg_cls, gamma=0.9)
+    batch = random_batch()
+    next_value = torch.randn(8)
+    agent.next_value = lambda next_obs: next_value  # what each algorithm supplies
+    q = agent.critic(batch["obs"], batch["action"]).detach()  # [E, B]
+    target = batch["reward"] + 0.9 * (1 - batch["terminated"]) * next_value
+    critic_before, actor_before = snapshot(agent.critic), snapshot(agent.actor)
+    metrics = agent.critic_step(batch)
+    torch.testing.assert_close(metrics["critic_loss"], 0.5 * (q - target).pow(2).mean(1).sum())
+    torch.testing.assert_close(metrics["q_mean"], q.mean())
+    assert changed(agent.critic, critic_before) and not changed(agent.actor, actor_before)
+    after = agent.critic(batch["obs"], batch["action"]).detach()
+    assert (after - target).pow(2).mean() < (q - target).pow(2).mean()  # a step towards the target
+
+
+def test_sac_next_value_is_the_soft_value_at_a_fresh_action():
+    agent = make_agent(SAC, SACConfig, alpha=0.5)
+    next_obs = torch.randn(8, 3)
+    torch.manual_seed(5)
+    got = agent.next_value(next_obs)
+    torch.manual_seed(5)
+    action, log_prob = squashed_sample(agent.actor, next_obs)
+    want = agent.critic_target(next_obs, action).min(0).values - 0.5 * log_prob
+    torch.testing.assert_close(got, want)
+
+
+def test_td3_next_value_is_the_clipped_double_q_at_the_target_action():
+    agent = make_agent(TD3, TD3Config, target_noise=0.0)
+    next_obs = torch.randn(8, 3)
+    q = agent.critic_target(next_obs, agent.actor_target(next_obs))  # [2, B]
+    torch.testing.assert_close(agent.next_value(next_obs), torch.minimum(q[0], q[1]))
+    smoothed = make_agent(TD3, TD3Config, target_noise=0.2, target_noise_clip=0.05)
+    smoothed.load_state_dict(agent.state_dict())
+    diff = smoothed.next_value(next_obs) - agent.next_value(next_obs)
+    assert diff.abs().max() > 0  # smoothing moves the target action ...
+    assert diff.abs().max() < 1.0  # ... by at most the clip, so the value moves a little
+
+
 @pytest.mark.parametrize("cls,cfg_cls", [(SAC, SACConfig), (TD3, TD3Config)])
 def test_anneal_lr_scales_actor_and_critic_but_not_alpha(cls, cfg_cls):
     agent = make_agent(cls, cfg_cls, anneal_lr=True, actor_lr=1e-3, critic_lr=2e-3)

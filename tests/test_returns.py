@@ -12,7 +12,7 @@ GAE(lambda=1) + V equals the Monte-Carlo return.
 import pytest
 import torch
 
-from duetrl.returns import discounted_returns, gae, normalize, nstep_targets, td_errors
+from duetrl.returns import discounted_returns, gae, normalize, nstep_targets, td_errors, td_targets
 
 G = 0.5
 
@@ -87,6 +87,13 @@ def test_batch_end_bootstraps_and_ends_at_last_step():
 
 def test_td_errors_hand_computed():
     close(td_errors(REWARDS, VALUES, NEXT_VALUES, TERMINATED, G), TD)
+
+
+def test_td_targets_hand_computed():
+    # the TD error's target part: r + gamma * V(s') where the episode goes on, r alone where it terminated
+    close(td_targets(REWARDS, NEXT_VALUES, TERMINATED, G), TD + VALUES)
+    assert td_targets(torch.tensor([1.0]), torch.tensor([5.0]), torch.tensor([1.0]), 0.9).item() == 1.0
+    assert td_targets(torch.tensor([1.0]), torch.tensor([5.0]), torch.tensor([0.0]), 0.9).item() == 5.5
 
 
 # ------------------------------------------------------------------------------------------ GAE

@@ -43,9 +43,15 @@ def discounted_returns(
     return returns
 
 
+def td_targets(rewards: Tensor, next_values: Tensor, terminated: Tensor, gamma: float) -> Tensor:
+    """One-step Bellman targets r_t + gamma * V(s_{t+1}) * (1 - terminated_t), of any shape (the off-policy critics'
+    target, on a replayed batch ``[B]``)."""
+    return rewards + gamma * (1.0 - terminated.float()) * next_values
+
+
 def td_errors(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, gamma: float) -> Tensor:
     """One-step TD errors delta_t = r_t + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t)."""
-    return rewards + gamma * (1.0 - terminated.float()) * next_values - values
+    return td_targets(rewards, next_values, terminated, gamma) - values
 
 
 def nstep_targets(

@@ -11,13 +11,14 @@ import gymnasium as gym
 import torch
 from torch import Tensor, nn
 
-from duetrl.algos.base import Agent, Decision, anneal_lr
+from duetrl.algos.base import Agent, Decision, anneal_lr, clip_and_step
 from duetrl.buffers import ReplayBuffer
 from duetrl.config import RunConfig
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS, EnsembleQ
 from duetrl.noise import ColoredNoise, OrnsteinUhlenbeckNoise
 from duetrl.policy import rescale, space_dims
+from duetrl.returns import td_targets
 from duetrl.validate import check_choice, check_range, check_widths
 
 
@@ -121,9 +122,16 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 
 class OffPolicyAgent(Agent):
     """Config fields used: ``buffer_size``, ``batch_size``, ``learning_starts``, ``utd`` (gradient steps per env
-    step), ``save_buffer``."""
+    step), ``save_buffer``, and the critic's (``critic_*``, ``n_critics``, ``gamma``, ``max_grad_norm``).
+
+    An algorithm builds its actor, then its critic with :meth:`make_critic` (in that order: the initial weights
+    follow the seed), and supplies the critic's bootstrap (:meth:`next_value`) and its ``gradient_step``, which
+    starts with the shared :meth:`critic_step`. Actions here are in [-1, 1] (the buffer's ``action``, the critics'
+    input); the env receives them rescaled to its bounds."""
 
     name = "off-policy"
+    critic: EnsembleQ  # Q_i(s, a) of every member: [E, B]
+    critic_params: list[Tensor]  # what the critic's optimizer (``optimizers["critic"]``) steps
 
     def __init__(self, cfg: Any, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
@@ -200,8 +208,25 @@ class OffPolicyAgent(Agent):
 
     # ------------------------------------------------------------------------------------------ learning
     @abstractmethod
+    def next_value(self, next_obs: Tensor) -> Tensor:
+        """The value of the next states ``[B]`` that the critic's target bootstraps from, from the target networks
+        (called without gradient)."""
+
+    def critic_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One gradient step of every Q critic towards the Bellman target r + gamma * (1 - terminated) * V(s'),
+        with V(s') from :meth:`next_value`; returns the critic's metrics as 0-d tensors."""
+        with torch.no_grad():
+            next_value = self.next_value(batch["next_obs"])
+            target = td_targets(batch["reward"], next_value, batch["terminated"], self.cfg.gamma)  # [B]
+        q = self.critic(batch["obs"], batch["action"])  # [E, B]
+        critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
+        clip_and_step(self.optimizers["critic"], critic_loss, self.critic_params, self.cfg.max_grad_norm)
+        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+
+    @abstractmethod
     def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """One update of every network from one sampled batch; returns metrics as 0-d tensors."""
+        """One update of every network from one sampled batch (the critic's by :meth:`critic_step`, then the
+        algorithm's own); returns metrics as 0-d tensors."""
 
     def update(self) -> dict[str, float]:
         steps = int(self.updates_owed)

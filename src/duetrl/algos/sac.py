@@ -101,7 +101,6 @@ class SAC(OffPolicyAgent):
             "alpha": nn.ParameterList([self.log_alpha]),
         }
         self.actor_params, self.critic_params = list(self.actor.parameters()), list(self.critic.parameters())
-        self.actor_alpha_params = [*self.actor_params, self.log_alpha]  # what the actor step's backward reaches
         self.polyak_pairs = averaged_tensors(self.critic_target), averaged_tensors(self.critic)
         if cfg.noise_beta > 0:
             self.noise = self.colored_noise(cfg.noise_beta)
@@ -122,40 +121,30 @@ class SAC(OffPolicyAgent):
     def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:
         return squashed_sample(self.actor, obs, deterministic)[0]
 
+    def next_value(self, next_obs: Tensor) -> Tensor:
+        """The soft value min_i Q_targ_i(s', a') - alpha * log pi(a'|s') at a fresh action a' ~ pi(s')."""
+        next_action, next_log_prob = squashed_sample(self.actor, next_obs)
+        return self.critic_target(next_obs, next_action).min(0).values - self.log_alpha.exp() * next_log_prob
+
     def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        metrics = self.critic_step(batch)
+        if self.gradient_steps % self.cfg.policy_delay == 0:
+            metrics.update(self.actor_step(batch["obs"]))
+        polyak(*self.polyak_pairs, self.cfg.tau)
+        return metrics
+
+    def actor_step(self, obs: Tensor) -> dict[str, Tensor]:
+        """The actor, then the temperature: one plain step each, from one sample of the policy."""
         cfg = self.cfg
         alpha = self.log_alpha.exp().detach()
-
-        # Critic: soft Bellman target from the target critics at a fresh action of the current policy.
-        with torch.no_grad():
-            next_action, next_log_prob = squashed_sample(self.actor, batch["next_obs"])
-            next_q = self.critic_target(batch["next_obs"], next_action).min(0).values - alpha * next_log_prob
-            target = batch["reward"] + cfg.gamma * (1 - batch["terminated"]) * next_q
-        q = self.critic(batch["obs"], batch["action"])  # [E, B]
-        critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
-        clip_and_step(self.optimizers["critic"], critic_loss, self.critic_params, cfg.max_grad_norm)
-        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
-
-        if self.gradient_steps % cfg.policy_delay == 0:
-            # Actor: maximise the soft Q (of the just-updated critic) of its own reparameterised actions.
-            action, log_prob = squashed_sample(self.actor, batch["obs"])
-            q_pi = self.critic(batch["obs"], action).min(0).values
-            loss = actor_loss = (alpha * log_prob - q_pi).mean()
-            optimizers, params = [self.optimizers["actor"]], self.actor_params
-            if cfg.autotune_alpha:
-                # Alpha: keep the policy's entropy near the target. Its loss touches only log_alpha (and the actor
-                # loss uses alpha detached), so one backward pass serves both without changing either update.
-                loss = loss - (self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-                optimizers.append(self.optimizers["alpha"])
-                params = self.actor_alpha_params
-            for optimizer in optimizers:
-                optimizer.zero_grad()
-            loss.backward(inputs=params)  # the actor and alpha only: the critic's weights get no gradient
-            if cfg.max_grad_norm > 0:
-                nn.utils.clip_grad_norm_(self.actor_params, cfg.max_grad_norm)
-            for optimizer in optimizers:
-                optimizer.step()
-            metrics.update(actor_loss=actor_loss.detach(), entropy=-log_prob.detach().mean(), alpha=alpha)
-
-        polyak(*self.polyak_pairs, cfg.tau)
-        return metrics
+        # Actor: maximise the soft Q (of the just-updated critic) of its own reparameterised actions. Only the
+        # actor's weights get a gradient, not the critic's.
+        action, log_prob = squashed_sample(self.actor, obs)
+        q_pi = self.critic(obs, action).min(0).values
+        actor_loss = (alpha * log_prob - q_pi).mean()
+        clip_and_step(self.optimizers["actor"], actor_loss, self.actor_params, cfg.max_grad_norm)
+        if cfg.autotune_alpha:
+            # Alpha: raise it when the policy's entropy (-log_prob) falls below the target, lower it above.
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            clip_and_step(self.optimizers["alpha"], alpha_loss, [self.log_alpha], 0.0)
+        return {"actor_loss": actor_loss.detach(), "entropy": -log_prob.detach().mean(), "alpha": alpha}

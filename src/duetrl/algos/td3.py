@@ -98,23 +98,20 @@ class TD3(OffPolicyAgent):
             return action
         return (action + torch.randn_like(action) * self.cfg.exploration_noise).clamp(-1.0, 1.0)
 
+    def next_value(self, next_obs: Tensor) -> Tensor:
+        """Clipped double-Q: min_i Q_targ_i(s', a') at the target policy's action a', smoothed by clipped noise."""
+        cfg = self.cfg
+        next_action = self.actor_target(next_obs)
+        if cfg.target_noise > 0:
+            smoothing = (torch.randn_like(next_action) * cfg.target_noise).clamp(
+                -cfg.target_noise_clip, cfg.target_noise_clip
+            )
+            next_action = (next_action + smoothing).clamp(-1.0, 1.0)
+        return self.critic_target(next_obs, next_action).min(0).values
+
     def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg = self.cfg
-        # Critic: clipped double-Q target at the target policy's (smoothed) next action.
-        with torch.no_grad():
-            next_action = self.actor_target(batch["next_obs"])
-            if cfg.target_noise > 0:
-                smoothing = (torch.randn_like(next_action) * cfg.target_noise).clamp(
-                    -cfg.target_noise_clip, cfg.target_noise_clip
-                )
-                next_action = (next_action + smoothing).clamp(-1.0, 1.0)
-            next_q = self.critic_target(batch["next_obs"], next_action).min(0).values
-            target = batch["reward"] + cfg.gamma * (1 - batch["terminated"]) * next_q
-        q = self.critic(batch["obs"], batch["action"])  # [E, B]
-        critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
-        clip_and_step(self.optimizers["critic"], critic_loss, self.critic_params, cfg.max_grad_norm)
-        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
-
+        metrics = self.critic_step(batch)
         # Actor (delayed): ascend the first critic's Q at its own action; then move the targets.
         if self.gradient_steps % cfg.policy_delay == 0:
             actor_loss = -self.critic(batch["obs"], self.actor(batch["obs"]))[0].mean()
