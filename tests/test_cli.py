@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from helpers import assert_user_error, run
 
 from duetrl import checkpoint as ckpt
@@ -281,3 +282,28 @@ def test_evaluation_of_an_env_without_an_end_stops_at_the_step_cap_and_says_so(t
     warnings = [line for line in err.splitlines() if line.startswith("duetrl: warning:")]
     assert len(warnings) == 1 and "2 of 2 evaluation episodes" in warnings[0] and "50 steps" in warnings[0], err
     assert "Traceback" not in err
+
+
+def test_a_runs_own_config_file_can_be_fed_back_and_tweaked(tmp_path):
+    code, _, err = cli_process(
+        tmp_path, "train", "CartPole-v1", "--algo", "ppo", "--steps", 512, "--set", "eval_every=0", "eval_episodes=1",
+        "--run-dir", tmp_path / "A", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    first = yaml.safe_load((tmp_path / "A" / "config.yaml").read_text())
+    assert first["preset"] == "CartPole-v1/ppo/default"
+    code, _, err = cli_process(
+        tmp_path,
+        "train",
+        "--config",
+        tmp_path / "A" / "config.yaml",
+        "--seed",
+        1,
+        "--run-dir",
+        tmp_path / "B",
+        "--quiet",
+    )
+    assert code == 0, err
+    assert "with preset CartPole-v1/ppo/default" in err
+    second = yaml.safe_load((tmp_path / "B" / "config.yaml").read_text())
+    assert second == {**first, "seed": 1}

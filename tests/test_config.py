@@ -366,3 +366,12 @@ def test_learning_starts_none_validates_and_an_unresolved_agent_keeps_the_paper_
     env = Pendulum(1)
     agent = TD3(TD3Config(), env.single_observation_space, env.single_action_space, 1, torch.device("cpu"))
     assert agent.learning_starts == 25_000
+
+
+def test_a_recorded_preset_id_names_that_preset():
+    cfg, preset_id = resolve(config_file={"env_id": "Acrobot-v1", "algo": "ppo", "preset": "CartPole-v1/ppo/default"})
+    assert preset_id == "CartPole-v1/ppo/default" and cfg.algo.num_steps == 64  # as CartPole-v1.yaml says
+    with pytest.raises(UserError, match=r"preset 'CartPole-v1/ppo/default' is for algo 'ppo', not 'a2c'"):
+        resolve("CartPole-v1", "a2c", "CartPole-v1/ppo/default")
+    with pytest.raises(UserError, match=r"unknown preset 'CartPole-v1/ppo/nope'"):
+        resolve("CartPole-v1", "ppo", "CartPole-v1/ppo/nope")

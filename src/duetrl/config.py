@@ -234,10 +234,23 @@ def list_presets() -> list[dict[str, str]]:
 
 def find_preset(env_id: str, algo: str, name: str | None) -> tuple[str | None, dict[str, Any]]:
     """The preset's id and settings. ``name=None`` picks the pair's 'default' if one ships, else none;
-    ``name="none"`` asks for no preset at all. Env-specific presets win over generic ones (``any.yaml``)."""
+    ``name="none"`` asks for no preset at all. Env-specific presets win over generic ones (``any.yaml``).
+
+    ``name`` may also be a full id ``SCOPE/ALGO/NAME`` as a run's config.yaml records it (``CartPole-v1/ppo/default``):
+    that preset, whatever the env, so a run's own config file can be fed back and tweaked."""
     if name == "none":
         return None, {}
     files = _preset_files()
+    if name is not None and name.count("/") == 2:
+        scope, preset_algo, short = name.split("/")
+        body = files.get(scope, {}).get(preset_algo, {}).get(short, -1)
+        if body == -1:
+            raise UserError(f"unknown preset {name!r} (see `duetrl presets`)")
+        if preset_algo != algo:
+            raise UserError(f"preset {name!r} is for algo {preset_algo!r}, not {algo!r}; choose a preset of {algo!r}")
+        body = dict(body or {})
+        body.pop("description", None)
+        return name, body
     wanted = name or "default"
     for scope in (env_id, "any"):
         presets = files.get(scope, {}).get(algo, {})
