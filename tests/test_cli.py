@@ -307,3 +307,38 @@ def test_a_runs_own_config_file_can_be_fed_back_and_tweaked(tmp_path):
     assert "with preset CartPole-v1/ppo/default" in err
     second = yaml.safe_load((tmp_path / "B" / "config.yaml").read_text())
     assert second == {**first, "seed": 1}
+
+
+PICKY_ENV = """
+import gymnasium as gym
+import numpy as np
+
+
+class Picky(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, size=3):
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        self.size = size
+"""
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["Pendulum-v1", "--backend", "torch", "--env-kwargs", "g=abc"], r"g='abc' should be a number"),
+        (["Pendulum-v1", "--backend", "gymnasium", "--env-kwargs", "g=abc"], r"g='abc' should be a number"),
+        (["Pendulum-v1", "--backend", "torch", "--env-kwargs", "G=1"], r"no argument 'G' \(it takes g, m, l\)"),
+        (["CartPole-v1", "--env-kwargs", "sutton_barto_reward=maybe"], r"sutton_barto_reward='maybe' should be true"),
+        (["picky_env:Picky", "--env-kwargs", "size=-1"], r"rejected its arguments: size must be positive, got -1"),
+        (["picky_env:Picky", "--env-kwargs", "size=abc"], r"rejected its arguments: size='abc' should be a number"),
+    ],
+)
+def test_bad_environment_arguments_are_one_line_before_anything_is_written(tmp_path, argv, match):
+    (tmp_path / "picky_env.py").write_text(PICKY_ENV)
+    code, out, err = cli_process(tmp_path, "train", *argv, "--steps", 64, "--run-dir", tmp_path / "R", "--quiet")
+    line = assert_user_error(code, out, err, match=match)
+    assert "environment" in line and "--env-kwargs" not in line
+    assert not (tmp_path / "R").exists()

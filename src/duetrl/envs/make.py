@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import numbers
+import types
+import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -41,13 +44,95 @@ def env_factory(env_id: str, render_mode: str | None = None, **env_kwargs: Any) 
             raise UserError(f"cannot import {module_name!r} for env {env_id!r}: {e}") from None
         target = getattr(module, attr, None)
         if inspect.isclass(target) and issubclass(target, gym.Env):
+            check_env_kwargs(env_id, target, env_kwargs)
             factory = lambda: target(**kwargs)  # noqa: E731
             _check_factory(factory, env_id)
             return factory
     spec = twin_spec(env_id) or env_id  # a native env's twin takes the native env's arguments (m, l, ...)
+    check_env_kwargs(env_id, _entry_point(spec), env_kwargs)
     factory = lambda: gym.make(spec, **kwargs)  # noqa: E731
     _check_factory(factory, env_id)
     return factory
+
+
+def _entry_point(spec: Any) -> Callable[..., Any] | None:
+    """What ``gym.make`` calls for a registered id (or spec), or None if it is not registered (yet)."""
+    try:
+        entry = spec.entry_point if isinstance(spec, gym.envs.registration.EnvSpec) else gym.spec(spec).entry_point
+        return gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
+    except Exception:  # an unknown id or an entry point that does not import: _check_factory says which
+        return None
+
+
+def check_env_kwargs(
+    env_id: str, constructor: Callable[..., Any] | None, env_kwargs: dict[str, Any], skip: Iterable[str] = ()
+) -> None:
+    """A UserError, before any env is made, for an argument the constructor does not take or a value of the wrong
+    type: by its annotation (``g: float``), else by its default (``goal_velocity=0`` takes numbers)."""
+    if constructor is None or not env_kwargs:
+        return
+    try:
+        params = dict(inspect.signature(constructor).parameters)
+    except (TypeError, ValueError):  # a builtin or an odd callable: constructing it will tell
+        return
+    try:
+        hints = typing.get_type_hints(constructor.__init__ if inspect.isclass(constructor) else constructor)
+    except Exception:  # unresolvable annotations: fall back on the defaults
+        hints = {}
+    for name in ("self", "num_envs", "device", "dtype", "render_mode", *skip):
+        params.pop(name, None)
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    named = {k: p for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for key, value in env_kwargs.items():
+        if key not in named:
+            if open_ended:
+                continue
+            takes = ", ".join(named) or "no arguments"
+            raise UserError(
+                f"environment {env_id!r} rejected its arguments: it has no argument {key!r} (it takes {takes})"
+            )
+        expected = _expected_type(hints.get(key), named[key].default)
+        if expected is not None and not _is_a(value, expected):
+            raise UserError(
+                f"environment {env_id!r} rejected its arguments: {key}={value!r} should be {_type_words(expected)}"
+            )
+
+
+def _expected_type(annotation: Any, default: Any) -> Any:
+    """The type a value must have: the annotation when it is a plain type (or an optional one), else the default's
+    type for a number or a bool; None when nothing can be said."""
+    if annotation is not None:
+        args = typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            plain = [a for a in args if a in (bool, int, float, str, type(None))]
+            return tuple(plain) if len(plain) == len(args) else None
+        return annotation if annotation in (bool, int, float, str) else None
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, numbers.Real):
+        return float  # goal_velocity=0 takes 0.05 as well
+    return None
+
+
+def _is_a(value: Any, expected: Any) -> bool:
+    if isinstance(expected, tuple):
+        return any(_is_a(value, e) for e in expected)
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _type_words(expected: Any) -> str:
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    if isinstance(expected, tuple):
+        return " or ".join(words[e] for e in expected)
+    return words[expected]
 
 
 def _check_factory(factory: Callable[[], gym.Env], env_id: str) -> None:
@@ -55,13 +140,15 @@ def _check_factory(factory: Callable[[], gym.Env], env_id: str) -> None:
         env = factory()
     except gym.error.Error as e:
         raise UserError(f"unknown or unusable environment {env_id!r}: {_one_line(e)}") from None
-    except TypeError as e:
-        raise UserError(f"environment {env_id!r} rejected its arguments (--env-kwargs): {_one_line(e)}") from None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"environment {env_id!r} rejected its arguments: {_one_line(e)}") from None
     except ModuleNotFoundError as e:
         extra = " (install it with: pip install 'duetrl[mujoco]')" if "mujoco" in str(e) else ""
         raise UserError(f"environment {env_id!r} needs a missing package: {e}{extra}") from None
     except gym.error.DependencyNotInstalled as e:  # pragma: no cover - subclass of Error in some versions
         raise UserError(f"environment {env_id!r} needs a missing package: {_one_line(e)}") from None
+    except Exception as e:  # the env's own constructor failed: one line here, the traceback with --debug
+        raise UserError(f"environment {env_id!r} could not be created: {type(e).__name__}: {_one_line(e)}") from e
     env.close()
 
 
@@ -86,14 +173,20 @@ def make(
         raise UserError(f"num_envs={num_envs} must be at least 1")
     device = torch.device(device or "cpu")
     if backend in ("auto", "torch"):
-        from duetrl.envs.native import make_native
+        from duetrl.envs.native import NATIVE_ENVS, make_native
 
-        native = make_native(env_id, num_envs, device=device, **env_kwargs) if render_mode is None else None
+        native_fits = render_mode is None
+        if native_fits and env_id in NATIVE_ENVS:
+            try:
+                check_env_kwargs(env_id, NATIVE_ENVS[env_id], env_kwargs)
+            except UserError:
+                if backend == "torch":
+                    raise
+                native_fits = False  # auto: Gymnasium's env may take what the native one does not
+        native = make_native(env_id, num_envs, device=device, **env_kwargs) if native_fits else None
         if native is not None:
             return native
         if backend == "torch":
-            from duetrl.envs.native import NATIVE_ENVS
-
             raise UserError(
                 f"no torch-native implementation of {env_id!r} (have: {', '.join(sorted(NATIVE_ENVS))}); "
                 "use --backend gymnasium"

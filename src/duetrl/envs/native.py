@@ -293,4 +293,4 @@ def make_native(env_id: str, num_envs: int, device: Any = "cpu", **env_kwargs: A
     except TypeError as e:
         from duetrl.errors import UserError
 
-        raise UserError(f"environment {env_id!r} rejected its arguments (--env-kwargs): {e}") from None
+        raise UserError(f"environment {env_id!r} rejected its arguments: {e}") from None
