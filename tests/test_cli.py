@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -217,10 +218,10 @@ def test_budget_warning_is_printed_once_before_training(capsys, tmp_path):
     assert json.loads(out.strip().splitlines()[-1])["env_steps"] == 200  # a warning, not an error: the run ran
 
 
-def cli_process(cwd, *argv):
+def cli_process(cwd, *argv, env=None):
     """``python -m duetrl.cli ARGV`` as a child process, as a user runs it: (exit code, stdout, stderr)."""
     argv = [sys.executable, "-m", "duetrl.cli", *map(str, argv)]
-    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
     return done.returncode, done.stdout, done.stderr
 
 
@@ -342,3 +343,27 @@ def test_bad_environment_arguments_are_one_line_before_anything_is_written(tmp_p
     line = assert_user_error(code, out, err, match=match)
     assert "environment" in line and "--env-kwargs" not in line
     assert not (tmp_path / "R").exists()
+
+
+def test_mujoco_video_without_a_display_picks_a_headless_gl_and_a_window_fails_clearly(tmp_path):
+    pytest.importorskip("mujoco")
+    pytest.importorskip("imageio")
+    from duetrl.evaluate import offscreen_gl
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MUJOCO_GL")}
+    run_dir = tmp_path / "H"
+    argv = ["train", "Hopper-v5", "--algo", "ppo", "--preset", "none", "--steps", 64, "--run-dir", run_dir, "--quiet"]
+    settings = ["--set", "num_steps=32", "minibatch_size=32", "eval_every=0", "eval_episodes=1"]
+    code, _, err = cli_process(tmp_path, *argv, *settings, env=env)
+    assert code == 0, err
+
+    code, out, err = cli_process(tmp_path, "eval", run_dir, "--episodes", 1, "--render", "human", env=env)
+    line = assert_user_error(code, out, err, match="needs a display")
+    assert "--video" in line
+
+    code, out, err = cli_process(tmp_path, "eval", run_dir, "--episodes", 1, "--video", "hop.mp4", env=env)
+    if offscreen_gl() is None:  # what the child could choose: EGL, else OSMesa, else nothing
+        assert_user_error(code, out, err, match="neither EGL nor OSMesa")
+    else:
+        assert code == 0, err
+        assert (tmp_path / "hop.mp4").stat().st_size > 1000 and "FatalError" not in err

@@ -1,5 +1,7 @@
 """Evaluation on held-out episodes and headless video."""
 
+import os
+
 import pytest
 
 import duetrl
@@ -107,3 +109,33 @@ def test_the_final_checkpoint_is_written_before_the_final_evaluation(never_ends,
     )
     assert seen == [["step_000000000064.safetensors"]]
     assert result.stopped_early == "interrupted" and result.final_eval is None and result.env_steps == 64
+
+
+def test_headless_gl_prefers_egl_then_osmesa_and_leaves_a_display_or_a_choice_alone(monkeypatch):
+    import ctypes.util
+
+    from duetrl.evaluate import has_display, headless_gl
+
+    for key in ("DISPLAY", "WAYLAND_DISPLAY", "MUJOCO_GL"):
+        monkeypatch.setenv(key, "")  # recorded as it was, so that what headless_gl sets is undone too
+        monkeypatch.delenv(key)
+    libraries = {"EGL": "libEGL.so.1", "OSMesa": "libOSMesa.so.8"}
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: libraries.get(name))
+    assert not has_display() and headless_gl() == "egl" and os.environ["MUJOCO_GL"] == "egl"
+    assert headless_gl() is None  # already chosen: left alone
+    monkeypatch.delenv("MUJOCO_GL")
+    del libraries["EGL"]
+    assert headless_gl() == "osmesa"
+    monkeypatch.delenv("MUJOCO_GL")
+    libraries.clear()
+    assert headless_gl() is None and "MUJOCO_GL" not in os.environ
+    monkeypatch.setenv("DISPLAY", ":0")
+    libraries["EGL"] = "libEGL.so.1"
+    assert has_display() and headless_gl() is None and "MUJOCO_GL" not in os.environ
+
+
+def test_a_window_without_a_display_is_a_user_error(run_dir, monkeypatch):
+    for key in ("DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(duetrl.UserError, match="needs a display"):
+        duetrl.evaluate(run_dir, episodes=1, render="human")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +142,19 @@ def render_episodes(
         render_mode = "rgb_array"
         writer_module = _imageio()
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # off-screen frames need no display
+        headless_gl()
+    elif render_mode == "human" and not has_display():
+        raise UserError(
+            "showing episodes in a window needs a display, and there is none here (DISPLAY is not set): "
+            "record them to a file instead (--video out.mp4, or video='out.mp4' from Python)"
+        )
     env = env_factory(env_id, render_mode=render_mode, **(env_kwargs or {}))()
+    if video is not None and _is_mujoco(env) and not os.environ.get("MUJOCO_GL") and not has_display():
+        env.close()
+        raise UserError(
+            "recording MuJoCo video without a display needs an off-screen OpenGL, and neither EGL nor OSMesa was "
+            "found: install one (apt install libegl1, or libosmesa6) and set MUJOCO_GL=egl (or osmesa)"
+        )
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
     cap = step_cap(env, max_steps)
     frames: list[np.ndarray] = []
@@ -153,7 +167,7 @@ def render_episodes(
                 capped += 1
                 break
             if video is not None:
-                frames.append(env.render())
+                frames.append(_render(env))
             with torch.no_grad():
                 action = act(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0].cpu().numpy()
             obs, reward, terminated, truncated, _ = env.step(int(action) if discrete else action)
@@ -163,11 +177,64 @@ def render_episodes(
         returns.append(total)
         lengths.append(length)
     if video is not None:
-        frames.append(env.render())
+        frames.append(_render(env))
         fps = fps or int(env.metadata.get("render_fps", 30))
         write_video(writer_module, Path(video), frames, fps)
     env.close()
     return EvalResult(returns, lengths, capped, cap)
+
+
+def has_display() -> bool:
+    """False on a Linux machine without X or Wayland (a server, a container); elsewhere there is a screen."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def offscreen_gl() -> str | None:
+    """MuJoCo's off-screen OpenGL that this machine has: ``egl`` if its library is installed, else ``osmesa``."""
+    for name, library in (("egl", "EGL"), ("osmesa", "OSMesa")):
+        if ctypes.util.find_library(library):
+            return name
+    return None
+
+
+def headless_gl() -> str | None:
+    """Where there is no display and MUJOCO_GL is unset, point MuJoCo's renderer at :func:`offscreen_gl`. MuJoCo
+    reads it when the first render context is made, so setting it here, before the video's env exists, is in time.
+    Returns the choice, or None if nothing was set."""
+    if has_display() or os.environ.get("MUJOCO_GL"):
+        return None
+    choice = offscreen_gl()
+    if choice is not None:
+        os.environ["MUJOCO_GL"] = choice
+    return choice
+
+
+def _is_mujoco(env: gym.Env) -> bool:
+    return type(env.unwrapped).__module__.startswith("gymnasium.envs.mujoco") or hasattr(
+        env.unwrapped, "mujoco_renderer"
+    )
+
+
+def _render(env: gym.Env) -> np.ndarray:
+    """One frame; an OpenGL failure (MuJoCo's FatalError, a RuntimeError) is a UserError saying what to set."""
+    try:
+        return env.render()
+    except Exception as e:
+        if type(e).__name__ != "FatalError" and "opengl" not in str(e).lower():
+            raise
+        env.close()
+        chosen = os.environ.get("MUJOCO_GL")
+        raise UserError(
+            f"cannot render off-screen frames (MUJOCO_GL={chosen or 'unset'}): {_first_line(e)}; set MUJOCO_GL to "
+            "egl or osmesa, whichever this machine has (apt install libegl1 or libosmesa6)"
+        ) from e
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 def _imageio() -> Any:
