@@ -367,3 +367,21 @@ def test_mujoco_video_without_a_display_picks_a_headless_gl_and_a_window_fails_c
     else:
         assert code == 0, err
         assert (tmp_path / "hop.mp4").stat().st_size > 1000 and "FatalError" not in err
+
+
+def test_eval_takes_a_checkpoint_file_in_place_of_the_run_directory(tmp_path):
+    run_dir = tmp_path / "P"
+    argv = ["train", "Pendulum-v1", "--preset", "chapter", "--steps", 200, "--set", "eval_episodes=1", "eval_every=0"]
+    code, _, err = cli_process(tmp_path, *argv, "--run-dir", run_dir, "--quiet")
+    assert code == 0, err
+    best = run_dir / "checkpoints" / "best.safetensors"
+    code, out, err = cli_process(tmp_path, "eval", best, "--episodes", 2, "--deterministic", "--json")
+    assert code == 0, err
+    by_file = json.loads(out)
+    code, out, err = cli_process(
+        tmp_path, "eval", run_dir, "--checkpoint", "best", "--episodes", 2, "--deterministic", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["returns"] == by_file["returns"] and by_file["episodes"] == 2
+    code, out, err = cli_process(tmp_path, "eval", run_dir / "checkpoints" / "nope.safetensors")
+    assert_user_error(code, out, err, match="checkpoint not found")

@@ -101,8 +101,15 @@ class LoadedAgent:
 
 
 def load(run_dir: str | Path, checkpoint: str = "latest", device: str = "cpu") -> LoadedAgent:
-    """The agent saved in ``run_dir`` (``checkpoint``: "latest", "best" or a file path)."""
+    """The agent saved in ``run_dir`` (``checkpoint``: "latest", "best" or a file path); ``run_dir`` may also be
+    a checkpoint file itself (``runs/x/checkpoints/best.safetensors``)."""
     run_dir = Path(run_dir)
+    if run_dir.suffix == ".safetensors" or run_dir.is_file():
+        if checkpoint != "latest":
+            raise UserError(
+                f"{run_dir} is a checkpoint file already: give it alone, or its run directory with a checkpoint"
+            )
+        run_dir, checkpoint = run_dir.parent.parent, str(run_dir)
     if checkpoint == "latest":
         path = ckpt.latest_checkpoint(run_dir)
     elif checkpoint == "best":

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(train)
 
     ev = sub.add_parser("eval", help="evaluate a trained run")
-    ev.add_argument("run_dir")
+    ev.add_argument("run_dir", metavar="RUN", help="a run directory, or one of its checkpoint files")
     ev.add_argument("--episodes", type=int, default=10)
     mode = ev.add_mutually_exclusive_group()
     mode.add_argument("--deterministic", action="store_true", default=None, help="act with the policy's mode")
