@@ -72,6 +72,7 @@ def test_params_unknown_algo(capsys):
         (["NoSuchEnv-v0"], "unknown or unusable environment 'NoSuchEnv-v0'"),
         (["Pendulum-v1", "--algo", "nope"], "unknown algorithm 'nope'"),
         (["Pendulum-v1", "--set", "gama=0.9"], "did you mean 'gamma'"),
+        (["Pendulum-v1", "--algo", "ppo", "--set", "gama=0.9"], r"for --algo ppo \(from flags\)"),
         (["Pendulum-v1", "--set", "gamma=2"], "gamma=2"),
         (["Pendulum-v1", "--set", "gamma=abc"], "gamma='abc'"),
         (["Pendulum-v1", "--preset", "nope"], "unknown preset 'nope'"),

@@ -215,3 +215,30 @@ def test_target_return_stops_early_and_keeps_that_checkpoint(tmp_path):
     from duetrl import checkpoint as ckpt
 
     assert ckpt.latest_checkpoint(run_dir).name == "step_000000000400.safetensors"
+
+
+# ------------------------------------------------------------------------------------------ the API's own words
+
+
+def test_python_errors_name_keyword_arguments_not_flags(pendulum_run, tmp_path):
+    run_dir, _ = pendulum_run
+    cases = [
+        (lambda: duetrl.train("Pendulum-v1", "ppo", gama=0.9, run_dir=tmp_path / "a"), "algo='ppo' (from keyword"),
+        (lambda: duetrl.train("CartPole-v1", "td3", run_dir=tmp_path / "b"), "algo='td3' needs continuous"),
+        (lambda: duetrl.train("Pendulum-v1", "ac", preset="nope"), "with algo='ac'"),
+        (lambda: duetrl.train("Pendulum-v1", "ac", run_dir=run_dir, **CHAPTER), f"duetrl.resume('{run_dir}')"),
+        (lambda: duetrl.train("Pendulum-v1", "ac", backend="torch", imports=["no_such_module_x"]), "(imports)"),
+    ]
+    for call, words in cases:
+        with pytest.raises(duetrl.UserError) as caught:
+            call()
+        message = str(caught.value)
+        assert words in message and "--" not in message, message
+
+
+def test_act_on_an_observation_of_the_wrong_shape_names_the_expected_one(pendulum_run):
+    agent = duetrl.load(pendulum_run[0])
+    for obs in (np.zeros(5), np.zeros((4, 5)), np.zeros((2, 4, 3)), np.float32(1.0)):
+        with pytest.raises(duetrl.UserError, match=r"does not fit Pendulum-v1, whose observations have shape \(3,\)"):
+            agent.act(obs)
+    assert agent.act([0.0, 1.0, 0.0]).shape == (1,) and agent.act(np.zeros((4, 3))).shape == (4, 1)

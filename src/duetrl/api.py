@@ -88,8 +88,15 @@ class LoadedAgent:
         """Env action(s) for an observation ``[obs_dim]`` or a batch ``[B, obs_dim]``, as numpy."""
         if deterministic is None:
             deterministic = self.config.run.eval_deterministic
-        tensor = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
-        single = tensor.dim() == 1
+        array = np.asarray(obs, dtype=np.float32)
+        shape = tuple(self.agent.obs_space.shape)
+        if array.shape[array.ndim - len(shape) :] != shape or array.ndim > len(shape) + 1:
+            raise UserError(
+                f"an observation of shape {array.shape} does not fit {self.env_id}, whose observations have shape "
+                f"{shape}: pass one of shape {shape}, or a batch of shape (B, {', '.join(map(str, shape))})"
+            )
+        tensor = torch.as_tensor(array, device=self.device)
+        single = tensor.dim() == len(shape)
         batch = tensor[None] if single else tensor
         with torch.no_grad():
             action = self.agent.act(batch, deterministic=deterministic).cpu().numpy()

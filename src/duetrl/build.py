@@ -22,7 +22,7 @@ from duetrl.algos.base import Agent
 from duetrl.config import RESUMABLE, Config, resolve
 from duetrl.envs import import_modules
 from duetrl.envs.make import env_factory
-from duetrl.errors import UserError
+from duetrl.errors import UserError, setting
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,7 +31,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={name!r} but CUDA is not available here; use --device cpu")
+        raise UserError(f"{setting('device', name)} but CUDA is not available here; use {setting('device', 'cpu')}")
     return device
 
 
@@ -48,11 +48,11 @@ def build_agent(cfg: Config, obs_space: gym.Space, act_space: gym.Space, device:
     discrete = isinstance(act_space, gym.spaces.Discrete)
     if discrete and not spec.discrete:
         raise UserError(
-            f"--algo {spec.name} needs continuous actions; {cfg.run.env_id} has discrete actions "
-            "(try --algo ppo, a2c or ac)"
+            f"{setting('algo', spec.name)} needs continuous actions; {cfg.run.env_id} has discrete actions "
+            "(try ppo, a2c or ac)"
         )
     if not discrete and not spec.continuous:
-        raise UserError(f"--algo {spec.name} needs discrete actions; {cfg.run.env_id} has continuous actions")
+        raise UserError(f"{setting('algo', spec.name)} needs discrete actions; {cfg.run.env_id} has continuous actions")
     return spec.agent_cls(cfg.algo, obs_space, act_space, cfg.run.num_envs, device)
 
 

@@ -8,7 +8,7 @@ import sys
 import traceback
 from typing import Any, NoReturn
 
-from duetrl.errors import TrainingError, UserError
+from duetrl.errors import TrainingError, UserError, command_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -305,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        with command_line():  # messages name settings as flags
+            args = build_parser().parse_args(argv)
+            return COMMANDS[args.command](args)
     except UserError as e:
         if debug:
             traceback.print_exc()

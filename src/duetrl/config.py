@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from duetrl.errors import UserError
+from duetrl.errors import UserError, given_as, setting
 from duetrl.validate import check
 
 if TYPE_CHECKING:
@@ -262,7 +262,7 @@ def find_preset(env_id: str, algo: str, name: str | None) -> tuple[str | None, d
         return None, {}
     known = sorted({n for scope in (env_id, "any") for n in files.get(scope, {}).get(algo, {})} | {"none"})
     raise UserError(
-        f"unknown preset {name!r} for {env_id} with --algo {algo}; choose from: {', '.join(known)} "
+        f"unknown preset {name!r} for {env_id} with {setting('algo', algo)}; choose from: {', '.join(known)} "
         "(see `duetrl presets`)"
     )
 
@@ -331,7 +331,7 @@ def resolve(
     for source, values in (
         ("preset " + str(preset_id), preset_values),
         ("config file", file_values),
-        ("flags", overrides),
+        (given_as(), overrides),
     ):
         run_part, algo_part = {}, {}
         for key, value in values.items():
@@ -356,7 +356,7 @@ def resolve(
 def _unknown_key_message(key: str, known: set[str], algo: str, source: str) -> str:
     close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else f"; see `duetrl params --algo {algo}` for the keys"
-    return f"unknown setting {key!r} for --algo {algo} (from {source}){hint}"
+    return f"unknown setting {key!r} for {setting('algo', algo)} (from {source}){hint}"
 
 
 def describe_fields(cls: type) -> list[tuple[str, str, Any]]:

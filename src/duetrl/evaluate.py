@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from duetrl.envs.make import env_factory
-from duetrl.errors import UserError
+from duetrl.errors import UserError, setting
 
 EVAL_SEED_BASE = 1_000_000  # evaluation episodes use seeds from here on, never used by training
 MAX_PARALLEL = 50
@@ -146,7 +146,7 @@ def render_episodes(
     elif render_mode == "human" and not has_display():
         raise UserError(
             "showing episodes in a window needs a display, and there is none here (DISPLAY is not set): "
-            "record them to a file instead (--video out.mp4, or video='out.mp4' from Python)"
+            f"record them to a file instead ({setting('video', 'out.mp4')})"
         )
     env = env_factory(env_id, render_mode=render_mode, **(env_kwargs or {}))()
     if video is not None and _is_mujoco(env) and not os.environ.get("MUJOCO_GL") and not has_display():

@@ -21,7 +21,7 @@ from duetrl import checkpoint as ckpt
 from duetrl.build import Checkpoint, build_agent, resolve_device, restore_agent, space_signature
 from duetrl.config import Config, RunConfig, budget_warnings, ignored_settings_warnings
 from duetrl.envs import BatchEnv, import_modules, make
-from duetrl.errors import TrainingError, UserError, say
+from duetrl.errors import TrainingError, UserError, on_command_line, say, setting
 from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, EvaluationStopped, evaluate_policy
 from duetrl.logs import Logger, Progress, make_logger
 
@@ -66,9 +66,12 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"cannot write to run directory {run_dir}: {e.strerror}; choose another --run-dir") from None
+        raise UserError(
+            f"cannot write to run directory {run_dir}: {e.strerror}; choose another {setting('run_dir')}"
+        ) from None
     if not resume and ckpt.list_checkpoints(run_dir):
-        raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} to continue it, or a new --run-dir")
+        resume = f"--resume {run_dir}" if on_command_line() else f"duetrl.resume({str(run_dir)!r})"
+        raise UserError(f"{run_dir} already holds a run; use {resume} to continue it, or a new {setting('run_dir')}")
 
 
 @contextmanager

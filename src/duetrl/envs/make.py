@@ -16,7 +16,7 @@ import torch
 from duetrl.envs.base import BatchEnv
 from duetrl.envs.classic import twin_spec
 from duetrl.envs.gymnasium_vec import GymnasiumBatchEnv
-from duetrl.errors import UserError
+from duetrl.errors import UserError, setting
 
 
 def import_modules(modules: Iterable[str]) -> None:
@@ -25,7 +25,7 @@ def import_modules(modules: Iterable[str]) -> None:
         try:
             importlib.import_module(name)
         except ImportError as e:
-            raise UserError(f"cannot import module {name!r} (--import): {e}") from None
+            raise UserError(f"cannot import module {name!r} ({setting('imports')}): {e}") from None
 
 
 def env_factory(env_id: str, render_mode: str | None = None, **env_kwargs: Any) -> Callable[[], gym.Env]:
@@ -189,7 +189,7 @@ def make(
         if backend == "torch":
             raise UserError(
                 f"no torch-native implementation of {env_id!r} (have: {', '.join(sorted(NATIVE_ENVS))}); "
-                "use --backend gymnasium"
+                f"use {setting('backend', 'gymnasium')}"
             )
     elif backend != "gymnasium":
         raise UserError(f"unknown backend {backend!r}: use auto, torch or gymnasium")
