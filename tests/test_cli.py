@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -386,3 +387,47 @@ def test_eval_takes_a_checkpoint_file_in_place_of_the_run_directory(tmp_path):
     assert json.loads(out)["returns"] == by_file["returns"] and by_file["episodes"] == 2
     code, out, err = cli_process(tmp_path, "eval", run_dir / "checkpoints" / "nope.safetensors")
     assert_user_error(code, out, err, match="checkpoint not found")
+
+
+MY_ENVS = """
+import gymnasium as gym
+from gymnasium.envs.classic_control.pendulum import PendulumEnv
+
+
+class LightPendulum(PendulumEnv):
+    def __init__(self, render_mode=None):
+        super().__init__(render_mode=render_mode, g=5.0)
+
+
+gym.register("LightPendulum-v0", entry_point=LightPendulum, max_episode_steps=50)
+"""
+
+
+@pytest.mark.parametrize("how", ["--import", "module:Class"])
+def test_the_duetrl_command_finds_user_modules_in_the_current_directory(tmp_path, how):
+    """As ``python -m`` does: the installed ``duetrl`` script, run next to my_envs.py, imports it."""
+    (tmp_path / "my_envs.py").write_text(MY_ENVS)
+    command = Path(sys.executable).parent / "duetrl"
+    env = ["LightPendulum-v0", "--import", "my_envs"] if how == "--import" else ["my_envs:LightPendulum"]
+    argv = [*env, "--preset", "none", "--steps", 64, "--set", "update_every=16", "eval_every=0", "eval_episodes=1"]
+    argv += ["eval_max_steps=100"]
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [command, "train", *map(str, argv), "--run-dir", "R", "--quiet"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=clean,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lengths = 50 if how == "--import" else 100  # the registration's time limit; a bare class has none
+    assert json.loads(done.stdout.strip().splitlines()[-1])["mean_length"] == lengths
+
+
+def test_eval_of_a_run_trained_on_an_env_object_says_what_to_do(capsys, tmp_path):
+    import gymnasium as gym
+
+    import duetrl
+
+    settings = dict(preset="none", steps=32, update_every=16, eval_every=0, eval_episodes=1, quiet=True)
+    duetrl.train(gym.make("Pendulum-v1"), "ac", run_dir=tmp_path / "R", **settings)
+    capsys.readouterr()
+    line = assert_user_error(*run(capsys, "eval", tmp_path / "R"), match="given as a Python object")
+    assert "duetrl.load(RUN, env=...)" in line and "--import" in line

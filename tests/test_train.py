@@ -2,6 +2,7 @@
 
 import math
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -242,3 +243,66 @@ def test_act_on_an_observation_of_the_wrong_shape_names_the_expected_one(pendulu
         with pytest.raises(duetrl.UserError, match=r"does not fit Pendulum-v1, whose observations have shape \(3,\)"):
             agent.act(obs)
     assert agent.act([0.0, 1.0, 0.0]).shape == (1,) and agent.act(np.zeros((4, 3))).shape == (4, 1)
+
+
+# ------------------------------------------------------------------------------------------ envs in every form
+
+
+class Drift(gym.Env):
+    """A 1-d point pushed by the action, for 20 steps; ``scale`` multiplies the push."""
+
+    observation_space = gym.spaces.Box(-10.0, 10.0, shape=(1,), dtype=np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+
+    def __init__(self, scale: float = 1.0):
+        self.scale, self.x, self.t = scale, 0.0, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x, self.t = float(self.np_random.uniform(-1, 1)), 0
+        return np.array([self.x], dtype=np.float32), {}
+
+    def step(self, action):
+        self.x = float(np.clip(self.x + self.scale * float(action[0]), -10, 10))
+        self.t += 1
+        return np.array([self.x], dtype=np.float32), -abs(self.x), False, self.t >= 20, {}
+
+
+SMALL = dict(preset="none", steps=64, update_every=16, eval_every=0, eval_episodes=2, quiet=True)
+
+
+def test_train_takes_an_env_class_and_records_it_as_module_class(tmp_path):
+    result = duetrl.train(Drift, "ac", env_kwargs={"scale": 0.5}, run_dir=tmp_path / "r", **SMALL)
+    assert result.env_steps == 64 and result.final_eval.lengths == [20, 20]
+    config = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert config["env_id"] == f"{__name__}:Drift" and config["env_kwargs"] == {"scale": 0.5}
+    assert duetrl.evaluate(tmp_path / "r", episodes=2).lengths == [20, 20]  # made again from its name
+
+
+def test_train_takes_a_factory_and_load_asks_for_it_again(tmp_path):
+    result = duetrl.train(lambda scale=1.0: Drift(scale), "ac", run_dir=tmp_path / "r", **SMALL)
+    assert result.final_eval.lengths == [20, 20]
+    with pytest.raises(duetrl.UserError, match=r"given as a Python object.*duetrl.load\(run_dir, env=\.\.\.\)"):
+        duetrl.load(tmp_path / "r")
+    agent = duetrl.load(tmp_path / "r", env=Drift)
+    assert duetrl.evaluate(agent, episodes=2).lengths == [20, 20]
+
+
+def test_train_takes_a_made_env_and_copies_it_for_the_batch(tmp_path):
+    env = gym.make("Pendulum-v1")
+    result = duetrl.train(env, "ac", num_envs=2, backend="gymnasium", run_dir=tmp_path / "r", **SMALL)
+    assert result.env_steps == 64 and result.final_eval.lengths == [200, 200]
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["env_id"] == "<instance of Pendulum-v1>"
+    with pytest.raises(AttributeError):
+        env.unwrapped.state  # noqa: B018 - the original was never reset: copies were stepped, not it
+    assert duetrl.load(tmp_path / "r", env=env).act(np.zeros(3)).shape == (1,)
+
+    import threading
+
+    locked = Drift()
+    locked.lock = threading.Lock()
+    with pytest.raises(duetrl.UserError, match=r"cannot copy the env instance .*deepcopy failed.*pass its class"):
+        duetrl.train(locked, "ac", run_dir=tmp_path / "locked", **SMALL)
+    assert not (tmp_path / "locked").exists()
+    with pytest.raises(duetrl.UserError, match="env_kwargs cannot apply to an env that is already made"):
+        duetrl.train(Drift(), "ac", env_kwargs={"scale": 2.0}, run_dir=tmp_path / "kw", **SMALL)

@@ -13,6 +13,7 @@ from duetrl.algos import get_algo
 from duetrl.build import probe_spaces, read_checkpoint, resolve_device, restore_agent, run_dir_default, saved_config
 from duetrl.config import Config, RunConfig
 from duetrl.config import resolve as resolve_config
+from duetrl.envs.make import EnvSource, env_name
 from duetrl.errors import UserError, say
 from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, evaluate_policy, render_episodes
 from duetrl.loop import Trainer, TrainResult
@@ -31,7 +32,7 @@ def resolve(
 
 
 def train(
-    env_id: str | None = None,
+    env_id: EnvSource = None,
     algo: str | None = None,
     *,
     preset: str | None = None,
@@ -43,15 +44,22 @@ def train(
 ) -> TrainResult:
     """Train an agent and return where its run directory is and how it evaluates.
 
+    ``env_id`` is the environment: a Gymnasium id (``"Pendulum-v1"``), a ``"module:Class"`` string, an env class,
+    a function that makes an env (both called with ``env_kwargs``), or a made ``gymnasium.Env`` (copied with
+    ``copy.deepcopy`` for each env of the batch). The run's config.yaml records its name (``module:Class`` for a
+    class or function); an env that name cannot make again (an instance, a lambda, a class defined in ``__main__``)
+    is passed again to :func:`load` and :func:`resume` as ``env=``.
+
     ``settings`` are any config keys (``steps=20_000, seed=1, gamma=0.98, env_kwargs={"g": 0}``), layered over
     the preset and the config file (``config`` may also be an already resolved :class:`Config`).
     Example: ``duetrl.train("Pendulum-v1", "ac", preset="chapter")``."""
+    env_object = None if env_id is None or isinstance(env_id, str) else env_id
     if isinstance(config, Config):
         cfg = config
     else:
-        cfg, _ = resolve(env_id, algo, preset, config, settings)
+        cfg, _ = resolve(env_id if env_object is None else env_name(env_object), algo, preset, config, settings)
     run_dir = Path(run_dir) if run_dir else run_dir_default(cfg.run.env_id, cfg.run.algo, cfg.run.seed)
-    return Trainer(cfg, run_dir, quiet=quiet, sinks=sinks).train()
+    return Trainer(cfg, run_dir, quiet=quiet, sinks=sinks, env=env_object).train()
 
 
 def resume(
@@ -59,9 +67,11 @@ def resume(
     steps: int | None = None,
     quiet: bool = False,
     sinks: list[Any] | None = None,
+    env: EnvSource = None,
     **settings: Any,
 ) -> TrainResult:
-    """Continue a stopped run from its last checkpoint up to ``steps`` env steps in all.
+    """Continue a stopped run from its last checkpoint up to ``steps`` env steps in all (``env``: the env again,
+    when it was given to :func:`train` as a Python object its name cannot make again).
 
     ``settings`` may change how long the run goes on and how it evaluates, logs and checkpoints
     (:data:`duetrl.config.RESUMABLE`: ``eval_every=5000``, ``target_return=-200``, ...); asking to change any other
@@ -70,14 +80,15 @@ def resume(
     if steps is not None:
         settings["steps"] = steps
     cfg = saved_config(checkpoint, settings)
-    return Trainer(cfg, Path(run_dir), quiet=quiet, sinks=sinks, resume=checkpoint).train()
+    return Trainer(cfg, Path(run_dir), quiet=quiet, sinks=sinks, resume=checkpoint, env=env).train()
 
 
 class LoadedAgent:
     """A trained policy from a run directory: ``act(obs)`` for a single observation or a batch."""
 
-    def __init__(self, config: Config, agent: Any, device: torch.device, checkpoint: Path):
+    def __init__(self, config: Config, agent: Any, device: torch.device, checkpoint: Path, env: EnvSource = None):
         self.config, self.agent, self.device, self.checkpoint = config, agent, device, checkpoint
+        self.env = config.run.env_id if env is None else env  # what evaluate() makes its envs from
         self.agent.train_mode(False)
 
     @property
@@ -107,9 +118,10 @@ class LoadedAgent:
             return self.agent.act(obs.to(self.device), deterministic=deterministic).cpu()
 
 
-def load(run_dir: str | Path, checkpoint: str = "latest", device: str = "cpu") -> LoadedAgent:
+def load(run_dir: str | Path, checkpoint: str = "latest", device: str = "cpu", env: EnvSource = None) -> LoadedAgent:
     """The agent saved in ``run_dir`` (``checkpoint``: "latest", "best" or a file path); ``run_dir`` may also be
-    a checkpoint file itself (``runs/x/checkpoints/best.safetensors``)."""
+    a checkpoint file itself (``runs/x/checkpoints/best.safetensors``). ``env``: the env, when it was given to
+    :func:`train` as a Python object that its recorded name cannot make again (see :func:`train`)."""
     run_dir = Path(run_dir)
     if run_dir.suffix == ".safetensors" or run_dir.is_file():
         if checkpoint != "latest":
@@ -126,8 +138,8 @@ def load(run_dir: str | Path, checkpoint: str = "latest", device: str = "cpu") -
     checkpoint = read_checkpoint(path)
     cfg = saved_config(checkpoint)
     torch_device = resolve_device(device)
-    agent = restore_agent(checkpoint, cfg, *probe_spaces(cfg), torch_device, weights_only=True)
-    return LoadedAgent(cfg, agent, torch_device, path)
+    agent = restore_agent(checkpoint, cfg, *probe_spaces(cfg, env), torch_device, weights_only=True)
+    return LoadedAgent(cfg, agent, torch_device, path, env)
 
 
 def evaluate(
@@ -138,13 +150,16 @@ def evaluate(
     env_kwargs: dict[str, Any] | None = None,
     render: str | None = None,
     video: str | Path | None = None,
+    env: EnvSource = None,
 ) -> EvalResult:
     """Evaluate a loaded agent (or a run directory) on held-out episodes of Gymnasium's own environment.
 
-    ``render="human"`` opens a window; ``video="out.mp4"`` (or .gif) records the episodes instead."""
+    ``render="human"`` opens a window; ``video="out.mp4"`` (or .gif) records the episodes instead. ``env``: the
+    env to evaluate on, in any form :func:`train` takes (default: the run's own)."""
     if episodes < 1:
         raise UserError(f"episodes={episodes} must be at least 1")
-    loaded = agent if isinstance(agent, LoadedAgent) else load(agent)
+    loaded = agent if isinstance(agent, LoadedAgent) else load(agent, env=env)
+    source = loaded.env if env is None else env
     run: RunConfig = loaded.config.run
     torch.set_num_threads(run.torch_threads)  # as in training: a busy machine starves multi-threaded small MLPs
     if deterministic is None:
@@ -153,10 +168,10 @@ def evaluate(
     act = lambda obs: loaded.act_tensor(obs, deterministic)  # noqa: E731
     if render is not None or video is not None:
         result = render_episodes(
-            act, run.env_id, kwargs, episodes, seed, render or "human", video, max_steps=run.eval_max_steps
+            act, source, kwargs, episodes, seed, render or "human", video, max_steps=run.eval_max_steps
         )
     else:
-        result = evaluate_policy(act, run.env_id, kwargs, episodes, seed, max_steps=run.eval_max_steps)
+        result = evaluate_policy(act, source, kwargs, episodes, seed, max_steps=run.eval_max_steps)
     warning = result.cap_warning(run.env_id)
     if warning:
         say("warning", warning)

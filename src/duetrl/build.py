@@ -38,7 +38,7 @@ def resolve_device(name: str) -> torch.device:
 def run_dir_default(env_id: str, algo: str, seed: int) -> Path:
     """``runs/<env>-<algo>-s<seed>-<time>-<pid>``: a new directory for every run."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    safe = env_id.replace(":", "_").replace("/", "_")
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in env_id.strip("<>")).strip("_")
     return Path("runs") / f"{safe}-{algo}-s{seed}-{stamp}-{os.getpid()}"
 
 
@@ -119,10 +119,11 @@ def space_signature(obs_space: gym.Space, act_space: gym.Space) -> dict[str, str
     return {"observation": str(obs_space), "action": str(act_space)}
 
 
-def probe_spaces(cfg: Config) -> tuple[gym.Space, gym.Space]:
-    """The observation and action space of one Gymnasium env as ``cfg`` configures it."""
+def probe_spaces(cfg: Config, env_source: Any = None) -> tuple[gym.Space, gym.Space]:
+    """The observation and action space of one Gymnasium env as ``cfg`` configures it (of ``env_source`` when the
+    env was given as a Python object)."""
     import_modules(cfg.run.imports)
-    env = env_factory(cfg.run.env_id, **cfg.run.env_kwargs)()
+    env = env_factory(cfg.run.env_id if env_source is None else env_source, **cfg.run.env_kwargs)()
     try:
         return env.observation_space, env.action_space
     finally:

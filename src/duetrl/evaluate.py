@@ -75,7 +75,7 @@ def step_cap(env: gym.Env, max_steps: int) -> int:
 
 def evaluate_policy(
     act: ActFn,
-    env_id: str,
+    env_id: Any,
     env_kwargs: dict[str, Any] | None = None,
     episodes: int = 10,
     seed: int = EVAL_SEED_BASE,
@@ -124,7 +124,7 @@ def evaluate_policy(
 
 def render_episodes(
     act: ActFn,
-    env_id: str,
+    env_id: Any,
     env_kwargs: dict[str, Any] | None = None,
     episodes: int = 1,
     seed: int = EVAL_SEED_BASE,

@@ -21,6 +21,7 @@ from duetrl import checkpoint as ckpt
 from duetrl.build import Checkpoint, build_agent, resolve_device, restore_agent, space_signature
 from duetrl.config import Config, RunConfig, budget_warnings, ignored_settings_warnings
 from duetrl.envs import BatchEnv, import_modules, make
+from duetrl.envs.make import EnvSource
 from duetrl.errors import TrainingError, UserError, on_command_line, say, setting
 from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, EvaluationStopped, evaluate_policy
 from duetrl.logs import Logger, Progress, make_logger
@@ -44,12 +45,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_env(cfg: Config, device: torch.device) -> BatchEnv:
-    """The run's batch of envs (on ``device`` when torch-native; Gymnasium's live on the CPU)."""
+def make_env(cfg: Config, device: torch.device, env: EnvSource = None) -> BatchEnv:
+    """The run's batch of envs (on ``device`` when torch-native; Gymnasium's live on the CPU): of ``env`` when the
+    env was given as a Python object (a class, a function, an instance), else of the config's ``env_id``."""
     import_modules(cfg.run.imports)
     env_device = device if cfg.run.backend != "gymnasium" else torch.device("cpu")
     return make(
-        cfg.run.env_id,
+        cfg.run.env_id if env is None else env,
         cfg.run.num_envs,
         backend=cfg.run.backend,
         device=env_device,
@@ -185,15 +187,18 @@ class Trainer:
         quiet: bool = False,
         sinks: list[Any] | None = None,
         resume: Checkpoint | None = None,
+        env: EnvSource = None,
     ):
-        """A new run of ``cfg``, or with ``resume`` the run that checkpoint saved (``cfg`` is its saved config)."""
+        """A new run of ``cfg``, or with ``resume`` the run that checkpoint saved (``cfg`` is its saved config).
+        ``env``: the env as a Python object (class, function, instance) when ``cfg.run.env_id`` only names it."""
         self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
+        self.env_source = cfg.run.env_id if env is None else env
         run = cfg.run
         torch.set_num_threads(run.torch_threads)
         seed_everything(run.seed)
         self.device = resolve_device(run.device)
         # Environment and agent first: a mistake there must not leave a run directory behind.
-        self.env = make_env(cfg, self.device)
+        self.env = make_env(cfg, self.device, env)
         try:
             spaces = self.env.single_observation_space, self.env.single_action_space
             if resume is None:
@@ -324,7 +329,7 @@ class Trainer:
         try:
             result = evaluate_policy(
                 lambda o: self.agent.act(o, deterministic=run.eval_deterministic).to("cpu"),
-                run.env_id,
+                self.env_source,
                 run.env_kwargs,
                 run.eval_episodes,
                 seed=EVAL_SEED_BASE,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import numbers
+import os
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -16,42 +19,128 @@ import torch
 from duetrl.envs.base import BatchEnv
 from duetrl.envs.classic import twin_spec
 from duetrl.envs.gymnasium_vec import GymnasiumBatchEnv
-from duetrl.errors import UserError, setting
+from duetrl.errors import UserError, on_command_line, setting
+
+# What an env can be given as: a registered id or "module:Class" (a name a run can record and make again), an env
+# class, a function that makes an env, or a made gymnasium.Env (copied for the batch).
+EnvSource = Any
+
+
+def _user_import(name: str) -> Any:
+    """Import a user's module as ``python -m`` would find it: the current directory is searched first."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return importlib.import_module(name)
 
 
 def import_modules(modules: Iterable[str]) -> None:
     """Import user modules (``--import``) so that the environments they register become known."""
     for name in modules:
         try:
-            importlib.import_module(name)
+            _user_import(name)
         except ImportError as e:
             raise UserError(f"cannot import module {name!r} ({setting('imports')}): {e}") from None
 
 
-def env_factory(env_id: str, render_mode: str | None = None, **env_kwargs: Any) -> Callable[[], gym.Env]:
+def env_name(env: EnvSource) -> str:
+    """The name a run records for its env (config.yaml's ``env_id``): an id or ``module:Class`` as given; for a
+    class or function its ``module:qualified.name`` (made again from it where importable); for an instance
+    ``<instance of ...>``, which cannot be made again from its name."""
+    if isinstance(env, str):
+        return env
+    if isinstance(env, gym.Env):
+        spec = env.spec.id if env.spec is not None else _qualified(type(env.unwrapped))
+        return f"<instance of {spec}>"
+    if callable(env):
+        return _qualified(env)
+    raise UserError(
+        "an environment is an id ('Pendulum-v1'), a 'module:Class' string, an env class, a function that makes an "
+        f"env, or a gymnasium.Env; got {type(env).__name__}"
+    )
+
+
+def _qualified(obj: Any) -> str:
+    qualname = getattr(obj, "__qualname__", None)
+    module = getattr(obj, "__module__", None)
+    return f"{module}:{qualname}" if qualname and module else f"<{type(obj).__name__}>"
+
+
+def _not_remade(name: str) -> UserError:
+    """The error for a run whose env was a Python object that its recorded name cannot make again."""
+    if on_command_line():
+        how = (
+            "evaluate it from Python, passing the env again (duetrl.load(RUN, env=...)), or train on an env an "
+            "importable module defines ('my_envs:MyEnv', --import my_envs)"
+        )
+    else:
+        how = "pass the env again (duetrl.load(run_dir, env=...), duetrl.resume(run_dir, env=...))"
+    return UserError(f"environment {name!r} was given as a Python object and cannot be made again from its name: {how}")
+
+
+def env_factory(env_id: EnvSource, render_mode: str | None = None, **env_kwargs: Any) -> Callable[[], gym.Env]:
     """A zero-argument constructor for one Gymnasium env, checked once so mistakes surface here.
 
-    ``env_id`` is a registered id (``Pendulum-v1``, ``my_pkg:MyEnv-v0``) or ``module:Class`` for an env class.
+    ``env_id`` is a registered id (``Pendulum-v1``, ``my_pkg:MyEnv-v0``), ``module:Class`` for an env class (or
+    ``module:function`` for a function that makes one), or the class, function or env instance itself (an
+    instance is copied with ``copy.deepcopy`` for each env made).
     """
     kwargs = dict(env_kwargs)
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
+    if not isinstance(env_id, str):
+        return _object_factory(env_id, render_mode, env_kwargs)
+    if env_id.startswith("<"):
+        raise _not_remade(env_id)
     module_name, sep, attr = env_id.partition(":")
     if sep:
         try:
-            module = importlib.import_module(module_name)
+            module = _user_import(module_name)
         except ImportError as e:
             raise UserError(f"cannot import {module_name!r} for env {env_id!r}: {e}") from None
         target = getattr(module, attr, None)
-        if inspect.isclass(target) and issubclass(target, gym.Env):
-            check_env_kwargs(env_id, target, env_kwargs)
-            factory = lambda: target(**kwargs)  # noqa: E731
-            _check_factory(factory, env_id)
-            return factory
+        if target is None and (module_name == "__main__" or "<" in attr):
+            raise _not_remade(env_id)  # defined in the script that trained it, or inside a function
+        if callable(target) and not isinstance(target, gym.Env):
+            if not inspect.isclass(target) or issubclass(target, gym.Env):
+                return _object_factory(target, render_mode, env_kwargs, env_id)
     spec = twin_spec(env_id) or env_id  # a native env's twin takes the native env's arguments (m, l, ...)
     check_env_kwargs(env_id, _entry_point(spec), env_kwargs)
     factory = lambda: gym.make(spec, **kwargs)  # noqa: E731
     _check_factory(factory, env_id)
+    return factory
+
+
+def _object_factory(
+    env: Any, render_mode: str | None, env_kwargs: dict[str, Any], name: str | None = None
+) -> Callable[[], gym.Env]:
+    """The constructor for an env given as a class, a function or an instance (see :func:`env_factory`)."""
+    name = name or env_name(env)
+    if isinstance(env, gym.Env):
+        if env_kwargs:
+            raise UserError(
+                f"env_kwargs cannot apply to an env that is already made ({name}): pass its class, or a function "
+                "that makes it, with them"
+            )
+        if render_mode is not None and env.render_mode != render_mode:
+            raise UserError(
+                f"this env instance ({name}) was made with render_mode={env.render_mode!r}, and showing or recording "
+                f"episodes needs render_mode={render_mode!r}: pass its class, or a function that makes it"
+            )
+        try:
+            copy.deepcopy(env)
+        except Exception as e:
+            raise UserError(
+                f"cannot copy the env instance ({name}) for a batch of envs: copy.deepcopy failed "
+                f"({type(e).__name__}: {_one_line(e)}); pass its class, or a function that makes it, instead"
+            ) from None
+        return lambda: copy.deepcopy(env)
+    kwargs = dict(env_kwargs)
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    check_env_kwargs(name, env, env_kwargs)
+    factory = lambda: env(**kwargs)  # noqa: E731
+    _check_factory(factory, name)
     return factory
 
 
@@ -149,6 +238,8 @@ def _check_factory(factory: Callable[[], gym.Env], env_id: str) -> None:
         raise UserError(f"environment {env_id!r} needs a missing package: {_one_line(e)}") from None
     except Exception as e:  # the env's own constructor failed: one line here, the traceback with --debug
         raise UserError(f"environment {env_id!r} could not be created: {type(e).__name__}: {_one_line(e)}") from e
+    if not isinstance(env, gym.Env):
+        raise UserError(f"environment {env_id!r} made a {type(env).__name__}, not a gymnasium.Env")
     env.close()
 
 
@@ -157,7 +248,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def make(
-    env_id: str,
+    env_id: EnvSource,
     num_envs: int = 1,
     backend: str = "auto",
     device: torch.device | str | None = None,
@@ -165,7 +256,7 @@ def make(
     render_mode: str | None = None,
     **env_kwargs: Any,
 ) -> BatchEnv:
-    """``num_envs`` copies of ``env_id`` behind one batched interface.
+    """``num_envs`` copies of ``env_id`` (any form :func:`env_factory` takes) behind one batched interface.
 
     ``backend``: ``"gymnasium"`` (Gymnasium vector envs), ``"torch"`` (torch-native batched envs, where one
     exists) or ``"auto"`` (torch where available, else Gymnasium)."""
@@ -175,8 +266,8 @@ def make(
     if backend in ("auto", "torch"):
         from duetrl.envs.native import NATIVE_ENVS, make_native
 
-        native_fits = render_mode is None
-        if native_fits and env_id in NATIVE_ENVS:
+        native_fits = render_mode is None and isinstance(env_id, str) and env_id in NATIVE_ENVS
+        if native_fits:
             try:
                 check_env_kwargs(env_id, NATIVE_ENVS[env_id], env_kwargs)
             except UserError:
@@ -188,7 +279,7 @@ def make(
             return native
         if backend == "torch":
             raise UserError(
-                f"no torch-native implementation of {env_id!r} (have: {', '.join(sorted(NATIVE_ENVS))}); "
+                f"no torch-native implementation of {env_name(env_id)!r} (have: {', '.join(sorted(NATIVE_ENVS))}); "
                 f"use {setting('backend', 'gymnasium')}"
             )
     elif backend != "gymnasium":
