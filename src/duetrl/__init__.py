@@ -7,6 +7,7 @@ print(duetrl.evaluate(agent, episodes=100).mean)
 """
 
 from duetrl.api import LoadedAgent, evaluate, load, resolve, resume, train
+from duetrl.callbacks import Callback, StepBatch, StopTraining, TrainingState
 from duetrl.config import Config, RunConfig, list_presets
 from duetrl.errors import TrainingError, UserError
 
@@ -28,10 +29,14 @@ def plot(*args, **kwargs):  # noqa: ANN002, ANN003 - re-exported lazily: matplot
 __version__ = "0.1.0"
 
 __all__ = [
+    "Callback",
     "Config",
     "LoadedAgent",
     "RunConfig",
+    "StepBatch",
+    "StopTraining",
     "TrainingError",
+    "TrainingState",
     "UserError",
     "evaluate",
     "list_presets",

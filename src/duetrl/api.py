@@ -11,6 +11,7 @@ import torch
 from duetrl import checkpoint as ckpt
 from duetrl.algos import get_algo
 from duetrl.build import probe_spaces, read_checkpoint, resolve_device, restore_agent, run_dir_default, saved_config
+from duetrl.callbacks import Callback
 from duetrl.config import Config, RunConfig
 from duetrl.config import resolve as resolve_config
 from duetrl.envs.make import EnvSource, env_name
@@ -39,6 +40,7 @@ def train(
     config: Config | str | Path | dict | None = None,
     run_dir: str | Path | None = None,
     quiet: bool = False,
+    callbacks: list[Callback] | None = None,
     sinks: list[Any] | None = None,
     **settings: Any,
 ) -> TrainResult:
@@ -52,6 +54,9 @@ def train(
 
     ``settings`` are any config keys (``steps=20_000, seed=1, gamma=0.98, env_kwargs={"g": 0}``), layered over
     the preset and the config file (``config`` may also be an already resolved :class:`Config`).
+
+    ``callbacks``: :class:`duetrl.Callback` instances, called in the loop (custom metrics, early stopping, saving;
+    see :mod:`duetrl.callbacks`); ``sinks``: objects with ``write(row)`` and ``close()``, given each metrics row.
     Example: ``duetrl.train("Pendulum-v1", "ac", preset="chapter")``."""
     env_object = None if env_id is None or isinstance(env_id, str) else env_id
     if isinstance(config, Config):
@@ -59,7 +64,7 @@ def train(
     else:
         cfg, _ = resolve(env_id if env_object is None else env_name(env_object), algo, preset, config, settings)
     run_dir = Path(run_dir) if run_dir else run_dir_default(cfg.run.env_id, cfg.run.algo, cfg.run.seed)
-    return Trainer(cfg, run_dir, quiet=quiet, sinks=sinks, env=env_object).train()
+    return Trainer(cfg, run_dir, quiet=quiet, sinks=sinks, env=env_object, callbacks=callbacks).train()
 
 
 def resume(
@@ -68,6 +73,7 @@ def resume(
     quiet: bool = False,
     sinks: list[Any] | None = None,
     env: EnvSource = None,
+    callbacks: list[Callback] | None = None,
     **settings: Any,
 ) -> TrainResult:
     """Continue a stopped run from its last checkpoint up to ``steps`` env steps in all (``env``: the env again,
@@ -80,7 +86,8 @@ def resume(
     if steps is not None:
         settings["steps"] = steps
     cfg = saved_config(checkpoint, settings)
-    return Trainer(cfg, Path(run_dir), quiet=quiet, sinks=sinks, resume=checkpoint, env=env).train()
+    trainer = Trainer(cfg, Path(run_dir), quiet=quiet, sinks=sinks, resume=checkpoint, env=env, callbacks=callbacks)
+    return trainer.train()
 
 
 class LoadedAgent:

@@ -19,6 +19,7 @@ import torch
 
 from duetrl import checkpoint as ckpt
 from duetrl.build import Checkpoint, build_agent, resolve_device, restore_agent, space_signature
+from duetrl.callbacks import Callback, CallbackSink, StepBatch, TrainingState, notify
 from duetrl.config import Config, RunConfig, budget_warnings, ignored_settings_warnings
 from duetrl.envs import BatchEnv, import_modules, make
 from duetrl.envs.make import EnvSource
@@ -35,7 +36,7 @@ class TrainResult:
     env_steps: int
     wall_time_s: float
     final_eval: EvalResult | None
-    stopped_early: str | None = None  # "target", "interrupted" or None
+    stopped_early: str | None = None  # "target", "interrupted", "callback" or None
 
 
 def seed_everything(seed: int) -> None:
@@ -188,10 +189,16 @@ class Trainer:
         sinks: list[Any] | None = None,
         resume: Checkpoint | None = None,
         env: EnvSource = None,
+        callbacks: list[Callback] | None = None,
     ):
         """A new run of ``cfg``, or with ``resume`` the run that checkpoint saved (``cfg`` is its saved config).
-        ``env``: the env as a Python object (class, function, instance) when ``cfg.run.env_id`` only names it."""
+        ``env``: the env as a Python object (class, function, instance) when ``cfg.run.env_id`` only names it;
+        ``callbacks``: see :mod:`duetrl.callbacks`; ``sinks``: objects with ``write(row)``, ``close()``, given each
+        metrics row."""
         self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
+        self.callbacks = list(callbacks or [])
+        self.state = TrainingState(self)
+        self.window = MetricWindow()
         self.env_source = cfg.run.env_id if env is None else env
         run = cfg.run
         torch.set_num_threads(run.torch_threads)
@@ -218,7 +225,7 @@ class Trainer:
             cfg.save(self.run_dir / "config.yaml")
             resume_at = None if resume is None else self.env_steps
             self.logger: Logger = make_logger(self.run_dir, cfg.to_dict(), run.wandb, run.wandb_project, resume_at)
-            self.logger.sinks += list(sinks or [])  # e.g. a sweep reporting each evaluation to Ray Tune
+            self.logger.sinks += list(sinks or []) + [CallbackSink(c, self.state) for c in self.callbacks]
         except BaseException:
             self.env.close()
             raise
@@ -230,13 +237,16 @@ class Trainer:
         run, agent = self.cfg.run, self.agent
         self._announce()
         progress = Progress(run.steps, initial=self.env_steps, quiet=self.quiet)
-        window, schedule = MetricWindow(), Schedule(run, self.env_steps)
+        window, schedule = self.window, Schedule(run, self.env_steps)
+        callbacks, state = self.callbacks, self.state
         stopped: str | None = None
         final_eval: EvalResult | None = None
         # Closed in this order however the loop ends: signal handlers restored, progress bar, logs, envs.
         with closing(self.env), closing(self.logger), closing(progress), stop_on_signals() as signals:
+            notify(callbacks, "on_start", state)
             while self.env_steps < run.steps:
-                decision = agent.explore(self.obs, self.env_steps)
+                obs = self.obs
+                decision = agent.explore(obs, self.env_steps)
                 self.obs, reward, terminated, truncated, info = self._step(decision.action)
                 agent.observe(decision, reward, terminated, truncated, info["final_obs"])
                 self.env_steps += run.num_envs
@@ -244,9 +254,24 @@ class Trainer:
                 if "episode_return" in info:
                     self.episodes += len(info["episode_return"])
                     postfix["return"] = window.add_episodes(info["episode_return"], info["episode_length"])
+                if callbacks:
+                    step = StepBatch(
+                        obs,
+                        decision.action,
+                        reward,
+                        terminated,
+                        truncated,
+                        info.get("episode_return", []),
+                        info.get("episode_length", []),
+                    )
+                    if notify(callbacks, "on_step_batch", state, step):
+                        stopped = "callback"
                 logged = False
                 if agent.ready():
-                    window.add_metrics(self._update())
+                    metrics = self._update()
+                    if callbacks and notify(callbacks, "on_update", state, metrics):
+                        stopped = "callback"
+                    window.add_metrics(metrics)
                     logged = schedule.row_due(self.env_steps)
                     if logged:
                         self._log(window.flush())
@@ -256,6 +281,9 @@ class Trainer:
                     if result is None:  # a signal during the evaluation
                         stopped = "interrupted"
                         break
+                    if callbacks and notify(callbacks, "on_evaluation", state, result):
+                        stopped, final_eval = "callback", result
+                        break
                     if run.target_return is not None and result.mean >= run.target_return:
                         stopped, final_eval = "target", result
                         break
@@ -264,19 +292,24 @@ class Trainer:
                     self._save_checkpoint()
                 if signals["stop"]:
                     stopped = "interrupted"
+                if stopped is not None:
                     break
             if window:
                 self._log(window.flush())
             # The checkpoint before the final evaluation, which may be long: a signal during it loses nothing.
             self._save_checkpoint()
-            if stopped is None:
+            if final_eval is None and stopped != "interrupted":
                 best = self.best_eval
                 final_eval = self._evaluate(signals)
                 if final_eval is None:
                     stopped = "interrupted"
-                elif self.best_eval != best:
-                    self._save_checkpoint()  # the same step, now knowing its best evaluation
-        return TrainResult(self.run_dir, self.env_steps, self._wall_time(), final_eval, stopped)
+                else:
+                    if self.best_eval != best:
+                        self._save_checkpoint()  # the same step, now knowing its best evaluation
+                    notify(callbacks, "on_evaluation", state, final_eval)  # the run ends here whatever they say
+            result = TrainResult(self.run_dir, self.env_steps, self._wall_time(), final_eval, stopped)
+            notify(callbacks, "on_end", state, result)
+        return result
 
     # ------------------------------------------------------------------------------------------ pieces
     def _announce(self) -> None:
@@ -349,11 +382,12 @@ class Trainer:
         self.logger.write({**where, "eval_return_mean": result.mean, "eval_return_std": result.std})
         if result.mean > self.best_eval:
             self.best_eval = result.mean
-            ckpt.save(ckpt.checkpoint_dir(self.run_dir) / "best.safetensors", self._state())
+            ckpt.save(ckpt.checkpoint_dir(self.run_dir) / "best.safetensors", self.state_dict())
         return result
 
     # ------------------------------------------------------------------------------------------ checkpoints
-    def _state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint holds: the config, the agent, counters, RNGs and the envs' state."""
         return {
             "config": self.cfg.to_dict(),
             "agent": self.agent.state_dict(),
@@ -372,7 +406,7 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         path = ckpt.checkpoint_dir(self.run_dir) / f"step_{self.env_steps:012d}.safetensors"
-        ckpt.save(path, self._state())
+        ckpt.save(path, self.state_dict())
         ckpt.prune(self.run_dir, self.cfg.run.keep_checkpoints)
 
     def _restore(self, checkpoint: Checkpoint) -> torch.Tensor | None:

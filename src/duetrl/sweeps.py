@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from duetrl.api import resolve
+from duetrl.callbacks import Callback, TrainingState
 from duetrl.errors import UserError
+from duetrl.evaluate import EvalResult
 from duetrl.logs import read_metrics
 
 # Two-sided 95% Student-t critical values by degrees of freedom (normal beyond 30).
@@ -138,17 +140,13 @@ def _trial(config: dict[str, Any]) -> None:
     values, seed = trial["values"], trial["seed"]
     run_dir = trial_dir(Path(config["sweep_dir"]), trial)
 
-    class TuneSink:
-        def write(self, row: dict[str, Any]) -> None:
-            if "eval_return_mean" in row:
-                tune.report({"env_steps": row["env_steps"], "eval_return_mean": row["eval_return_mean"]})
-
-        def close(self) -> None:
-            pass
+    class ReportToTune(Callback):
+        def on_evaluation(self, state: TrainingState, result: EvalResult) -> None:
+            tune.report({"env_steps": state.env_steps, "eval_return_mean": result.mean})
 
     settings = {**spec.base, **values, "seed": seed}
     if ckpt.list_checkpoints(run_dir) and not (run_dir / "result.json").exists():
-        result = api.resume(run_dir, quiet=True, sinks=[TuneSink()])  # an interrupted trial continues
+        result = api.resume(run_dir, quiet=True, callbacks=[ReportToTune()])  # an interrupted trial continues
     else:
         result = api.train(
             spec.env_id,
@@ -157,7 +155,7 @@ def _trial(config: dict[str, Any]) -> None:
             config=spec.config_file,
             run_dir=run_dir,
             quiet=True,
-            sinks=[TuneSink()],
+            callbacks=[ReportToTune()],
             **settings,
         )
     final = result.final_eval.mean if result.final_eval else float("nan")
