@@ -306,3 +306,17 @@ def test_train_takes_a_made_env_and_copies_it_for_the_batch(tmp_path):
     assert not (tmp_path / "locked").exists()
     with pytest.raises(duetrl.UserError, match="env_kwargs cannot apply to an env that is already made"):
         duetrl.train(Drift(), "ac", env_kwargs={"scale": 2.0}, run_dir=tmp_path / "kw", **SMALL)
+
+
+def test_train_returns_the_trained_agent(pendulum_run, tmp_path):
+    run_dir, result = pendulum_run
+    obs = np.random.default_rng(2).uniform(-1, 1, size=(8, 3)).astype(np.float32)
+    assert result.agent.checkpoint == run_dir / "checkpoints" / "step_000000000400.safetensors"
+    np.testing.assert_array_equal(result.agent.act(obs, deterministic=True), duetrl.load(run_dir).act(obs, True))
+    assert (
+        duetrl.evaluate(result.agent, episodes=2, deterministic=True).returns
+        == duetrl.evaluate(run_dir, episodes=2, deterministic=True).returns
+    )
+    # an env given as an object: the agent evaluates on it with nothing more to pass
+    drift = duetrl.train(lambda: Drift(), "ac", run_dir=tmp_path / "d", **SMALL)
+    assert duetrl.evaluate(drift.agent, episodes=2).lengths == [20, 20]

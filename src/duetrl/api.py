@@ -5,12 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from duetrl import checkpoint as ckpt
 from duetrl.algos import get_algo
-from duetrl.build import probe_spaces, read_checkpoint, resolve_device, restore_agent, run_dir_default, saved_config
+from duetrl.build import (
+    LoadedAgent,
+    probe_spaces,
+    read_checkpoint,
+    resolve_device,
+    restore_agent,
+    run_dir_default,
+    saved_config,
+)
 from duetrl.callbacks import Callback
 from duetrl.config import Config, RunConfig
 from duetrl.config import resolve as resolve_config
@@ -88,41 +95,6 @@ def resume(
     cfg = saved_config(checkpoint, settings)
     trainer = Trainer(cfg, Path(run_dir), quiet=quiet, sinks=sinks, resume=checkpoint, env=env, callbacks=callbacks)
     return trainer.train()
-
-
-class LoadedAgent:
-    """A trained policy from a run directory: ``act(obs)`` for a single observation or a batch."""
-
-    def __init__(self, config: Config, agent: Any, device: torch.device, checkpoint: Path, env: EnvSource = None):
-        self.config, self.agent, self.device, self.checkpoint = config, agent, device, checkpoint
-        self.env = config.run.env_id if env is None else env  # what evaluate() makes its envs from
-        self.agent.train_mode(False)
-
-    @property
-    def env_id(self) -> str:
-        return self.config.run.env_id
-
-    def act(self, obs: Any, deterministic: bool | None = None) -> np.ndarray:
-        """Env action(s) for an observation ``[obs_dim]`` or a batch ``[B, obs_dim]``, as numpy."""
-        if deterministic is None:
-            deterministic = self.config.run.eval_deterministic
-        array = np.asarray(obs, dtype=np.float32)
-        shape = tuple(self.agent.obs_space.shape)
-        if array.shape[array.ndim - len(shape) :] != shape or array.ndim > len(shape) + 1:
-            raise UserError(
-                f"an observation of shape {array.shape} does not fit {self.env_id}, whose observations have shape "
-                f"{shape}: pass one of shape {shape}, or a batch of shape (B, {', '.join(map(str, shape))})"
-            )
-        tensor = torch.as_tensor(array, device=self.device)
-        single = tensor.dim() == len(shape)
-        batch = tensor[None] if single else tensor
-        with torch.no_grad():
-            action = self.agent.act(batch, deterministic=deterministic).cpu().numpy()
-        return action[0] if single else action
-
-    def act_tensor(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        with torch.no_grad():
-            return self.agent.act(obs.to(self.device), deterministic=deterministic).cpu()
 
 
 def load(run_dir: str | Path, checkpoint: str = "latest", device: str = "cpu", env: EnvSource = None) -> LoadedAgent:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 
 from duetrl import checkpoint as ckpt
@@ -21,7 +22,7 @@ from duetrl.algos import get_algo
 from duetrl.algos.base import Agent
 from duetrl.config import RESUMABLE, Config, resolve
 from duetrl.envs import import_modules
-from duetrl.envs.make import env_factory
+from duetrl.envs.make import EnvSource, env_factory
 from duetrl.errors import UserError, setting
 
 
@@ -156,3 +157,42 @@ def restore_agent(
             f"checkpoint {checkpoint.path} does not fit this agent (other shapes or algorithm): {first}"
         ) from None
     return agent
+
+
+# ---------------------------------------------------------------------------------------------- acting
+
+
+class LoadedAgent:
+    """A trained policy: ``act(obs)`` for a single observation or a batch. ``duetrl.load`` gives one from a run
+    directory, and ``duetrl.train`` one of the agent it trained (``TrainResult.agent``)."""
+
+    def __init__(self, config: Config, agent: Any, device: torch.device, checkpoint: Path, env: EnvSource = None):
+        self.config, self.agent, self.device, self.checkpoint = config, agent, device, checkpoint
+        self.env = config.run.env_id if env is None else env  # what evaluate() makes its envs from
+        self.agent.train_mode(False)
+
+    @property
+    def env_id(self) -> str:
+        return self.config.run.env_id
+
+    def act(self, obs: Any, deterministic: bool | None = None) -> np.ndarray:
+        """Env action(s) for an observation ``[obs_dim]`` or a batch ``[B, obs_dim]``, as numpy."""
+        if deterministic is None:
+            deterministic = self.config.run.eval_deterministic
+        array = np.asarray(obs, dtype=np.float32)
+        shape = tuple(self.agent.obs_space.shape)
+        if array.shape[array.ndim - len(shape) :] != shape or array.ndim > len(shape) + 1:
+            raise UserError(
+                f"an observation of shape {array.shape} does not fit {self.env_id}, whose observations have shape "
+                f"{shape}: pass one of shape {shape}, or a batch of shape (B, {', '.join(map(str, shape))})"
+            )
+        tensor = torch.as_tensor(array, device=self.device)
+        single = tensor.dim() == len(shape)
+        batch = tensor[None] if single else tensor
+        with torch.no_grad():
+            action = self.agent.act(batch, deterministic=deterministic).cpu().numpy()
+        return action[0] if single else action
+
+    def act_tensor(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        with torch.no_grad():
+            return self.agent.act(obs.to(self.device), deterministic=deterministic).cpu()

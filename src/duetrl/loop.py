@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from duetrl import checkpoint as ckpt
-from duetrl.build import Checkpoint, build_agent, resolve_device, restore_agent, space_signature
+from duetrl.build import Checkpoint, LoadedAgent, build_agent, resolve_device, restore_agent, space_signature
 from duetrl.callbacks import Callback, CallbackSink, StepBatch, TrainingState, notify
 from duetrl.config import Config, RunConfig, budget_warnings, ignored_settings_warnings
 from duetrl.envs import BatchEnv, import_modules, make
@@ -30,13 +30,15 @@ from duetrl.logs import Logger, Progress, make_logger
 
 @dataclass
 class TrainResult:
-    """What a finished (or stopped) run leaves: where it is, how far it got, how good it is."""
+    """What a finished (or stopped) run leaves: where it is, how far it got, how good it is, and the trained agent
+    (``agent.act(obs)``, as from ``duetrl.load`` of the run's last checkpoint, without reading it back)."""
 
     run_dir: Path
     env_steps: int
     wall_time_s: float
     final_eval: EvalResult | None
     stopped_early: str | None = None  # "target", "interrupted", "callback" or None
+    agent: LoadedAgent | None = field(default=None, repr=False)
 
 
 def seed_everything(seed: int) -> None:
@@ -307,7 +309,8 @@ class Trainer:
                     if self.best_eval != best:
                         self._save_checkpoint()  # the same step, now knowing its best evaluation
                     notify(callbacks, "on_evaluation", state, final_eval)  # the run ends here whatever they say
-            result = TrainResult(self.run_dir, self.env_steps, self._wall_time(), final_eval, stopped)
+            trained = LoadedAgent(self.cfg, agent, self.device, self.last_checkpoint, self.env_source)
+            result = TrainResult(self.run_dir, self.env_steps, self._wall_time(), final_eval, stopped, trained)
             notify(callbacks, "on_end", state, result)
         return result
 
@@ -408,6 +411,7 @@ class Trainer:
         path = ckpt.checkpoint_dir(self.run_dir) / f"step_{self.env_steps:012d}.safetensors"
         ckpt.save(path, self.state_dict())
         ckpt.prune(self.run_dir, self.cfg.run.keep_checkpoints)
+        self.last_checkpoint = path
 
     def _restore(self, checkpoint: Checkpoint) -> torch.Tensor | None:
         """The saved run's counters, RNG and env state (the agent is already restored); returns the envs'
