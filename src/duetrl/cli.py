@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from typing import Any, NoReturn
@@ -280,13 +281,16 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_params(args: argparse.Namespace) -> int:
     from duetrl.algos import get_algo
-    from duetrl.config import RunConfig, describe_fields
+    from duetrl.config import RunConfig
+    from duetrl.params import rows
 
     spec = get_algo(args.algo)
-    for title, cls in (("run settings", RunConfig), (f"{spec.name} settings", spec.config_cls)):
+    shown = {"algo": repr(spec.name), "env_id": "(required)"}  # the run settings as this algorithm's run has them
+    for title, cls in (("run settings", RunConfig), (f"{spec.name} settings: {spec.description}", spec.config_cls)):
         print(f"# {title}")
-        for name, kind, default in describe_fields(cls):
-            print(f"{name:<24} {kind:<12} {default!r}")
+        for name, kind, default, text in rows(cls):
+            value = shown.get(name, repr(default)) if cls is RunConfig else repr(default)
+            print(f"{name:<22} {kind:<12} {value:<13} {text}")
     return 0
 
 
@@ -321,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("duetrl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `duetrl params | head`: the reader has gone, and so may we
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
 
 
 if __name__ == "__main__":

@@ -49,29 +49,29 @@ RESUMABLE = frozenset(
 class RunConfig:
     """Settings of a run that do not depend on the algorithm."""
 
-    env_id: str = "Pendulum-v1"
-    algo: str = "ac"
-    preset: str | None = None
+    env_id: str = "Pendulum-v1"  # the environment: a Gymnasium id, or module:Class
+    algo: str = "ac"  # the algorithm (see `duetrl params --algo NAME`)
+    preset: str | None = None  # named settings under the others (see `duetrl presets`); none = no preset
     steps: int = 100_000  # total environment steps (summed over parallel envs)
-    seed: int = 0
-    num_envs: int = 1
-    env_kwargs: dict = field(default_factory=dict)
-    backend: str = "auto"  # auto = torch-native where duetrl has the env, else Gymnasium
-    vector: str = "sync"  # sync | async (Gymnasium vector envs)
-    device: str = "auto"  # auto = CUDA when present, else CPU
-    torch_threads: int = 1  # small MLPs run fastest single-threaded
+    seed: int = 0  # seed of every random generator of the run
+    num_envs: int = 1  # envs stepped together as one batch
+    env_kwargs: dict = field(default_factory=dict)  # arguments of the env's constructor, e.g. {g: 0}
+    backend: str = "auto"  # what steps the envs: torch-native (where duetrl has the env), Gymnasium, or auto
+    vector: str = "sync"  # Gymnasium's envs all in this process (sync) or a process each (async)
+    device: str = "auto"  # where the networks run: auto = CUDA when present, else CPU
+    torch_threads: int = 1  # CPU threads of torch (small MLPs run fastest single-threaded)
     eval_every: int = 10_000  # env steps between evaluations; 0 = only at the end
-    eval_episodes: int = 10
-    eval_deterministic: bool = True
+    eval_episodes: int = 10  # held-out episodes per evaluation
+    eval_deterministic: bool = True  # evaluate the policy's most likely action (false: sampled actions)
     eval_max_steps: int = 10_000  # step cap of an evaluation episode on an env without its own time limit
     log_every: int = 1000  # env steps between metric rows (at the next update); 0 = after every update
     checkpoint_every: int = 0  # env steps between checkpoints; 0 = time-based only
-    checkpoint_seconds: float = 30.0
-    keep_checkpoints: int = 3
-    target_return: float | None = None
-    wandb: bool = False
-    wandb_project: str = "duetrl"
-    imports: list = field(default_factory=list)
+    checkpoint_seconds: float = 30.0  # seconds between checkpoints at the most
+    keep_checkpoints: int = 3  # step checkpoints kept (best.safetensors aside)
+    target_return: float | None = None  # stop when an evaluation's mean return reaches this
+    wandb: bool = False  # also log to Weights & Biases (offline without an API key)
+    wandb_project: str = "duetrl"  # the Weights & Biases project
+    imports: list = field(default_factory=list)  # modules imported first (they may register envs)
 
     def validate(self) -> None:
         check(self.steps > 0, "steps", self.steps, "must be a positive number of env steps")
