@@ -173,5 +173,9 @@ class DeterministicActor(nn.Module):
         super().__init__()
         self.net = mlp(obs_dim, hidden, activation, out_dim=act_dim)
 
+    def pre_tanh(self, obs: Tensor) -> Tensor:
+        """The output before the squash, u with a = tanh(u): what ``preact_penalty`` keeps out of saturation."""
+        return self.net(obs)
+
     def forward(self, obs: Tensor) -> Tensor:
-        return torch.tanh(self.net(obs))
+        return torch.tanh(self.pre_tanh(obs))

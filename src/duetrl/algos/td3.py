@@ -35,10 +35,14 @@ class TD3Config(OffPolicyConfig):
     ou_theta: float = 0.15
     target_noise: float = 0.2  # target policy smoothing (0 = off)
     target_noise_clip: float = 0.5
+    # Weight of mean(u^2) on the actor's pre-tanh output u (a = tanh(u)). Where tanh saturates, the critic's gradient
+    # through it is tiny and its sign arbitrary; the penalty pulls u back to where the critic steers the action.
+    # 0 = the paper's actor.
+    preact_penalty: float = 0.0
 
     def validate(self) -> None:
         super().validate()
-        for key in ("exploration_noise", "target_noise", "target_noise_clip", "ou_theta"):
+        for key in ("exploration_noise", "target_noise", "target_noise_clip", "ou_theta", "preact_penalty"):
             check_range(key, getattr(self, key), 0.0)
         check_choice("noise_type", self.noise_type, ("gaussian", "ou", "colored"))
 
@@ -114,8 +118,10 @@ class TD3(OffPolicyAgent):
         metrics = self.critic_step(batch)
         # Actor (delayed): ascend the first critic's Q at its own action; then move the targets.
         if self.gradient_steps % cfg.policy_delay == 0:
-            actor_loss = -self.critic(batch["obs"], self.actor(batch["obs"]))[0].mean()
-            clip_and_step(self.optimizers["actor"], actor_loss, self.actor_params, cfg.max_grad_norm)
+            preact = self.actor.pre_tanh(batch["obs"])  # u, the action before the squash: a = tanh(u)
+            actor_loss = -self.critic(batch["obs"], torch.tanh(preact))[0].mean()
+            loss = actor_loss + cfg.preact_penalty * preact.pow(2).mean() if cfg.preact_penalty > 0 else actor_loss
+            clip_and_step(self.optimizers["actor"], loss, self.actor_params, cfg.max_grad_norm)
             metrics["actor_loss"] = actor_loss.detach()
             for target, source in self.polyak_pairs:
                 polyak(target, source, cfg.tau)
