@@ -35,10 +35,9 @@ class TD3Config(OffPolicyConfig):
     ou_theta: float = 0.15
     target_noise: float = 0.2  # target policy smoothing (0 = off)
     target_noise_clip: float = 0.5
-    # Weight of mean(u^2) on the actor's pre-tanh output u (a = tanh(u)). Where tanh saturates, the critic's gradient
-    # through it is tiny and its sign arbitrary; the penalty pulls u back to where the critic steers the action.
-    # 0 = the paper's actor.
-    preact_penalty: float = 0.0
+    # Where tanh saturates, the critic's gradient through it is tiny and its sign arbitrary; the penalty pulls the
+    # pre-tanh output u (a = tanh(u)) back to where the critic steers the action.
+    preact_penalty: float = 0.0  # weight of mean(u^2) on the actor's pre-tanh output; 0 = the paper's actor
 
     def validate(self) -> None:
         super().validate()
