@@ -431,3 +431,22 @@ def test_eval_of_a_run_trained_on_an_env_object_says_what_to_do(capsys, tmp_path
     capsys.readouterr()
     line = assert_user_error(*run(capsys, "eval", tmp_path / "R"), match="given as a Python object")
     assert "duetrl.load(RUN, env=...)" in line and "--import" in line
+
+
+@pytest.mark.parametrize("command", [["train"], ["train", "--steps", "100"], ["sweep", "--run-dir", "S"]])
+def test_a_bare_train_or_sweep_prints_usage_and_starts_nothing(tmp_path, command):
+    code, out, err = cli_process(tmp_path, *command)
+    assert code == 2 and out == ""
+    assert err.startswith(f"usage: duetrl {command[0]}") and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"duetrl: error: {command[0]} needs an environment")
+    assert list(tmp_path.iterdir()) == []  # no runs/ directory, no sweep
+
+
+def test_train_without_an_environment_from_python_is_a_user_error(tmp_path):
+    import duetrl
+
+    with pytest.raises(duetrl.UserError, match=r"no environment to train on.*duetrl.train\('Pendulum-v1'"):
+        duetrl.train(algo="ppo", steps=100)
+    config = tmp_path / "c.yaml"
+    config.write_text("env_id: Pendulum-v1\nsteps: 64\nupdate_every: 16\neval_episodes: 1\n")
+    assert duetrl.train(config=config, preset="none", run_dir=tmp_path / "r", quiet=True).env_steps == 64

@@ -19,7 +19,7 @@ from duetrl.build import (
     saved_config,
 )
 from duetrl.callbacks import Callback
-from duetrl.config import Config, RunConfig
+from duetrl.config import Config, RunConfig, load_yaml_file
 from duetrl.config import resolve as resolve_config
 from duetrl.envs.make import EnvSource, env_name
 from duetrl.errors import UserError, say
@@ -37,6 +37,12 @@ def resolve(
     """The validated :class:`Config` of a run: defaults < preset < config file < overrides, for a registered
     algorithm; also the id of the preset used (None if none). See :func:`duetrl.config.resolve`."""
     return resolve_config(env_id, algo, preset, config_file, overrides, lookup=get_algo)
+
+
+def names_an_env(config: str | Path | dict | None, settings: dict[str, Any]) -> bool:
+    """Whether a config file (or dict) or the settings name the environment (``env_id``)."""
+    file_values = dict(config) if isinstance(config, dict) else load_yaml_file(config) if config else {}
+    return settings.get("env_id", file_values.get("env_id")) is not None
 
 
 def train(
@@ -66,6 +72,8 @@ def train(
     see :mod:`duetrl.callbacks`); ``sinks``: objects with ``write(row)`` and ``close()``, given each metrics row.
     Example: ``duetrl.train("Pendulum-v1", "ac", preset="chapter")``."""
     env_object = None if env_id is None or isinstance(env_id, str) else env_id
+    if env_id is None and not isinstance(config, Config) and not names_an_env(config, settings):
+        raise UserError("no environment to train on: name one, as in duetrl.train('Pendulum-v1', 'ppo')")
     if isinstance(config, Config):
         cfg = config
     else:

@@ -18,7 +18,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("env_id", nargs="?", help="Gymnasium env id, e.g. Pendulum-v1 (or module:Class)")
+    p.add_argument(
+        "env_id",
+        nargs="?",
+        help="Gymnasium env id, e.g. Pendulum-v1, or module:Class (needed unless --config or --resume gives it)",
+    )
     p.add_argument("--algo", help="algorithm: ac, a2c, ppo, ... (default ac)")
     p.add_argument("--preset", help="named preset (see `duetrl presets`); default: the env/algo's own")
     p.add_argument("--config", help="YAML file of settings (layered over the preset)")
@@ -54,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train an agent")
     _train_args(train)
+    train.set_defaults(usage=train.format_usage)
 
     ev = sub.add_parser("eval", help="evaluate a trained run")
     ev.add_argument("run_dir", metavar="RUN", help="a run directory, or one of its checkpoint files")
@@ -70,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="multi-seed runs and hyperparameter sweeps on Ray Tune")
     _train_args(sw)
+    sw.set_defaults(usage=sw.format_usage)
     sw.add_argument("--seeds", nargs="+", type=int, default=[0])
     sw.add_argument("--search", choices=["grid", "random"], default="grid")
     sw.add_argument("--samples", type=int, default=1, help="configurations drawn with --search random")
@@ -138,7 +144,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import duetrl
-    from duetrl.api import resolve
+    from duetrl.api import names_an_env, resolve
 
     if args.resume:
         from duetrl.config import load_yaml_file
@@ -151,6 +157,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = duetrl.resume(args.resume, quiet=args.quiet, **changes)
     else:
         overrides = _overrides(args)
+        if args.env_id is None and not names_an_env(args.config, overrides):
+            print(args.usage(), end="", file=sys.stderr)
+            raise UserError("train needs an environment: duetrl train ENV_ID, e.g. duetrl train Pendulum-v1 --algo ppo")
         cfg, _ = resolve(args.env_id, args.algo, args.preset, args.config, overrides)
         result = duetrl.train(config=cfg, run_dir=args.run_dir, quiet=args.quiet)
     summary = {
@@ -204,6 +213,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not args.run_dir:
             raise UserError("duetrl sweep needs --run-dir DIR (where trials and the summary go)")
         overrides = _overrides(args)
+        from duetrl.api import names_an_env
+
+        if args.env_id is None and not names_an_env(args.config, overrides):
+            print(args.usage(), end="", file=sys.stderr)
+            raise UserError("sweep needs an environment: duetrl sweep ENV_ID --run-dir DIR ...")
         grid = {}
         for key, value in list(overrides.items()):
             if isinstance(value, str) and "," in value and key != "env_kwargs":
