@@ -49,8 +49,8 @@ CASES: dict[str, Case] = {
     "ppo-pendulum": Case("Pendulum-v1", "ppo", -400.0),  # worst -174: margin 226
     "ppo-cartpole": Case("CartPole-v1", "ppo", 150.0),  # worst 251 (seed 1, threads 1; 19 runs at 500): margin 101
     "sac-pendulum": Case("Pendulum-v1", "sac", -400.0),  # worst -157: margin 243
-    "td3-pendulum": Case("Pendulum-v1", "td3", -400.0),  # worst -812 (seed 7, threads 2; 18 runs >= -161): see README
-    "ddpg-pendulum": Case("Pendulum-v1", "ddpg", -400.0),  # worst -228 (seed 7, threads 2): margin 172
+    "td3-pendulum": Case("Pendulum-v1", "td3", -400.0),  # worst -164 (on 100 episodes): margin 236
+    "ddpg-pendulum": Case("Pendulum-v1", "ddpg", -400.0),  # worst -170 (on 100 episodes): margin 230
 }
 SEEDS = (0, 1, 2)
 
