@@ -450,3 +450,15 @@ def test_train_without_an_environment_from_python_is_a_user_error(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("env_id: Pendulum-v1\nsteps: 64\nupdate_every: 16\neval_episodes: 1\n")
     assert duetrl.train(config=config, preset="none", run_dir=tmp_path / "r", quiet=True).env_steps == 64
+
+
+@pytest.mark.parametrize("num_envs, backend", [(1, "gymnasium"), (32, "torch")])
+def test_the_training_line_says_which_backend_auto_picked(tmp_path, num_envs, backend):
+    argv = ["train", "Acrobot-v1", "--algo", "ppo", "--preset", "none", "--num-envs", num_envs, "--steps", 64]
+    settings = ["--set", "num_steps=2", "minibatch_size=64", "eval_every=0", "eval_episodes=1", "eval_max_steps=5"]
+    code, out, err = cli_process(tmp_path, *argv, *settings, "--run-dir", tmp_path / "R", "--quiet")
+    assert code == 0, err
+    plural = "s" if num_envs > 1 else ""
+    assert err.splitlines()[0].startswith(
+        f"duetrl: training ppo on Acrobot-v1 ({num_envs} env{plural}, {backend} backend)"
+    )

@@ -150,11 +150,11 @@ def test_spaces_match_gymnasium():
 
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_make_returns_the_native_pendulum(backend):
-    env = make("Pendulum-v1", 4, backend=backend)
-    assert isinstance(env, Pendulum) and env.num_envs == 4
+    env = make("Pendulum-v1", 8, backend=backend)  # auto: native from 8 envs on
+    assert isinstance(env, Pendulum) and env.num_envs == 8 and env.backend == "torch"
     obs, _ = env.reset(seed=0)
-    assert obs.shape == (4, 3)
-    assert make("Pendulum-v1", 2, backend=backend, g=0.0).g == 0.0  # env kwargs reach the native env
+    assert obs.shape == (8, 3)
+    assert make("Pendulum-v1", 8, backend=backend, g=0.0).g == 0.0  # env kwargs reach the native env
 
 
 def test_make_gymnasium_backend_for_pendulum():
@@ -172,12 +172,31 @@ def test_make_torch_backend_for_cartpole():
     else:
         with pytest.raises(UserError, match="no torch-native implementation"):
             make("CartPole-v1", 2, backend="torch")
-    env = make("CartPole-v1", 2, backend="auto")  # auto falls back to Gymnasium where there is no native env
+    env = make("CartPole-v1", 16, backend="auto")
     try:
         expected = NATIVE_ENVS["CartPole-v1"] if "CartPole-v1" in NATIVE_ENVS else GymnasiumBatchEnv
         assert isinstance(env, expected)
     finally:
         env.close()
+
+
+@pytest.mark.parametrize(
+    "env_id, below, native_from",
+    [("Pendulum-v1", 4, 8), ("CartPole-v1", 8, 16), ("Acrobot-v1", 16, 17), ("MountainCarContinuous-v0", 8, 16)],
+)
+def test_auto_picks_the_faster_backend_for_the_batch_size(env_id, below, native_from):
+    """Gymnasium for small batches, where stepping envs one by one costs less than the native env's fixed cost per
+    batch step; torch-native from the measured crossover on (envs/make.py's NATIVE_MIN_ENVS), and on a GPU."""
+    from duetrl.envs.make import auto_backend
+
+    assert auto_backend(env_id, 1) == auto_backend(env_id, below) == "gymnasium"
+    assert auto_backend(env_id, native_from) == auto_backend(env_id, 256) == "torch"
+    assert auto_backend(env_id, 1, device="cuda") == "torch"
+    for n, backend in ((1, "gymnasium"), (native_from, "torch")):
+        env = make(env_id, n, backend="auto")
+        assert env.backend == backend
+        env.close()
+    assert auto_backend("Hopper-v5", 64) == auto_backend(gym.Env, 64) == "gymnasium"  # no native env
 
 
 def test_make_rejects_bad_arguments():

@@ -506,3 +506,29 @@ def test_resume_says_in_one_line_what_it_cannot_restore(tmp_path):
     assert len(notes) == 2, err
     assert "replay buffer was not saved" in notes[0] and "batch_size=16" in notes[0]
     assert "environment's state could not be saved" in notes[1]
+
+
+# ------------------------------------------------------------------------------------------ 10. the backend
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["backend-recorded", "backend-inferred"])
+def test_a_resumed_run_keeps_its_backend_whatever_auto_would_pick_now(tmp_path, monkeypatch, capsys, recorded):
+    """A run made when auto picked the native env (here: a threshold of 1) resumes on it when auto would now pick
+    Gymnasium, from the checkpoint's record, or, in a checkpoint written before it was recorded, its env state."""
+    from duetrl.envs.make import NATIVE_MIN_ENVS
+
+    run_dir = tmp_path / "R"
+    settings = dict(preset="none", update_every=16, eval_every=0, eval_episodes=1, log_every=0, quiet=True)
+    monkeypatch.setitem(NATIVE_MIN_ENVS, "Pendulum-v1", 1)
+    duetrl.train("Pendulum-v1", "ac", steps=64, run_dir=run_dir, checkpoint_every=32, **settings)
+    monkeypatch.undo()
+    path = ckpt.list_checkpoints(run_dir)[-1]
+    state = ckpt.load(path)
+    assert state["backend"] == "torch"
+    if not recorded:
+        del state["backend"]
+        ckpt.save(path, state)
+    capsys.readouterr()
+    result = duetrl.resume(run_dir, steps=96, quiet=True)
+    assert result.env_steps == 96
+    assert "(1 env, torch backend)" in capsys.readouterr().err

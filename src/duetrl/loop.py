@@ -48,15 +48,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_env(cfg: Config, device: torch.device, env: EnvSource = None) -> BatchEnv:
+def make_env(cfg: Config, device: torch.device, env: EnvSource = None, backend: str | None = None) -> BatchEnv:
     """The run's batch of envs (on ``device`` when torch-native; Gymnasium's live on the CPU): of ``env`` when the
-    env was given as a Python object (a class, a function, an instance), else of the config's ``env_id``."""
+    env was given as a Python object (a class, a function, an instance), else of the config's ``env_id``; on
+    ``backend`` if given (a resumed run's), else the config's."""
     import_modules(cfg.run.imports)
-    env_device = device if cfg.run.backend != "gymnasium" else torch.device("cpu")
+    backend = backend or cfg.run.backend
+    env_device = device if backend != "gymnasium" else torch.device("cpu")
     return make(
         cfg.run.env_id if env is None else env,
         cfg.run.num_envs,
-        backend=cfg.run.backend,
+        backend=backend,
         device=env_device,
         vector=cfg.run.vector,
         **cfg.run.env_kwargs,
@@ -77,6 +79,18 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     if not resume and ckpt.list_checkpoints(run_dir):
         resume = f"--resume {run_dir}" if on_command_line() else f"duetrl.resume({str(run_dir)!r})"
         raise UserError(f"{run_dir} already holds a run; use {resume} to continue it, or a new {setting('run_dir')}")
+
+
+def saved_backend(checkpoint: Checkpoint, cfg: Config) -> str:
+    """The backend a checkpoint's envs ran on, so that a resumed run restores its envs into the same kind, whatever
+    ``auto`` would pick now: recorded in the checkpoint, else told by the shape of the saved env state."""
+    state = checkpoint.state
+    if state.get("backend"):
+        return str(state["backend"])
+    env_state = state.get("env") or {}
+    if cfg.run.backend == "auto" and env_state:
+        return "gymnasium" if "envs" in env_state else "torch"
+    return cfg.run.backend
 
 
 @contextmanager
@@ -207,7 +221,7 @@ class Trainer:
         seed_everything(run.seed)
         self.device = resolve_device(run.device)
         # Environment and agent first: a mistake there must not leave a run directory behind.
-        self.env = make_env(cfg, self.device, env)
+        self.env = make_env(cfg, self.device, env, None if resume is None else saved_backend(resume, cfg))
         try:
             spaces = self.env.single_observation_space, self.env.single_action_space
             if resume is None:
@@ -319,7 +333,8 @@ class Trainer:
         """What is about to run, and the settings that would waste it or that it ignores, said before it starts."""
         run = self.cfg.run
         preset = f" with preset {run.preset}" if run.preset else ""
-        print(f"duetrl: training {run.algo} on {run.env_id}{preset} -> {self.run_dir}", file=sys.stderr)
+        batch = f"{run.num_envs} env{'s' if run.num_envs > 1 else ''}, {self.env.backend} backend"
+        print(f"duetrl: training {run.algo} on {run.env_id} ({batch}){preset} -> {self.run_dir}", file=sys.stderr)
         if self.resume_line:
             print(self.resume_line, file=sys.stderr)
         for message in self.notes:
@@ -402,6 +417,7 @@ class Trainer:
                 "best_eval": self.best_eval,
             },
             "spaces": space_signature(self.env.single_observation_space, self.env.single_action_space),
+            "backend": self.env.backend,
             "rng": ckpt.rng_state(),
             "env": self.env.get_state(),
             "obs": self.obs,

@@ -19,6 +19,7 @@ class BatchEnv(ABC):
     and ``info["episode_length"]`` list the undiscounted return and length of each episode that ended.
     """
 
+    backend: str  # "torch" or "gymnasium": what steps the envs
     num_envs: int
     device: torch.device
     single_observation_space: gym.Space

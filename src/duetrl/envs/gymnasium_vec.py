@@ -17,6 +17,8 @@ from duetrl.envs.base import BatchEnv
 class GymnasiumBatchEnv(BatchEnv):
     """Wraps a Gymnasium vector env in same-step autoreset mode and converts to and from torch."""
 
+    backend = "gymnasium"
+
     def __init__(
         self,
         env_fn: Callable[[], gym.Env],

@@ -247,6 +247,28 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+# What --backend auto picks: a torch-native env steps its whole batch in a few tensor operations, at a fixed cost
+# per batch step that Gymnasium's envs, stepped one by one, pay per env. On a CPU the native env is the faster from
+# these batch sizes on (on a GPU always: it spares the transfers). Measured with benchmarks/backend_step_cost.py:
+# one torch thread, median of 3 x 2,000 batch steps, microseconds per batch step, Gymnasium / torch-native:
+#   Pendulum-v1                n=1: 23 / 51    n=4: 47 / 54     n=8: 80 / 54     n=16: 145 / 54
+#   CartPole-v1                n=1: 22 / 69    n=8: 58 / 76     n=16: 101 / 81   n=32: 188 / 88
+#   Acrobot-v1                 n=1: 40 / 376   n=8: 208 / 403   n=16: 393 / 404  n=32: 776 / 392
+#   MountainCarContinuous-v0   n=1: 17 / 46    n=8: 33 / 46     n=16: 51 / 46    n=32: 89 / 46
+# (PPO on Acrobot with 1 env took 31 s native against 12 s on Gymnasium: the Acrobot row.)
+NATIVE_MIN_ENVS = {"Pendulum-v1": 8, "CartPole-v1": 16, "Acrobot-v1": 17, "MountainCarContinuous-v0": 16}
+
+
+def auto_backend(env_id: EnvSource, num_envs: int, device: torch.device | str = "cpu") -> str:
+    """What ``backend="auto"`` picks for this batch: ``torch`` where duetrl has a native env and it is the faster
+    (:data:`NATIVE_MIN_ENVS`, or any batch on a GPU), else ``gymnasium``."""
+    if not isinstance(env_id, str) or env_id not in NATIVE_MIN_ENVS:
+        return "gymnasium"
+    if torch.device(device).type != "cpu":
+        return "torch"
+    return "torch" if num_envs >= NATIVE_MIN_ENVS[env_id] else "gymnasium"
+
+
 def make(
     env_id: EnvSource,
     num_envs: int = 1,
@@ -259,10 +281,13 @@ def make(
     """``num_envs`` copies of ``env_id`` (any form :func:`env_factory` takes) behind one batched interface.
 
     ``backend``: ``"gymnasium"`` (Gymnasium vector envs), ``"torch"`` (torch-native batched envs, where one
-    exists) or ``"auto"`` (torch where available, else Gymnasium)."""
+    exists) or ``"auto"`` (the faster of the two for this batch, :func:`auto_backend`); the env made says which in
+    its ``backend`` attribute."""
     if num_envs < 1:
         raise UserError(f"num_envs={num_envs} must be at least 1")
     device = torch.device(device or "cpu")
+    if backend == "auto" and auto_backend(env_id, num_envs, device) == "gymnasium":
+        backend = "gymnasium"
     if backend in ("auto", "torch"):
         from duetrl.envs.native import NATIVE_ENVS, make_native
 

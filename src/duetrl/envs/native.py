@@ -22,6 +22,7 @@ from duetrl.envs.base import BatchEnv
 class TorchBatchEnv(BatchEnv):
     """Shared bookkeeping: time limit, same-step autoreset, episode statistics, seeding."""
 
+    backend = "torch"
     max_episode_steps: int = 0
 
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
