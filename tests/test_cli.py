@@ -462,3 +462,15 @@ def test_the_training_line_says_which_backend_auto_picked(tmp_path, num_envs, ba
     assert err.splitlines()[0].startswith(
         f"duetrl: training ppo on Acrobot-v1 ({num_envs} env{plural}, {backend} backend)"
     )
+
+
+def test_evaluation_output_names_its_mode(tmp_path):
+    """The chapter preset evaluates with sampled actions; eval --deterministic with the policy's mode: each says so."""
+    argv = ["train", "Pendulum-v1", "--preset", "chapter", "--steps", 200, "--set", "eval_episodes=1", "eval_every=0"]
+    code, out, err = cli_process(tmp_path, *argv, "--run-dir", tmp_path / "P", "--quiet")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["mode"] == "sampled"
+    code, out, err = cli_process(tmp_path, "eval", tmp_path / "P", "--episodes", 1)
+    assert code == 0 and "over 1 episodes, sampled actions (" in out, err
+    code, out, err = cli_process(tmp_path, "eval", tmp_path / "P", "--episodes", 1, "--deterministic", "--json")
+    assert code == 0 and json.loads(out)["mode"] == "deterministic", err

@@ -159,6 +159,7 @@ def evaluate(
         )
     else:
         result = evaluate_policy(act, source, kwargs, episodes, seed, max_steps=run.eval_max_steps)
+    result.deterministic = deterministic
     warning = result.cap_warning(run.env_id)
     if warning:
         say("warning", warning)

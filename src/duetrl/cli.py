@@ -197,7 +197,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(
             f"{agent.env_id}: mean return {out['mean_return']:.1f} +/- {out['std_return']:.1f} "
-            f"(median {out['median_return']:.1f}) over {out['episodes']} episodes ({agent.checkpoint})"
+            f"(median {out['median_return']:.1f}) over {out['episodes']} episodes, {result.mode} actions "
+            f"({agent.checkpoint})"
         )
         if args.video:
             print(f"video written to {args.video}")

@@ -35,6 +35,12 @@ class EvalResult:
     lengths: list[int] = field(default_factory=list)
     capped: int = 0  # episodes cut at the step cap (the env never ended them)
     step_cap: int | None = None  # that cap: the env's own time limit, else max_steps
+    deterministic: bool | None = None  # the policy's most likely actions (True) or sampled ones (False)
+
+    @property
+    def mode(self) -> str | None:
+        """``"deterministic"`` or ``"sampled"``: how the policy acted (None if not told)."""
+        return None if self.deterministic is None else "deterministic" if self.deterministic else "sampled"
 
     @property
     def mean(self) -> float:
@@ -54,6 +60,7 @@ class EvalResult:
             "max_return": float(np.max(self.returns)),
             "mean_length": float(np.mean(self.lengths)) if self.lengths else None,
             "capped_episodes": self.capped,
+            "mode": self.mode,
         }
 
     def cap_warning(self, env_id: str) -> str | None:

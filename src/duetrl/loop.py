@@ -392,6 +392,7 @@ class Trainer:
             return None
         finally:
             self.agent.train_mode(True)
+        result.deterministic = run.eval_deterministic
         warning = result.cap_warning(run.env_id)
         if warning and not self.cap_warned:
             say("warning", warning)
