@@ -84,8 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plot", help="learning curves of runs and sweeps")
     pl.add_argument("paths", nargs="+", metavar="RUN_DIR")
-    pl.add_argument("-o", "--output", default="curves.png", help=".png, .svg or .pdf")
+    pl.add_argument("-o", "--output", help=".png, .svg or .pdf (default: curves.png in the first RUN_DIR)")
     pl.add_argument("--x", default="env_steps", choices=["env_steps", "wall_time_s"])
+    pl.add_argument(
+        "--y",
+        default="eval_return_mean",
+        help="the metric: eval_return_mean (default), episode_return (training), or any metrics.csv column, e.g. "
+        "critic_loss",
+    )
+    pl.add_argument("--band", default="minmax", choices=["minmax", "ci95"], help="across seeds: min-max or 95%% CI")
     pl.add_argument("--title")
 
     bench = sub.add_parser("bench", help="the standard benchmark, side by side with Stable-Baselines3 if installed")
@@ -250,7 +257,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from duetrl.curves import plot
 
-    print(plot(args.paths, args.output, x=args.x, title=args.title))
+    print(plot(args.paths, args.output, x=args.x, title=args.title, y=args.y, band=args.band))
     return 0
 
 

@@ -41,6 +41,8 @@ FLAGS = {
     "resume": "--resume",
     "video": "--video",
     "render": "--render",
+    "x": "--x",
+    "band": "--band",
 }
 _NOTHING = object()
 _voice = {"cli": False}
