@@ -1,7 +1,9 @@
 """Tensor-only checkpoints: pack/unpack, save/load, and refusing damaged files and pickles."""
 
+import os
 import pickle
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -205,3 +207,14 @@ def test_pickle_checkpoint_is_refused_without_running_it(tmp_path, write):
     with pytest.raises(UserError):
         duetrl.load(run_dir, checkpoint=str(path))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_checkpoint_files_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        ckpt.save(tmp_path / "c.safetensors", {"x": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "c.safetensors").stat().st_mode) == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temporary file left

@@ -474,3 +474,35 @@ def test_evaluation_output_names_its_mode(tmp_path):
     assert code == 0 and "over 1 episodes, sampled actions (" in out, err
     code, out, err = cli_process(tmp_path, "eval", tmp_path / "P", "--episodes", 1, "--deterministic", "--json")
     assert code == 0 and json.loads(out)["mode"] == "deterministic", err
+
+
+# ------------------------------------------------------------------------------------------ smaller conventions
+
+
+def test_algo_names_ignore_case_and_a_list_needs_no_brackets(tmp_path):
+    argv = ["train", "Pendulum-v1", "--algo", "PPO", "--preset", "none", "--steps", 64, "--run-dir", tmp_path / "R"]
+    settings = ["--set", "hidden=16,16", "num_steps=32", "minibatch_size=32", "eval_every=0", "eval_episodes=1"]
+    code, _, err = cli_process(tmp_path, *argv, *settings, "--quiet")
+    assert code == 0, err
+    config = yaml.safe_load((tmp_path / "R" / "config.yaml").read_text())
+    assert config["algo"] == "ppo" and config["hidden"] == [16, 16]
+
+
+def test_a_sweeps_list_setting_takes_bracketed_values_and_a_bare_list_is_one_value():
+    from duetrl.cli import _grid_values
+
+    assert _grid_values("hidden", "[64,64],[256,256]") == [[64, 64], [256, 256]]
+    assert _grid_values("hidden", "64,64") is None  # one list: resolve reads it as [64, 64]
+    assert _grid_values("gamma", "0.9,0.99") == [0.9, 0.99]
+    assert _grid_values("gamma", "0.9") is None and _grid_values("env_kwargs", "a,b") is None
+
+
+def test_mujocos_compiler_warning_is_said_once_on_stderr_not_per_env_on_stdout(tmp_path):
+    pytest.importorskip("mujoco")
+    argv = ["train", "HalfCheetah-v5", "--algo", "ppo", "--preset", "none", "--num-envs", 4, "--steps", 32]
+    settings = ["--set", "num_steps=8", "minibatch_size=32", "eval_every=0", "eval_episodes=1"]
+    code, out, err = cli_process(tmp_path, *argv, *settings, "--run-dir", tmp_path / "R", "--quiet")
+    assert code == 0, err
+    json.loads(out)  # stdout is the summary alone
+    notes = [line for line in err.splitlines() if "settotalmass" in line]
+    assert len(notes) == 1 and notes[0].startswith("duetrl: note: MuJoCo: compiler attribute 'settotalmass'"), err

@@ -85,6 +85,7 @@ def test_sweep_crash_resume_summary_and_plots(tmp_path, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert code == 0
     assert err.count("failed: ") == 2 and "boom" in err  # both seed-1 trials crashed and said why
+    assert "gamma=0.99 seed 1" in out + err  # Ray's live table names each trial's configuration and seed
     rows = {r["config"]: r for r in sweep_module.summarize(sweep_dir)}
     assert set(rows) == {"gamma=0.9", "gamma=0.99"}
     assert all(r["seeds"] == 1 and r["failed"] == 1 for r in rows.values())
@@ -115,3 +116,15 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
     assert main(["plot", str(tmp_path), "-o", str(tmp_path / "x.jpg")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("duetrl: error:") for line in err)
+
+
+def test_the_summary_flags_a_ci_over_two_seeds_as_wide_and_gives_none_for_one():
+    from duetrl.sweeps import format_summary
+
+    row = {"config": "gamma=0.9", "failed": 0, "final_mean": -150.0, "best_mean": -140.0}
+    two = format_summary([{**row, "seeds": 2, "final_ci95": 80.0, "best_ci95": 60.0}])
+    assert "± 80.0" in two and "a 95% CI over 2 seeds is wide (t = 12.706)" in two
+    one = format_summary([{**row, "seeds": 1, "final_ci95": float("nan"), "best_ci95": float("nan")}])
+    assert "nan" not in one and "no confidence interval from one seed" in one
+    three = format_summary([{**row, "seeds": 3, "final_ci95": 20.0, "best_ci95": 10.0}])
+    assert "wide" not in three and "over 3 seeds (95% CI)" in three

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -228,10 +229,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise UserError("sweep needs an environment: duetrl sweep ENV_ID --run-dir DIR ...")
         grid = {}
         for key, value in list(overrides.items()):
-            if isinstance(value, str) and "," in value and key != "env_kwargs":
-                from duetrl.config import parse_value
-
-                grid[key] = [parse_value(v) for v in value.split(",")]
+            values = _grid_values(key, value)
+            if values is not None:
+                grid[key] = values
                 del overrides[key]
         overrides.pop("seed", None)
         target = overrides.pop("target_return", None)
@@ -252,6 +252,42 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     print(format_summary(rows))
     return 0
+
+
+def _top_level_split(text: str) -> list[str]:
+    """``"[64,64],[256,256]"`` -> ``["[64,64]", "[256,256]"]``: commas outside brackets only."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
+def _grid_values(key: str, value: object) -> list | None:
+    """The values a sweep's ``--set key=v1,v2`` tries, or None if it is a single value. A list setting's values are
+    bracketed (``hidden=[64,64],[256,256]``); without brackets, ``hidden=64,64`` is one list."""
+    from duetrl.algos import ALGOS
+    from duetrl.config import RunConfig, parse_value
+
+    if not isinstance(value, str) or key == "env_kwargs":
+        return None
+    parts = _top_level_split(value)
+    if len(parts) < 2:
+        return None
+    list_keys = {
+        f.name
+        for cls in (RunConfig, *(spec.config_cls for spec in ALGOS.values()))
+        for f in dataclasses.fields(cls)
+        if "list" in str(f.type)
+    }
+    if key in list_keys and not all(p.strip().startswith("[") for p in parts):
+        return None
+    return [parse_value(p.strip()) for p in parts]
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -306,7 +342,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     from duetrl.config import RunConfig
     from duetrl.params import rows
 
-    spec = get_algo(args.algo)
+    spec = get_algo(args.algo.lower())
     shown = {"algo": repr(spec.name), "env_id": "(required)"}  # the run settings as this algorithm's run has them
     for title, cls in (("run settings", RunConfig), (f"{spec.name} settings: {spec.description}", spec.config_cls)):
         print(f"# {title}")

@@ -178,7 +178,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             raise UserError(f"{key}={value!r}: expected a string")
         return str(value)
     if annotation is list or origin is list:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, str) and "," in value:  # --set hidden=256,256: a list without its brackets
+            value = [parse_value(v.strip()) for v in value.strip("[] ").split(",")]
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{key}={value!r}: expected a list such as [64, 64]")
@@ -318,7 +320,7 @@ def resolve(
 
     run = RunConfig()
     env_id = str(pick("env_id", run.env_id))
-    algo_name = str(pick("algo", run.algo))
+    algo_name = str(pick("algo", run.algo)).lower()  # --algo PPO is ppo
     preset_name = pick("preset", None)
     if preset_name is not None and not isinstance(preset_name, str):
         raise UserError(f"preset={preset_name!r} must be a preset name (see `duetrl presets`)")

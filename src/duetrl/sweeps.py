@@ -136,7 +136,7 @@ def _trial(config: dict[str, Any]) -> None:
     from duetrl import checkpoint as ckpt
 
     spec = SweepSpec(**config["spec"])
-    trial = spec.trials[config["trial"]]
+    trial = spec.trials[config["labels"][config["trial"]]]
     values, seed = trial["values"], trial["seed"]
     run_dir = trial_dir(Path(config["sweep_dir"]), trial)
 
@@ -225,6 +225,11 @@ def resume_sweep(run_dir: str | Path, address: str | None = None) -> list[dict[s
 def _execute(run_dir: Path, spec: SweepSpec, address: str | None) -> list[dict[str, Any]]:
     assert spec.trials is not None
     pending = [i for i, t in enumerate(spec.trials) if not (trial_dir(run_dir, t) / "result.json").exists()]
+    # Trials by name in Ray's live table: "gamma=0.9 seed 1", not an index.
+    labels: dict[str, int] = {}
+    for i in pending:
+        label = f"{config_label(spec.trials[i]['values'])} seed {spec.trials[i]['seed']}"
+        labels[label if label not in labels else f"{label} #{i}"] = i
     if pending:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic live table of trials
         ray, tune = _ray()
@@ -240,7 +245,12 @@ def _execute(run_dir: Path, spec: SweepSpec, address: str | None) -> list[dict[s
         try:
             tuner = tune.Tuner(
                 tune.with_resources(_trial, {"cpu": spec.cpus_per_trial}),
-                param_space={"trial": tune.grid_search(pending), "spec": spec.__dict__, "sweep_dir": str(run_dir)},
+                param_space={
+                    "trial": tune.grid_search(list(labels)),
+                    "labels": labels,
+                    "spec": spec.__dict__,
+                    "sweep_dir": str(run_dir),
+                },
                 run_config=tune.RunConfig(
                     name=f"sweep-{len(list((run_dir / 'tune').glob('sweep-*')))}",
                     storage_path=str(run_dir / "tune"),
@@ -255,7 +265,7 @@ def _execute(run_dir: Path, spec: SweepSpec, address: str | None) -> list[dict[s
             )
             for result in tuner.fit():
                 if result.error is not None:
-                    trial = spec.trials[result.config["trial"]]
+                    trial = spec.trials[labels[result.config["trial"]]]
                     lines = str(result.error).strip().splitlines()
                     print(
                         f"duetrl: trial {config_label(trial['values'])} seed {trial['seed']} failed: "
@@ -316,13 +326,21 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
         return "no finished trials"
     lines = []
     for row in rows:
-        text = (
-            f"{row['config']}: final {row['final_mean']:.1f} ± {row['final_ci95']:.1f}, best {row['best_mean']:.1f}"
-            f" ± {row['best_ci95']:.1f} over {row['seeds']} seed(s)"
-        )
+        if row["seeds"] >= 2:
+            text = (
+                f"{row['config']}: final {row['final_mean']:.1f} ± {row['final_ci95']:.1f}, best "
+                f"{row['best_mean']:.1f} ± {row['best_ci95']:.1f} over {row['seeds']} seeds (95% CI)"
+            )
+        else:
+            text = (
+                f"{row['config']}: final {row['final_mean']:.1f}, best {row['best_mean']:.1f} over {row['seeds']} "
+                "seed(s) (no confidence interval from one seed)"
+            )
         if "steps_to_target_mean" in row:
             text += f", target at {row['steps_to_target_mean']:.0f} steps / {row['seconds_to_target_mean']:.1f} s"
         if row["failed"]:
             text += f" ({row['failed']} failed)"
+        if row["seeds"] == 2:
+            text += f"; a 95% CI over 2 seeds is wide (t = {_T95[0]}): run more seeds for a useful one"
         lines.append(text)
     return "\n".join(lines)

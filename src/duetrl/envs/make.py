@@ -19,7 +19,7 @@ import torch
 from duetrl.envs.base import BatchEnv
 from duetrl.envs.classic import twin_spec
 from duetrl.envs.gymnasium_vec import GymnasiumBatchEnv
-from duetrl.errors import UserError, on_command_line, setting
+from duetrl.errors import UserError, on_command_line, say, setting
 
 # What an env can be given as: a registered id or "module:Class" (a name a run can record and make again), an env
 # class, a function that makes an env, or a made gymnasium.Env (copied for the batch).
@@ -224,7 +224,28 @@ def _type_words(expected: Any) -> str:
     return words[expected]
 
 
+_mujoco_warnings: set[str] = set()
+
+
+def _mujoco_warning(message: str) -> None:
+    text = " ".join(message.split())
+    if text not in _mujoco_warnings:
+        _mujoco_warnings.add(text)
+        say("note", f"MuJoCo: {text}")
+
+
+def mujoco_warnings_once() -> None:
+    """MuJoCo's C library prints a model's compiler warnings (HalfCheetah's deprecated 'settotalmass') on stdout
+    for every env made: a dozen times for a batch, in the middle of the JSON summary. Once MuJoCo is loaded, each
+    distinct warning is said once, on stderr, instead."""
+    mujoco = sys.modules.get("mujoco")
+    setter = getattr(mujoco, "set_mju_user_warning", None)
+    if setter is not None and getattr(mujoco, "get_mju_user_warning", lambda: None)() is not _mujoco_warning:
+        setter(_mujoco_warning)
+
+
 def _check_factory(factory: Callable[[], gym.Env], env_id: str) -> None:
+    mujoco_warnings_once()  # loaded by now if the env is MuJoCo's: its entry point or class is imported
     try:
         env = factory()
     except gym.error.Error as e:
