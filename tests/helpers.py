@@ -53,6 +53,27 @@ def assert_user_error(code: int, out: str, err: str, match: str | None = None) -
     return lines[0]
 
 
+# The source of a user env module (write it to a file and import it) whose episodes never end.
+NEVER_ENDS = '''
+import gymnasium as gym
+import numpy as np
+
+
+class NeverEnds(gym.Env):
+    """Neither terminates nor truncates: an episode lasts as long as its caller lets it."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, dtype=np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, dtype=np.float32), 1.0, False, False, {}
+'''
+
+
 # ------------------------------------------------------------------------------------------ a run paused at a step
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import assert_user_error, run
+from helpers import NEVER_ENDS, assert_user_error, run
 
 from duetrl import checkpoint as ckpt
 from duetrl.cli import build_parser
@@ -254,24 +254,6 @@ def test_a_mistake_leaves_no_run_directory(capsys, tmp_path):
         code, _, err = run(capsys, *argv, "--run-dir", tmp_path / "new", "--quiet")
         assert code == 2 and "duetrl: error:" in err
         assert not (tmp_path / "new").exists()
-
-
-NEVER_ENDS = """
-import gymnasium as gym
-import numpy as np
-
-
-class NeverEnds(gym.Env):
-    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
-    action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return np.zeros(2, dtype=np.float32), {}
-
-    def step(self, action):
-        return np.zeros(2, dtype=np.float32), 1.0, False, False, {}
-"""
 
 
 def test_evaluation_of_an_env_without_an_end_stops_at_the_step_cap_and_says_so(tmp_path):

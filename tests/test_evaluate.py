@@ -3,6 +3,7 @@
 import os
 
 import pytest
+from helpers import NEVER_ENDS
 
 import duetrl
 
@@ -39,25 +40,6 @@ def test_video_needs_a_known_format(run_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ envs without an end
-
-NEVER_ENDS = '''
-import gymnasium as gym
-import numpy as np
-
-
-class NeverEnds(gym.Env):
-    """Neither terminates nor truncates: an episode lasts as long as its caller lets it."""
-
-    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
-    action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return np.zeros(2, dtype=np.float32), {}
-
-    def step(self, action):
-        return np.zeros(2, dtype=np.float32), 1.0, False, False, {}
-'''
 
 
 @pytest.fixture
