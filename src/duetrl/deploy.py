@@ -135,7 +135,7 @@ def export(loaded: LoadedAgent, output: Path, format: str) -> ExportResult:
                 f"{PARITY_TOLERANCE:g}) on observations of {loaded.env_id}: nothing written; export with "
                 f"{setting('format', 'pt2' if format == 'onnx' else 'onnx')} instead, or report this"
             )
-        sidecar = describe(loaded, format, opset, max_error, len(observations))
+        sidecar = describe(loaded, module, observations[:1], format, opset, max_error)
         side = sidecar_path(output)
         side.write_text(json.dumps(sidecar, indent=2) + "\n")
         os.replace(tmp, output)
@@ -307,14 +307,24 @@ def space_json(space: gym.Space) -> dict[str, Any]:
     return {"type": type(space).__name__, "repr": str(space)}
 
 
-def describe(loaded: LoadedAgent, format: str, opset: int | None, max_error: float, n: int) -> dict[str, Any]:
-    """The sidecar JSON of an exported policy."""
+def describe(
+    loaded: LoadedAgent, module: Any, obs: torch.Tensor, format: str, opset: int | None, max_error: float
+) -> dict[str, Any]:
+    """The sidecar JSON of an exported policy; its inputs and outputs are the module's, with the shapes and dtypes
+    of one example (``batch`` for the dynamic first dimension)."""
     from duetrl.evaluate import EVAL_SEED_BASE
 
     agent, run = loaded.agent, loaded.config.run
-    obs_shape = ["batch", *agent.obs_space.shape]
-    discrete = isinstance(agent.act_space, gym.spaces.Discrete)
-    action_shape = ["batch"] if discrete else ["batch", *agent.act_space.shape]
+    inputs = module.example_inputs(obs)
+    with torch.no_grad():
+        outputs = module(*inputs)
+    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    tensors = (
+        lambda names, values: [  # noqa: E731
+            {"name": n, "shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype).removeprefix("torch.")}
+            for n, v in zip(names, values, strict=True)
+        ]
+    )
     return {
         "format": SIDECAR_FORMAT,
         "file_format": format,
@@ -325,10 +335,10 @@ def describe(loaded: LoadedAgent, format: str, opset: int | None, max_error: flo
         "algo": run.algo,
         "observation_space": space_json(agent.obs_space),
         "action_space": space_json(agent.act_space),
-        "inputs": [{"name": "obs", "shape": obs_shape, "dtype": "float32"}],
-        "outputs": [{"name": "action", "shape": action_shape, "dtype": "int64" if discrete else "float32"}],
+        "inputs": tensors(module.input_names, inputs),
+        "outputs": tensors(module.output_names, outputs),
         "evaluation": {"seed": EVAL_SEED_BASE, "max_steps": run.eval_max_steps},
-        "parity": {"max_error": max_error, "tolerance": PARITY_TOLERANCE, "observations": n},
+        "parity": {"max_error": max_error, "tolerance": PARITY_TOLERANCE, "observations": PARITY_ENVS * PARITY_STEPS},
         "checkpoint": str(loaded.checkpoint),
         "torch": torch.__version__,
         "config": loaded.config.to_dict(),
