@@ -9,6 +9,8 @@ A page asks for them with a marker on a line of its own:
   figures the preset files state);
 - ``<!-- duetrl:include PATH -->``: a file under docs/ written by a script (the tutorial's table of scores, which
   ``scripts/tutorial_figures.sh`` writes with its figures).
+
+It also drops the Sphinx roles of the docstrings (``:func:`` before ``train``) from the API pages.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+# The docstrings' Sphinx roles (:func:`train`), which mkdocstrings leaves as text before the code: shown as the code.
+ROLE = re.compile(r":(?:func|class|meth|mod|data|attr|exc):(?=<code)")
 MARKER = re.compile(r"^<!-- duetrl:(config-reference|settings|presets|include)(?: (\S+))? -->$", re.MULTILINE)
 DOCS = Path(__file__).resolve().parents[1]
 
@@ -72,3 +76,7 @@ def expand(kind: str, arg: str | None) -> str:
 
 def on_page_markdown(markdown: str, **_: Any) -> str:
     return MARKER.sub(lambda m: expand(m.group(1), m.group(2)), markdown)
+
+
+def on_page_content(html: str, **_: Any) -> str:
+    return ROLE.sub("", html)
