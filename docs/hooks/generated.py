@@ -7,6 +7,8 @@ A page asks for them with a marker on a line of its own:
 - ``<!-- duetrl:settings ALGO -->``: the settings of one algorithm;
 - ``<!-- duetrl:presets ALGO -->``: the shipped presets of one algorithm, with their descriptions (the measured
   figures the preset files state);
+- ``<!-- duetrl:docstring MODULE -->``: a module's docstring as written (the algorithms' losses, laid out in
+  aligned lines that Markdown would run together);
 - ``<!-- duetrl:include PATH -->``: a file under docs/ written by a script (the tutorial's table of scores, which
   ``scripts/tutorial_figures.sh`` writes with its figures).
 
@@ -15,13 +17,14 @@ It also drops the Sphinx roles of the docstrings (``:func:`` before ``train``) f
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 from typing import Any
 
 # The docstrings' Sphinx roles (:func:`train`), which mkdocstrings leaves as text before the code: shown as the code.
 ROLE = re.compile(r":(?:func|class|meth|mod|data|attr|exc):(?=<code)")
-MARKER = re.compile(r"^<!-- duetrl:(config-reference|settings|presets|include)(?: (\S+))? -->$", re.MULTILINE)
+MARKER = re.compile(r"^<!-- duetrl:(config-reference|settings|presets|include|docstring)(?: (\S+))? -->$", re.MULTILINE)
 DOCS = Path(__file__).resolve().parents[1]
 
 
@@ -67,6 +70,12 @@ def expand(kind: str, arg: str | None) -> str:
 
     if kind == "config-reference":
         return config_reference()
+    if kind == "docstring":
+        import importlib
+        import inspect
+
+        text = html.escape(inspect.getdoc(importlib.import_module(arg)) or "")
+        return f'<div class="docstring-as-written highlight"><pre><code>{text}</code></pre></div>'
     if kind == "include":
         return (DOCS / arg).read_text()
     if kind == "settings":
