@@ -6,7 +6,7 @@ agent = duetrl.load("runs/g0")
 print(duetrl.evaluate(agent, episodes=100).mean)
 """
 
-from duetrl.api import LoadedAgent, evaluate, load, resolve, resume, train
+from duetrl.api import LoadedAgent, evaluate, export, load, resolve, resume, train
 from duetrl.callbacks import Callback, StepBatch, StopTraining, TrainingState
 from duetrl.config import Config, RunConfig, list_presets
 from duetrl.errors import TrainingError, UserError
@@ -39,6 +39,7 @@ __all__ = [
     "TrainingState",
     "UserError",
     "evaluate",
+    "export",
     "list_presets",
     "load",
     "plot",

@@ -21,6 +21,8 @@ from duetrl.build import (
 from duetrl.callbacks import Callback
 from duetrl.config import Config, RunConfig, load_yaml_file
 from duetrl.config import resolve as resolve_config
+from duetrl.deploy import ExportResult, evaluate_exported, output_of
+from duetrl.deploy import export as write_policy
 from duetrl.envs.make import EnvSource, env_name
 from duetrl.errors import UserError, say
 from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, evaluate_policy, render_episodes
@@ -139,12 +141,22 @@ def evaluate(
     video: str | Path | None = None,
     env: EnvSource = None,
 ) -> EvalResult:
-    """Evaluate a loaded agent (or a run directory) on held-out episodes of Gymnasium's own environment.
+    """Evaluate a loaded agent (or a run directory, or a policy file written by :func:`export`) on held-out
+    episodes of Gymnasium's own environment.
 
     ``render="human"`` opens a window; ``video="out.mp4"`` (or .gif) records the episodes instead. ``env``: the
-    env to evaluate on, in any form :func:`train` takes (default: the run's own)."""
+    env to evaluate on, in any form :func:`train` takes (default: the run's own). An exported policy always acts
+    deterministically."""
     if episodes < 1:
         raise UserError(f"episodes={episodes} must be at least 1")
+    if isinstance(agent, (str, Path)) and Path(agent).suffix.lower() in (".onnx", ".pt2"):
+        if deterministic is False:
+            raise UserError(f"{Path(agent).name} is a deterministic policy: it cannot sample actions")
+        result = evaluate_exported(agent, episodes, seed, env_kwargs, env, render, video)
+        warning = result.cap_warning(str(env or Path(agent).name))
+        if warning:
+            say("warning", warning)
+        return result
     loaded = agent if isinstance(agent, LoadedAgent) else load(agent, env=env)
     source = loaded.env if env is None else env
     run: RunConfig = loaded.config.run
@@ -164,3 +176,22 @@ def evaluate(
     if warning:
         say("warning", warning)
     return result
+
+
+def export(
+    run: str | Path,
+    output: str | Path | None = None,
+    format: str | None = None,
+    checkpoint: str = "last",
+    env: EnvSource = None,
+) -> ExportResult:
+    """Write the run's policy as one self-contained deterministic file: the raw env observation in, the env action
+    out, with the observation normaliser, the action bounds and squash (or argmax) inside, and a JSON sidecar
+    (``policy.onnx.json``) of the spaces, env and config; the file is checked against the torch policy first.
+
+    ``run``: a run directory or checkpoint file; ``format``: ``"onnx"`` (needs the ``export`` extra) or ``"pt2"``,
+    by default from ``output``'s suffix, else onnx; ``output``: default ``RUN/policy.onnx``; ``checkpoint``:
+    ``"last"``, ``"best"`` or a file. See :mod:`duetrl.deploy`."""
+    path, format = output_of(run, output, format)
+    loaded = load(run, checkpoint="latest" if checkpoint in ("last", "latest") else checkpoint, env=env)
+    return write_policy(loaded, path, format)

@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(usage=train.format_usage)
 
     ev = sub.add_parser("eval", help="evaluate a trained run")
-    ev.add_argument("run_dir", metavar="RUN", help="a run directory, or one of its checkpoint files")
+    ev.add_argument(
+        "run_dir", metavar="RUN", help="a run directory, one of its checkpoint files, or an exported .onnx/.pt2 policy"
+    )
+    ev.add_argument("--env", help="evaluate on this env instead of the run's own (an id or module:Class)")
     ev.add_argument("--episodes", type=int, default=10)
     mode = ev.add_mutually_exclusive_group()
     mode.add_argument("--deterministic", action="store_true", default=None, help="act with the policy's mode")
@@ -73,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--render", choices=["human"], help="show the episodes in a window")
     ev.add_argument("--video", help="record the episodes to FILE.mp4 or FILE.gif")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+    ex = sub.add_parser("export", help="write a run's policy as one deterministic ONNX or pt2 file")
+    ex.add_argument("run_dir", metavar="RUN", help="a run directory, or one of its checkpoint files")
+    ex.add_argument("-o", "--output", help="the policy file (default: RUN/policy.onnx, or .pt2)")
+    ex.add_argument("--format", choices=["onnx", "pt2"], help="default: from --output's suffix, else onnx")
+    ex.add_argument("--checkpoint", default="last", help="last (default), best, or a checkpoint file")
 
     sw = sub.add_parser("sweep", help="multi-seed runs and hyperparameter sweeps on Ray Tune")
     _train_args(sw)
@@ -188,7 +197,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from duetrl.config import parse_assignments
     from duetrl.evaluate import EVAL_SEED_BASE
 
-    agent = duetrl.load(args.run_dir, checkpoint=args.checkpoint)
+    exported = args.run_dir.lower().endswith((".onnx", ".pt2"))
+    if exported:
+        if args.checkpoint != "latest":
+            raise UserError(f"--checkpoint applies to a run directory; {args.run_dir} is an exported policy")
+        agent, env_id, source = args.run_dir, args.env, args.run_dir
+    else:
+        agent = duetrl.load(args.run_dir, checkpoint=args.checkpoint)
+        env_id, source = args.env or agent.env_id, agent.checkpoint
     env_kwargs = parse_assignments(args.env_kwargs, "--env-kwargs") if args.env_kwargs else None
     result = duetrl.evaluate(
         agent,
@@ -198,18 +214,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
         env_kwargs=env_kwargs,
         render=args.render,
         video=args.video,
+        env=args.env,
     )
+    if exported and env_id is None:
+        from duetrl.deploy import ExportedPolicy
+
+        env_id = ExportedPolicy.env_of(args.run_dir)
     out = result.to_dict()
     if args.json:
         print(json.dumps({**out, "returns": result.returns}))
     else:
         print(
-            f"{agent.env_id}: mean return {out['mean_return']:.1f} +/- {out['std_return']:.1f} "
+            f"{env_id}: mean return {out['mean_return']:.1f} +/- {out['std_return']:.1f} "
             f"(median {out['median_return']:.1f}) over {out['episodes']} episodes, {result.mode} actions "
-            f"({agent.checkpoint})"
+            f"({source})"
         )
         if args.video:
             print(f"video written to {args.video}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import duetrl
+
+    result = duetrl.export(args.run_dir, args.output, args.format, args.checkpoint)
+    print(json.dumps(result.to_dict()))
     return 0
 
 
@@ -357,6 +386,7 @@ COMMANDS = {
     "plot": cmd_plot,
     "train": cmd_train,
     "eval": cmd_eval,
+    "export": cmd_export,
     "bench": cmd_bench,
     "presets": cmd_presets,
     "params": cmd_params,

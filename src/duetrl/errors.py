@@ -43,6 +43,8 @@ FLAGS = {
     "render": "--render",
     "x": "--x",
     "band": "--band",
+    "format": "--format",
+    "checkpoint": "--checkpoint",
 }
 _NOTHING = object()
 _voice = {"cli": False}

@@ -177,15 +177,19 @@ class Policy(nn.Module):
         """The action the environment receives for a raw sample."""
         return raw if self.discrete else to_bounds(raw, self.low, self.high, self.config.bound_by)
 
+    def mode(self, obs: Tensor) -> Tensor:
+        """The env action of the distribution's mode: the most probable index, or the Gaussian's mean brought into
+        the bounds. Plain tensor operations, so ``torch.export`` traces it for ``duetrl export``."""
+        if self.discrete:
+            return self.actor(obs).argmax(-1)
+        return self.to_env(self.actor(obs)[0])
+
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         """Env actions: the mode if deterministic, else a sample."""
-        dist = self.distribution(obs)
         if deterministic:
-            raw = dist.probs.argmax(-1) if self.discrete else dist.mean
-        else:
-            raw = dist.sample()
-        return self.to_env(raw)
+            return self.mode(obs)
+        return self.to_env(self.distribution(obs).sample())
 
     def one_hot(self, actions: Tensor) -> Tensor:
         """Actions as critic inputs: one-hot for discrete, as-is for continuous."""

@@ -78,6 +78,11 @@ class Agent(ABC):
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         """Env actions of the current policy (no learning, no bookkeeping)."""
 
+    def deployable(self) -> Deployable:
+        """The trained policy as one self-contained deterministic module (see :class:`Deployable`): what
+        ``duetrl export`` writes to ONNX or pt2. Its output equals ``act(obs, deterministic=True)``."""
+        raise NotImplementedError(f"{type(self).__name__} has no deployable policy")
+
     def set_progress(self, fraction: float) -> None:
         """Told before each update how much of the run is done (0..1), for schedules such as lr annealing."""
 
@@ -97,6 +102,25 @@ class Agent(ABC):
     def train_mode(self, training: bool) -> None:
         for module in self.modules.values():
             module.train(training)
+
+
+class Deployable(nn.Module):
+    """A trained policy as one deterministic module, raw env observations in and env actions out, with everything
+    between bundled inside (observation normaliser, action scaling, clipping or tanh squash, argmax): what
+    ``duetrl export`` traces with ``torch.export``. Each agent family gives one (:meth:`Agent.deployable`).
+
+    ``forward(*inputs)`` takes the tensors named ``input_names`` and returns those named ``output_names``, each
+    with a leading batch dimension (exported as dynamic). A policy with more inputs than the observation (an image
+    and a vector of a Dict observation; a recurrent core's state, returned updated as an output) names them here
+    and makes examples of them in :meth:`example_inputs`; the exporter and its sidecar JSON follow these names."""
+
+    input_names: tuple[str, ...] = ("obs",)
+    output_names: tuple[str, ...] = ("action",)
+
+    def example_inputs(self, obs: Tensor) -> tuple[Tensor, ...]:
+        """The inputs of ``forward`` for a batch of observations ``[B, ...]`` (with a recurrent core: its initial
+        state for B envs as well)."""
+        return (obs,)
 
 
 def linear_schedule(start: float, end: float, fraction: float) -> float:

@@ -11,7 +11,7 @@ import gymnasium as gym
 import torch
 from torch import Tensor, nn
 
-from duetrl.algos.base import Agent, Decision, anneal_lr, clip_and_step
+from duetrl.algos.base import Agent, Decision, Deployable, anneal_lr, clip_and_step
 from duetrl.buffers import ReplayBuffer
 from duetrl.config import RunConfig
 from duetrl.errors import UserError
@@ -20,6 +20,20 @@ from duetrl.noise import ColoredNoise, OrnsteinUhlenbeckNoise
 from duetrl.policy import rescale, space_dims
 from duetrl.returns import td_targets
 from duetrl.validate import check_choice, check_range, check_widths
+
+
+class DeployedActor(Deployable):
+    """The off-policy agents' deterministic policy for export: raw observation -> the actor's deterministic action
+    in [-1, 1] (SAC's tanh of the mean, TD3's and DDPG's mu) -> rescaled onto the env's bounds."""
+
+    def __init__(self, actor: nn.Module, unit_action: Any, low: Tensor, high: Tensor):
+        super().__init__()
+        self.actor, self.unit_action = actor, unit_action  # unit_action(obs): the agent's, through this actor
+        self.register_buffer("low", low.clone())
+        self.register_buffer("high", high.clone())
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return rescale(self.unit_action(obs), self.low, self.high)
 
 
 @dataclass
@@ -205,6 +219,11 @@ class OffPolicyAgent(Agent):
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         with torch.no_grad():
             return rescale(self.policy_action(obs.to(self.device), deterministic), self.low, self.high)
+
+    def deployable(self) -> DeployedActor:
+        # Every off-policy agent keeps its policy in ``self.actor``; its weights are the module's, so torch.export
+        # sees them as parameters while policy_action reads them.
+        return DeployedActor(self.actor, lambda obs: self.policy_action(obs, True), self.low, self.high)
 
     # ------------------------------------------------------------------------------------------ learning
     @abstractmethod

@@ -9,7 +9,7 @@ import gymnasium as gym
 import torch
 from torch import Tensor
 
-from duetrl.algos.base import Agent, Decision
+from duetrl.algos.base import Agent, Decision, Deployable
 from duetrl.buffers import Rollout
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS
@@ -66,6 +66,18 @@ def ignored_policy_settings(policy: PolicyConfig) -> dict[str, str]:
     return ignored
 
 
+class DeployedPolicy(Deployable):
+    """The on-policy agents' deterministic policy for export: raw observation -> (normaliser, when the run
+    normalised observations) -> the policy's mode in env units (argmax, or the mean clipped or squashed)."""
+
+    def __init__(self, policy: Policy, obs_norm: RunningNorm | None):
+        super().__init__()
+        self.policy, self.obs_norm = policy, obs_norm
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.policy.mode(obs if self.obs_norm is None else self.obs_norm(obs))
+
+
 class OnPolicyAgent(Agent):
     """Collects ``obs, raw, action, log_prob, reward, terminated, truncated, next_obs`` per step.
 
@@ -115,3 +127,6 @@ class OnPolicyAgent(Agent):
 
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         return self.policy.act(self._normalize(obs.to(self.device)), deterministic)
+
+    def deployable(self) -> DeployedPolicy:
+        return DeployedPolicy(self.policy, self.obs_norm if self.cfg.normalize_obs else None)

@@ -1,0 +1,79 @@
+"""Inference latency for one observation: an exported policy in onnxruntime (and as pt2) against
+``duetrl.load(...).act``.
+
+    python benchmarks/export_latency.py RUN [RUN ...] [--calls 2000] [--repeats 7]
+
+Each run is exported (onnx and pt2, into a temporary directory), then each way of acting is called ``calls``
+times on one observation drawn from the env, ``repeats`` times; the table gives the median over repeats of the
+time per call in microseconds (and the fastest repeat), one thread each (onnxruntime's session as
+``duetrl.deploy`` opens it, torch.set_num_threads(1) as duetrl evaluates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import duetrl
+from duetrl.deploy import ExportedPolicy
+
+
+def per_call_us(fn: Callable[[], object], calls: int, repeats: int) -> tuple[float, float]:
+    """(median, fastest) microseconds per call over ``repeats`` timings of ``calls`` calls, after a warm-up."""
+    for _ in range(min(calls, 200)):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls * 1e6)
+    return statistics.median(times), min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print("| run | algo | hidden | duetrl.load().act | onnxruntime (ExportedPolicy.act) | onnxruntime session.run | pt2 |")
+    print("|---|---|---|---|---|---|---|")
+    for run in args.runs:
+        loaded = duetrl.load(run)
+        env = gym.make(loaded.env_id, **loaded.config.run.env_kwargs)
+        obs = np.asarray(env.reset(seed=0)[0], dtype=np.float32)
+        env.close()
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_file = duetrl.export(run, Path(tmp) / "policy.onnx").path
+            pt2_file = duetrl.export(run, Path(tmp) / "policy.pt2").path
+            onnx_policy, pt2_policy = ExportedPolicy(onnx_file), ExportedPolicy(pt2_file)
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+            batch = obs[None]
+            cells = [
+                per_call_us(lambda: loaded.act(obs, deterministic=True), args.calls, args.repeats),
+                per_call_us(lambda: onnx_policy.act(obs), args.calls, args.repeats),
+                per_call_us(lambda: session.run(["action"], {"obs": batch}), args.calls, args.repeats),
+                per_call_us(lambda: pt2_policy.act(obs), args.calls, args.repeats),
+            ]
+        cfg = loaded.config.algo
+        hidden = getattr(cfg, "hidden", None) or getattr(cfg, "actor_hidden", None)
+        text = " | ".join(f"{median:.1f} us (best {best:.1f})" for median, best in cells)
+        print(f"| {run} | {loaded.config.run.algo} | {hidden} | {text} |")
+
+
+if __name__ == "__main__":
+    main()
