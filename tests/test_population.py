@@ -158,7 +158,7 @@ def test_seeds_write_ordinary_run_dirs_that_eval_and_summary_read(capsys, tmp_pa
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["members"] == 2 and summary["summary"][0]["members"] == 2
     row = summary["summary"][0]
-    assert {"mean", "mean_ci95", "median_ci", "iqm", "iqm_ci", "fraction_reached", "steps_to_target"} <= set(row)
+    assert {"mean", "mean_ci", "median_ci", "iqm", "iqm_ci", "fraction_reached", "steps_to_target"} <= set(row)
     for seed in (3, 5):
         member = tmp_path / "pop" / f"seed_{seed}"
         assert (member / "config.yaml").exists() and (member / "metrics.csv").exists() and (member / "tb").is_dir()

@@ -47,7 +47,7 @@ from duetrl.envs.base import BatchEnv
 from duetrl.envs.make import env_factory
 from duetrl.errors import UserError, say
 from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, step_cap
-from duetrl.logs import Logger, Progress, make_logger
+from duetrl.logs import Logger, Progress, make_logger, read_metrics
 from duetrl.loop import (
     MetricWindow,
     Schedule,
@@ -60,6 +60,7 @@ from duetrl.loop import (
 from duetrl.normalize import pool
 from duetrl.optim import has_fused_adam
 from duetrl.returns import gae
+from duetrl.stats import bootstrap_ci, summarize, summarize_times
 
 # Settings that may differ between the members of a ppo population: numeric, and no change of shape or branch.
 PER_MEMBER = {"ppo": ("seed", "lr", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef", "max_grad_norm")}
@@ -107,13 +108,13 @@ def plan(configs: list[Config]) -> None:
 
 
 def member_label(cfg: Config, configs: list[Config]) -> str:
-    """The member's hyperparameters where members differ (seeds aside), e.g. ``lr=0.001,gamma=0.95``; '' if none."""
-    from duetrl.sweeps import config_label
-
+    """The member's settings where members differ (seeds aside), e.g. ``gamma=0.95,lr=0.001``, named as a sweep
+    names its trial directories; '' if only seeds differ."""
     first = configs[0].to_dict()
     varied = [k for k in PER_MEMBER[cfg.run.algo][1:] if any(c.to_dict()[k] != first[k] for c in configs)]
     values = cfg.to_dict()
-    return config_label({k: values[k] for k in varied}) if varied else ""
+    text = ",".join(f"{k}={values[k]}" for k in sorted(varied))
+    return "".join(c if c.isalnum() or c in "=,.-_" else "_" for c in text)
 
 
 def member_dir(root: Path, cfg: Config, configs: list[Config]) -> Path:
@@ -935,13 +936,17 @@ def evaluate_members(
 # ---------------------------------------------------------------------------------------------- summary
 
 
-def summarize_members(results: list[dict[str, Any]], target: float | None) -> list[dict[str, Any]]:
-    """Across the members of each hyperparameter setting: the final evaluation's mean with a 95% t interval,
-    median and IQM with 95% bootstrap intervals (:func:`duetrl.stats.summarize`), how many reached the target and
-    when (:func:`duetrl.sweeps.run_summary`, :func:`duetrl.stats.summarize_times`); failed members counted apart."""
-    from duetrl.stats import summarize, summarize_times
-    from duetrl.sweeps import mean_ci95, run_summary
+def time_to_target(run_dir: Path, target: float) -> tuple[float | None, float | None]:
+    """(env steps, seconds) at a run's first evaluation whose mean reached ``target``; Nones if none did."""
+    rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
+    hit = next((r for r in rows if r.get("eval_return_mean", -math.inf) >= target), None)
+    return (hit["env_steps"], hit["wall_time_s"]) if hit else (None, None)
 
+
+def summarize_members(results: list[dict[str, Any]], target: float | None) -> list[dict[str, Any]]:
+    """Across the members of each hyperparameter setting: the final evaluation's mean, median and IQM with 95%
+    bootstrap intervals (:mod:`duetrl.stats`), and with a target how many reached it and when (env steps and
+    seconds: :func:`duetrl.stats.summarize_times`); failed members are counted apart."""
     rows = []
     for label in dict.fromkeys(r["label"] for r in results):
         group = [r for r in results if r["label"] == label]
@@ -950,10 +955,9 @@ def summarize_members(results: list[dict[str, Any]], target: float | None) -> li
         if scored:
             finals = [r["final"] for r in scored]
             stats = summarize(finals, target, [r["seed"] for r in scored])
-            mean, half = mean_ci95(finals)
             row.update(
-                mean=round(mean, 2),
-                mean_ci95=round(half, 2),
+                mean=round(stats.mean, 2),
+                mean_ci=[round(x, 2) for x in bootstrap_ci(finals, np.mean)],
                 median=round(stats.median, 2),
                 median_ci=[round(x, 2) for x in stats.median_ci],
                 iqm=round(stats.iqm, 2),
@@ -962,15 +966,11 @@ def summarize_members(results: list[dict[str, Any]], target: float | None) -> li
                 worst_seed=stats.worst_seed,
             )
             if target is not None:
-                reached = [run_summary(Path(r["run_dir"]), target) for r in scored]
-                steps = [s["steps_to_target"] if s and not math.isnan(s["steps_to_target"]) else None for s in reached]
-                seconds = [
-                    s["seconds_to_target"] if s and not math.isnan(s["seconds_to_target"]) else None for s in reached
-                ]
-                row["reached_target"] = sum(v is not None for v in steps)
+                times = [time_to_target(Path(r["run_dir"]), target) for r in scored]
+                row["reached_target"] = sum(steps is not None for steps, _ in times)
                 row["fraction_reached"] = row["reached_target"] / len(scored)
-                row["steps_to_target"] = summarize_times(steps).format()
-                row["seconds_to_target"] = summarize_times(seconds).format()
+                row["steps_to_target"] = summarize_times([steps for steps, _ in times]).format()
+                row["seconds_to_target"] = summarize_times([seconds for _, seconds in times]).format()
         rows.append(row)
     return rows
 
@@ -983,7 +983,8 @@ def format_members_summary(rows: list[dict[str, Any]]) -> str:
             lines.append(f"{row['config']}: no member finished ({row['failed']} failed)")
             continue
         text = (
-            f"{row['config']}: {row['members']} members, final mean {row['mean']:.1f} ± {row['mean_ci95']:.1f}; "
+            f"{row['config']}: {row['members']} members, final mean {row['mean']:.1f} [{row['mean_ci'][0]:.1f}, "
+            f"{row['mean_ci'][1]:.1f}]; "
             f"median {row['median']:.1f} [{row['median_ci'][0]:.1f}, {row['median_ci'][1]:.1f}]; "
             f"IQM {row['iqm']:.1f} [{row['iqm_ci'][0]:.1f}, {row['iqm_ci'][1]:.1f}] (95% CIs); "
             f"worst {row['worst']:.1f} (seed {row['worst_seed']})"
