@@ -98,10 +98,7 @@ def row(name: str, members: int, seconds: float, finals: list[float], threshold:
 
 
 def format_row(r: dict) -> str:
-    return (
-        f"{r['name']}: {r['wall_time_s']:.1f} s ({r['seconds_per_member']:.2f} s per member); "
-        f"{r['summary']}"
-    )
+    return f"{r['name']}: {r['wall_time_s']:.1f} s ({r['seconds_per_member']:.2f} s per member); {r['summary']}"
 
 
 if __name__ == "__main__":
