@@ -198,7 +198,7 @@ def test_a_grid_of_settings_times_seeds_is_one_population(capsys, tmp_path):
         (["--seeds", "1", "2", "1"], "seed 1 appears twice"),
         (["--seeds", "0", "1", "--set", "hidden=[64],[32]"], "hidden differs .* use duetrl sweep"),
         (["--seeds", "0", "1", "--set", "num_steps=8,16"], "num_steps differs .* use duetrl sweep"),
-        (["--seeds", "0", "--algo", "sac"], "trains ppo .* use duetrl sweep for sac"),
+        (["--seeds", "0", "--algo", "td3"], "trains ppo, sac .* use duetrl sweep for td3"),
     ],
 )
 def test_bad_population_input_is_one_line(capsys, tmp_path, argv, match):
@@ -321,3 +321,64 @@ def test_sigkill_then_resume_matches_an_uninterrupted_population(capsys, tmp_pat
         _, reference = read_metrics(tmp_path / "a" / f"seed_{seed}")
         _, resumed = read_metrics(tmp_path / "b" / f"seed_{seed}")
         assert without_wall_time(resumed) == without_wall_time(reference)
+
+
+def sac_members(seeds: list[int], steps: int = 300):
+    agents, configs, generators, envs = [], [], [], []
+    for seed in seeds:
+        overrides = {"steps": steps, "seed": seed, "learning_starts": 100, "batch_size": 32, "utd": 2}
+        cfg, _ = resolve("Pendulum-v1", "sac", None, None, overrides)
+        seed_everything(seed)
+        env = make_env(cfg, torch.device("cpu"))
+        agents.append(build_agent(cfg, env.single_observation_space, env.single_action_space, torch.device("cpu")))
+        generator = torch.Generator()
+        generator.set_state(torch.get_rng_state())
+        configs.append(cfg)
+        generators.append(generator)
+        envs.append(env)
+    return agents, configs, generators, envs
+
+
+def test_sac_members_are_independent_and_a_population_of_one_follows_its_solo_run():
+    from duetrl.population import SACPopulation
+
+    seeds = [0, 1, 2]
+    finals = []
+    for perturb in (False, True):
+        agents, configs, generators, envs = sac_members(seeds)
+        solo = copy.deepcopy(agents[2])
+        if perturb:
+            generators[0].manual_seed(999)
+        population = SACPopulation(agents, configs, generators)
+        obs = torch.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)])
+        solo_env = sac_members([2])[3][0]
+        solo_obs = solo_env.reset(seed=2)[0]
+        for step in range(150):
+            action, record = population.explore(obs, step)
+            out = [env.step(a) for env, a in zip(envs, action, strict=True)]
+            obs = torch.stack([o[0] for o in out])
+            final = torch.stack([o[4]["final_obs"] for o in out])
+            population.observe(record, *(torch.stack([o[i] for o in out]) for i in (1, 2, 3)), final)
+            metrics = population.update() if population.ready() else None
+            if not perturb:  # member 2 against its solo run, to float rounding
+                decision = solo.explore(solo_obs, step)
+                assert torch.allclose(decision.action, action[2], atol=1e-5)
+                solo_obs, reward, terminated, truncated, info = solo_env.step(decision.action)
+                solo.observe(decision, reward, terminated, truncated, info["final_obs"])
+                if solo.ready():
+                    theirs = solo.update()
+                    assert metrics[2]["critic_loss"] == pytest.approx(theirs["critic_loss"], rel=1e-3)
+        finals.append(([p[2].clone() for p in population.params], metrics[2], metrics[0]))
+    (params_a, metrics_a, zero_a), (params_b, metrics_b, zero_b) = finals
+    assert all(torch.equal(a, b) for a, b in zip(params_a, params_b, strict=True)) and metrics_a == metrics_b
+    assert zero_a != zero_b
+
+
+def test_a_sac_population_writes_ordinary_run_dirs(capsys, tmp_path):
+    code, out, err = run(capsys, "train", "Pendulum-v1", "--algo", "sac", "--seeds", "0", "1", "--steps", "240",
+                         "--quiet", "--set", "learning_starts=100", "batch_size=32", "utd=1", "eval_every=120",
+                         "eval_episodes=2", "--run-dir", tmp_path / "sac")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["members"] == 2
+    code, out, err = run(capsys, "eval", tmp_path / "sac" / "seed_1", "--episodes", "2")
+    assert code == 0 and "mean return" in out, err

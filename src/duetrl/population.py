@@ -40,7 +40,9 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from duetrl import checkpoint as ckpt
 from duetrl.algos.base import linear_schedule
+from duetrl.algos.offpolicy import polyak
 from duetrl.algos.ppo import PPO, _explained_variance, ppo_loss
+from duetrl.algos.sac import SAC, squashed_sample
 from duetrl.build import Checkpoint, build_agent, resolve_device, restore_agent, space_signature
 from duetrl.config import Config
 from duetrl.envs.base import BatchEnv
@@ -59,11 +61,15 @@ from duetrl.loop import (
 )
 from duetrl.normalize import pool
 from duetrl.optim import has_fused_adam
-from duetrl.returns import gae
+from duetrl.policy import rescale
+from duetrl.returns import gae, td_targets
 from duetrl.stats import bootstrap_ci, summarize, summarize_times
 
 # Settings that may differ between the members of a ppo population: numeric, and no change of shape or branch.
-PER_MEMBER = {"ppo": ("seed", "lr", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef", "max_grad_norm")}
+PER_MEMBER = {
+    "ppo": ("seed", "lr", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef", "max_grad_norm"),
+    "sac": ("seed", "actor_lr", "critic_lr", "alpha_lr", "gamma", "tau", "alpha", "target_entropy", "max_grad_norm"),
+}
 POPULATION_FILE = "population.json"
 
 
@@ -92,13 +98,24 @@ def plan(configs: list[Config]) -> None:
     grad_clipped = {cfg.algo.max_grad_norm > 0 for cfg in configs}
     if len(grad_clipped) > 1:
         raise UserError("max_grad_norm is 0 (no clipping) for some members and not others; use duetrl sweep")
-    if configs[0].algo.recompute_advantages:
-        raise UserError("recompute_advantages is not yet done per member in a population; use duetrl sweep")
-    if configs[0].algo.target_kl > 0:
-        raise UserError(
-            "target_kl stops a member's epochs early, which a population does not do per member yet; "
-            "set target_kl=0 or use duetrl sweep"
-        )
+    shared = configs[0].algo
+    refusals = {
+        "ppo": [
+            (getattr(shared, "recompute_advantages", False), "recompute_advantages is not yet done per member"),
+            (getattr(shared, "target_kl", 0) > 0, "target_kl stops a member's epochs early, not yet per member"),
+        ],
+        "sac": [
+            (getattr(shared, "noise_beta", 0) > 0, "coloured exploration noise (noise_beta > 0) is not yet per member"),
+            (getattr(shared, "critic_dropout", 0) > 0, "critic_dropout draws random masks, not yet per member"),
+            (
+                len({getattr(c.algo, "target_entropy", None) is None for c in configs}) > 1,
+                "target_entropy is None for some members",
+            ),
+        ],
+    }[algo]
+    for refused, why in refusals:
+        if refused:
+            raise UserError(f"{why} in a population; change it or use duetrl sweep")
     seeds_by_label: dict[str, list[int]] = {}
     for cfg in configs:
         seeds_by_label.setdefault(member_label(cfg, configs), []).append(cfg.run.seed)
@@ -150,6 +167,11 @@ def memory_estimate(cfg: Config, members: int, obs_dim: int, act_dim: int) -> in
     """Bytes a ppo population needs, roughly: per member its weights four times (weights, gradients, Adam's two
     moments) and its rollout about six times over (stacked, flattened, shuffled, minibatch activations)."""
     algo, run = cfg.algo, cfg.run
+    if run.algo == "sac":  # the replay buffer dominates: its rows, allocated up front, and the small networks
+        rows = min(algo.buffer_size, run.steps * run.num_envs)
+        widths = [obs_dim + act_dim, *algo.critic_hidden]
+        params = sum(a * b + b for a, b in zip(widths, widths[1:], strict=False)) * algo.n_critics * 2
+        return members * 4 * (rows * (2 * obs_dim + act_dim + 2) + 4 * params * 2)
     widths = [obs_dim, *algo.hidden]
     layers = sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
     params = 2 * layers + widths[-1] * (act_dim + 1) + 2 * act_dim  # actor and critic trunks, their heads
@@ -344,7 +366,7 @@ class PPOPopulation:
         return self.obs_norm(obs)
 
     @torch.no_grad()
-    def explore(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def explore(self, obs: Tensor, env_steps: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
         """Env actions ``[M, N, ...]`` for observations ``[M, N, obs_dim]``, sampled with each member's own
         generator exactly as :meth:`duetrl.policy.Policy.sample` samples, and what the rollout keeps."""
         obs = self._normalize(obs.to(self.device), update=True)
@@ -573,6 +595,265 @@ def clip_per_member(grads: list[Tensor], max_norm: Tensor) -> None:
         g.mul_(scale.view((-1,) + (1,) * (g.dim() - 1)))
 
 
+# ---------------------------------------------------------------------------------------------- sac members
+
+
+def sac_target(
+    actor: nn.Module,
+    critic_target: nn.Module,
+    log_alpha: Tensor,
+    batch: dict[str, Tensor],
+    noise: Tensor,
+    gamma: Tensor,
+) -> Tensor:
+    """SAC's soft Bellman target r + gamma * (1 - terminated) * (min_i Q_targ_i(s', a') - alpha log pi(a'|s')),
+    a' = tanh(mean + std * noise): :meth:`duetrl.algos.sac.SAC.next_value` and ``critic_step`` with the noise given."""
+    next_action, next_log_prob = squashed_sample(actor, batch["next_obs"], noise=noise)
+    next_value = critic_target(batch["next_obs"], next_action).min(0).values - log_alpha.exp() * next_log_prob
+    return td_targets(batch["reward"], next_value, batch["terminated"], gamma)
+
+
+def sac_critic_loss(critic: nn.Module, batch: dict[str, Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
+    """Every Q critic's squared error to the target, as ``OffPolicyAgent.critic_step``: (loss, mean Q)."""
+    q = critic(batch["obs"], batch["action"])  # [E, B]
+    return 0.5 * (q - target).pow(2).mean(1).sum(), q.detach().mean()
+
+
+def sac_actor_loss(
+    actor: nn.Module, critic: nn.Module, alpha: Tensor, obs: Tensor, noise: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The actor's loss alpha log pi(a|s) - min_i Q_i(s, a) of its reparameterised actions, as
+    :meth:`duetrl.algos.sac.SAC.actor_step`; also log pi(a|s) ``[B]`` for the temperature."""
+    action, log_prob = squashed_sample(actor, obs, noise=noise)
+    q_pi = critic(obs, action).min(0).values
+    return (alpha * log_prob - q_pi).mean(), log_prob
+
+
+class SACPopulation:
+    """``M`` SAC agents as one: stacked actor, twin critics, targets and temperature, a ``[member, row, ...]``
+    replay buffer sampled with each member's generator, and one vmapped gradient step for all."""
+
+    def __init__(self, agents: list[SAC], configs: list[Config], generators: list[torch.Generator]):
+        self.agents, self.configs, self.generators = agents, configs, generators
+        first = agents[0]
+        self.cfg, self.device, self.num_envs, self.act_dim = (
+            configs[0].algo,
+            first.device,
+            first.num_envs,
+            first.act_dim,
+        )
+        self.low, self.high = first.low, first.high
+        nets = [_Nets(actor=a.actor, critic=a.critic, critic_target=a.critic_target) for a in agents]
+        params, self.buffers = stack_module_state(nets)
+        self.names = list(params)
+        self.params = [params[name] for name in self.names]
+        self.template = copy.deepcopy(nets[0]).to("meta")
+        self.log_alpha = torch.stack([a.log_alpha.detach() for a in agents]).requires_grad_(True)
+        self.adams = {}
+        for name, prefix in (("actor", "actor."), ("critic", "critic.")):
+            chosen = [p for n, p in zip(self.names, self.params, strict=True) if n.startswith(prefix)]
+            states = [a.optimizers[name].state_dict() for a in agents]
+            self.adams[name] = StackedAdam(chosen, states, betas=(0.9, 0.999), eps=1e-8)
+        alpha_states = [a.optimizers["alpha"].state_dict() for a in agents]
+        self.adams["alpha"] = StackedAdam([self.log_alpha], alpha_states, betas=(0.9, 0.999), eps=1e-8)
+        self.settings = {
+            key: torch.tensor([float(getattr(c.algo, key)) for c in configs], dtype=torch.float64)
+            for key in ("actor_lr", "critic_lr", "alpha_lr", "gamma", "tau", "max_grad_norm")
+        }
+        self.lrs = {
+            name: torch.tensor([a.optimizers[name].param_groups[0]["lr"] for a in agents], dtype=torch.float64)
+            for name in ("actor", "critic", "alpha")
+        }
+        self.initial_entropy = torch.tensor([a.initial_target_entropy for a in agents], dtype=torch.float64)
+        self.target_entropy = torch.tensor([a.target_entropy for a in agents], dtype=torch.float64)
+        self.learning_starts, self.updates_owed = first.learning_starts, first.updates_owed
+        self.gradient_steps = first.gradient_steps
+        # The buffer: every member's rows at once; no more rows than the run can fill.
+        capacity = min(self.cfg.buffer_size, configs[0].run.steps)
+        self.capacity, self.position, self.size = capacity, first.buffer.position % capacity, first.buffer.size
+        self.data = {
+            key: torch.zeros(len(agents), capacity, *v.shape[1:], dtype=v.dtype, device=self.device)
+            for key, v in first.buffer.data.items()
+        }
+        for m, agent in enumerate(agents):
+            for key, value in self.data.items():
+                value[m, : self.size] = agent.buffer.data[key][: self.size]
+        self.last_env_steps = 0
+
+    def __len__(self) -> int:
+        return len(self.agents)
+
+    def _vmap(self, fn: Callable, *tensors: Any) -> Any:
+        """``fn(nets, *tensors)`` for every member, its own weights and its own slice of each tensor."""
+
+        def one(params: list[Tensor], buffers: dict[str, Tensor], *args: Any) -> Any:
+            weights = dict(zip(self.names, params, strict=True))
+            return functional_call(self.template, (weights, buffers), (fn, *args))
+
+        return vmap(one)(self.params, self.buffers, *tensors)
+
+    def _noise(self, *shape: int, uniform: bool = False) -> Tensor:
+        """``[M, *shape]`` white noise (or uniform in [0, 1)), each member's from its own generator."""
+        draw = torch.rand if uniform else torch.randn
+        return torch.stack([draw(shape, generator=g, device=self.device) for g in self.generators])
+
+    # ------------------------------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def explore(self, obs: Tensor, env_steps: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """As ``OffPolicyAgent.explore``: uniform random actions until ``learning_starts``, then the policy's."""
+        obs = obs.to(self.device)
+        self.last_env_steps = env_steps
+        if env_steps < self.learning_starts:
+            action = self._noise(obs.shape[1], self.act_dim, uniform=True) * 2 - 1
+        else:
+            noise = self._noise(obs.shape[1], self.act_dim)
+            action = self._vmap(lambda n, o, z: squashed_sample(n.actor, o, noise=z)[0], obs, noise)
+        return rescale(action, self.low, self.high), {"obs": obs, "action": action}
+
+    def observe(
+        self, record: dict[str, Tensor], reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor
+    ) -> None:
+        n = reward.shape[1]
+        rows = (self.position + torch.arange(n, device=self.device)) % self.capacity
+        step = dict(record, reward=reward, terminated=terminated, next_obs=next_obs)
+        for key, value in self.data.items():
+            value[:, rows] = step[key].to(self.device, value.dtype).reshape(value.shape[0], n, *value.shape[2:])
+        self.position = (self.position + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+        if self.last_env_steps + self.num_envs >= max(self.learning_starts, self.cfg.batch_size):
+            self.updates_owed += self.cfg.utd * self.num_envs
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool) -> Tensor:
+        if deterministic:
+            action = self._vmap(lambda n, o: torch.tanh(n.actor(o)[0]), obs.to(self.device))
+        else:
+            noise = self._noise(obs.shape[1], self.act_dim)
+            action = self._vmap(lambda n, o, z: squashed_sample(n.actor, o, noise=z)[0], obs.to(self.device), noise)
+        return rescale(action, self.low, self.high)
+
+    # ------------------------------------------------------------------------------------------ learning
+    def ready(self) -> bool:
+        return self.updates_owed >= 1 and self.size >= self.cfg.batch_size
+
+    def set_progress(self, fraction: float) -> None:
+        if self.cfg.anneal_lr:
+            for name in ("actor", "critic"):
+                self.lrs[name] = linear_schedule(self.settings[f"{name}_lr"], 0.0, fraction)
+        if self.cfg.target_entropy_final is not None:
+            self.target_entropy = linear_schedule(self.initial_entropy, self.cfg.target_entropy_final, fraction)
+
+    def update(self) -> list[dict[str, float]]:
+        """``OffPolicyAgent.update`` with SAC's gradient steps, for every member at once; each member's metrics."""
+        cfg, members = self.cfg, len(self)
+        steps = int(self.updates_owed)
+        self.updates_owed -= steps
+        rows = torch.arange(members, device=self.device)[:, None]
+        critic_params = [p for n, p in zip(self.names, self.params, strict=True) if n.startswith("critic.")]
+        actor_params = [p for n, p in zip(self.names, self.params, strict=True) if n.startswith("actor.")]
+        targets = [p for n, p in zip(self.names, self.params, strict=True) if n.startswith("critic_target.")]
+        gamma = self.settings["gamma"].float()
+        totals: dict[str, list[Tensor]] = {}
+        for _ in range(steps):
+            index = torch.stack(
+                [
+                    torch.randint(0, self.size, (cfg.batch_size,), device=self.device, generator=g)
+                    for g in self.generators
+                ]
+            )
+            batch = {key: value[rows, index] for key, value in self.data.items()}  # [M, B, ...]
+            with torch.no_grad():
+                noise = self._noise(cfg.batch_size, self.act_dim)
+                target = self._vmap(
+                    lambda n, b, z, a, g: sac_target(n.actor, n.critic_target, a, b, z, g),
+                    batch,
+                    noise,
+                    self.log_alpha.detach(),
+                    gamma,
+                )
+            losses, q_mean = self._vmap(lambda n, b, t: sac_critic_loss(n.critic, b, t), batch, target)
+            self._step("critic", losses, critic_params)
+            metrics = {"critic_loss": losses.detach(), "q_mean": q_mean}
+            if self.gradient_steps % cfg.policy_delay == 0:
+                alpha = self.log_alpha.exp().detach()
+                noise = self._noise(cfg.batch_size, self.act_dim)
+                actor_losses, log_prob = self._vmap(
+                    lambda n, o, z, a: sac_actor_loss(n.actor, n.critic, a, o, z), batch["obs"], noise, alpha
+                )
+                self._step("actor", actor_losses, actor_params)
+                if cfg.autotune_alpha:
+                    entropy_gap = log_prob.detach() + self.target_entropy.float()[:, None]
+                    alpha_loss = -(self.log_alpha[:, None] * entropy_gap).mean(1)
+                    self._step("alpha", alpha_loss, [self.log_alpha], clip=False)
+                metrics.update(actor_loss=actor_losses.detach(), entropy=-log_prob.detach().mean(1), alpha=alpha)
+            self._polyak(targets, critic_params)
+            for key, value in metrics.items():
+                totals.setdefault(key, []).append(value)
+            self.gradient_steps += 1
+        means = {key: torch.stack(values).mean(0).tolist() for key, values in totals.items()}
+        return [{key: means[key][m] for key in means} for m in range(members)]
+
+    def _step(self, name: str, losses: Tensor, params: list[Tensor], clip: bool = True) -> None:
+        """One step of each member's ``name`` optimiser from the sum of the members' losses (disjoint weights:
+        each member's own gradient), clipped per member as ``clip_and_step`` clips one run."""
+        grads = [g.contiguous() for g in torch.autograd.grad(losses.sum(), params)]
+        if clip and self.cfg.max_grad_norm > 0:
+            clip_per_member(grads, self.settings["max_grad_norm"])
+        self.adams[name].step(grads, self.lrs[name])
+
+    @torch.no_grad()
+    def _polyak(self, targets: list[Tensor], sources: list[Tensor]) -> None:
+        """target <- (1 - tau) target + tau source per member (one foreach op when the members share tau, as
+        :func:`duetrl.algos.offpolicy.polyak`)."""
+        taus = self.settings["tau"]
+        if bool((taus == taus[0]).all()):
+            polyak(targets, sources, float(taus[0]))
+        else:
+            for t, s in zip(targets, sources, strict=True):
+                t.lerp_(s, taus.to(t.dtype).view((-1,) + (1,) * (t.dim() - 1)))
+
+    # ------------------------------------------------------------------------------------------ members
+    def keep(self, index: list[int]) -> None:
+        idx = torch.tensor(index, dtype=torch.long)
+        with torch.no_grad():
+            self.params = [p[idx].detach().requires_grad_(p.requires_grad) for p in self.params]
+            self.log_alpha = self.log_alpha[idx].detach().requires_grad_(True)
+        for name, prefix in (("actor", "actor."), ("critic", "critic.")):
+            self.adams[name].params = [p for n, p in zip(self.names, self.params, strict=True) if n.startswith(prefix)]
+        self.adams["alpha"].params = [self.log_alpha]
+        for adam_ in self.adams.values():
+            adam_.keep(idx)
+        self.buffers = {k: v[idx] for k, v in self.buffers.items()}
+        self.data = {k: v[idx] for k, v in self.data.items()}
+        self.settings = {k: v[idx] for k, v in self.settings.items()}
+        self.lrs = {k: v[idx] for k, v in self.lrs.items()}
+        self.initial_entropy, self.target_entropy = self.initial_entropy[idx], self.target_entropy[idx]
+        self.agents = [self.agents[i] for i in index]
+        self.configs = [self.configs[i] for i in index]
+        self.generators = [self.generators[i] for i in index]
+
+    @torch.no_grad()
+    def write_back(self, m: int) -> SAC:
+        """Member ``m``'s networks, temperature, optimisers, counters and (with ``save_buffer``) replay buffer
+        copied into its ordinary agent, returned."""
+        agent = self.agents[m]
+        nets = _Nets(actor=agent.actor, critic=agent.critic, critic_target=agent.critic_target)
+        state = {name: p[m] for name, p in zip(self.names, self.params, strict=True)}
+        state.update({name: b[m] for name, b in self.buffers.items()})
+        nets.load_state_dict(state)
+        agent.log_alpha.copy_(self.log_alpha[m])
+        for name, adam_ in self.adams.items():
+            optimizer = agent.optimizers[name]
+            optimizer.load_state_dict(adam_.member_state(m, optimizer.state_dict(), float(self.lrs[name][m])))
+        agent.updates_owed, agent.gradient_steps = self.updates_owed, self.gradient_steps
+        agent.target_entropy = float(self.target_entropy[m])
+        if self.cfg.save_buffer:
+            agent.buffer.position, agent.buffer.size = self.position, self.size
+            for key, value in agent.buffer.data.items():
+                value[: self.size] = self.data[key][m, : self.size]
+        return agent
+
+
 # ---------------------------------------------------------------------------------------------- the driver
 
 
@@ -671,7 +952,8 @@ class PopulationTrainer:
                 )
                 member.logger.sinks += list(sinks or [])
             undo.pop_all()
-        self.population = PPOPopulation(agents, configs, [m.generator for m in self.members])
+        kind = SACPopulation if run.algo == "sac" else PPOPopulation
+        self.population = kind(agents, configs, [m.generator for m in self.members])
         self._agents_at_start = list(agents)
         self.previous: list[dict[str, Any]] = []  # results of members that finished in an earlier session
         record = {
@@ -715,7 +997,7 @@ class PopulationTrainer:
         with closing(progress), stop_on_signals() as signals:
             try:
                 while self.env_steps < run.steps and members:
-                    action, record = pop.explore(self.obs)
+                    action, record = pop.explore(self.obs, self.env_steps)
                     outcomes = [m.env.step(a) for m, a in zip(members, action, strict=True)]
                     self.obs = torch.stack([o[0] for o in outcomes])
                     reward, terminated, truncated = (torch.stack([o[i] for o in outcomes]) for i in (1, 2, 3))
@@ -890,7 +1172,7 @@ class PopulationTrainer:
 
 
 def evaluate_members(
-    population: PPOPopulation, run: Any, stop: Callable[[], bool] | None = None
+    population: PPOPopulation | SACPopulation, run: Any, stop: Callable[[], bool] | None = None
 ) -> list[EvalResult] | None:
     """Each member of ``population`` on ``run.eval_episodes`` held-out episodes of Gymnasium's env, seeded as a
     solo run's evaluation (``EVAL_SEED_BASE`` on), all members' episodes in one vector env; None if stopped."""
