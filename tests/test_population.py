@@ -382,3 +382,12 @@ def test_a_sac_population_writes_ordinary_run_dirs(capsys, tmp_path):
     assert json.loads(out.strip().splitlines()[-1])["members"] == 2
     code, out, err = run(capsys, "eval", tmp_path / "sac" / "seed_1", "--episodes", "2")
     assert code == 0 and "mean return" in out, err
+
+
+@pytest.mark.parametrize("env_id, backend", [("Pendulum-v1", "gymnasium"), ("CartPole-v1", "torch")])
+def test_gymnasium_backend_and_discrete_actions(capsys, tmp_path, env_id, backend):
+    code, out, err = run(capsys, "train", env_id, "--algo", "ppo", "--backend", backend, "--seeds", "0", "1",
+                         *TINY_ARGS, *TINY_SETS, "--run-dir", tmp_path / "p")  # fmt: skip
+    assert code == 0, err
+    assert f"{backend} backend" in err
+    assert json.loads(out.strip().splitlines()[-1])["summary"][0]["members"] == 2
