@@ -198,7 +198,7 @@ def test_a_grid_of_settings_times_seeds_is_one_population(capsys, tmp_path):
         (["--seeds", "1", "2", "1"], "seed 1 appears twice"),
         (["--seeds", "0", "1", "--set", "hidden=[64],[32]"], "hidden differs .* use duetrl sweep"),
         (["--seeds", "0", "1", "--set", "num_steps=8,16"], "num_steps differs .* use duetrl sweep"),
-        (["--seeds", "0", "--algo", "td3"], "trains ppo, sac .* use duetrl sweep for td3"),
+        (["--seeds", "0", "--algo", "a2c"], "trains ppo, sac, td3, ddpg .* use duetrl sweep for a2c"),
     ],
 )
 def test_bad_population_input_is_one_line(capsys, tmp_path, argv, match):
@@ -323,11 +323,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_population(capsys, tmp_pat
         assert without_wall_time(resumed) == without_wall_time(reference)
 
 
-def sac_members(seeds: list[int], steps: int = 300):
+def offpolicy_members(algo: str, seeds: list[int], steps: int = 300):
     agents, configs, generators, envs = [], [], [], []
     for seed in seeds:
         overrides = {"steps": steps, "seed": seed, "learning_starts": 100, "batch_size": 32, "utd": 2}
-        cfg, _ = resolve("Pendulum-v1", "sac", None, None, overrides)
+        cfg, _ = resolve("Pendulum-v1", algo, None, None, overrides)
         seed_everything(seed)
         env = make_env(cfg, torch.device("cpu"))
         agents.append(build_agent(cfg, env.single_observation_space, env.single_action_space, torch.device("cpu")))
@@ -339,19 +339,20 @@ def sac_members(seeds: list[int], steps: int = 300):
     return agents, configs, generators, envs
 
 
-def test_sac_members_are_independent_and_a_population_of_one_follows_its_solo_run():
-    from duetrl.population import SACPopulation
+@pytest.mark.parametrize("algo", ["sac", "td3", "ddpg"])
+def test_offpolicy_members_are_independent_and_a_population_of_one_follows_its_solo_run(algo):
+    from duetrl.population import POPULATIONS
 
     seeds = [0, 1, 2]
     finals = []
     for perturb in (False, True):
-        agents, configs, generators, envs = sac_members(seeds)
+        agents, configs, generators, envs = offpolicy_members(algo, seeds)
         solo = copy.deepcopy(agents[2])
         if perturb:
             generators[0].manual_seed(999)
-        population = SACPopulation(agents, configs, generators)
+        population = POPULATIONS[algo](agents, configs, generators)
         obs = torch.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)])
-        solo_env = sac_members([2])[3][0]
+        solo_env = offpolicy_members(algo, [2])[3][0]
         solo_obs = solo_env.reset(seed=2)[0]
         for step in range(150):
             action, record = population.explore(obs, step)
@@ -374,8 +375,9 @@ def test_sac_members_are_independent_and_a_population_of_one_follows_its_solo_ru
     assert zero_a != zero_b
 
 
-def test_a_sac_population_writes_ordinary_run_dirs(capsys, tmp_path):
-    code, out, err = run(capsys, "train", "Pendulum-v1", "--algo", "sac", "--seeds", "0", "1", "--steps", "240",
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_an_offpolicy_population_writes_ordinary_run_dirs(capsys, tmp_path, algo):
+    code, out, err = run(capsys, "train", "Pendulum-v1", "--algo", algo, "--seeds", "0", "1", "--steps", "240",
                          "--quiet", "--set", "learning_starts=100", "batch_size=32", "utd=1", "eval_every=120",
                          "eval_episodes=2", "--run-dir", tmp_path / "sac")  # fmt: skip
     assert code == 0, err

@@ -69,6 +69,8 @@ from duetrl.stats import bootstrap_ci, summarize, summarize_times
 PER_MEMBER = {
     "ppo": ("seed", "lr", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef", "max_grad_norm"),
     "sac": ("seed", "actor_lr", "critic_lr", "alpha_lr", "gamma", "tau", "alpha", "target_entropy", "max_grad_norm"),
+    "td3": ("seed", "actor_lr", "critic_lr", "gamma", "tau", "max_grad_norm"),
+    "ddpg": ("seed", "actor_lr", "critic_lr", "gamma", "tau", "max_grad_norm"),
 }
 POPULATION_FILE = "population.json"
 
@@ -80,7 +82,7 @@ def plan(configs: list[Config]) -> None:
     """Check that ``configs`` can train as one population: one algorithm this driver trains, and members that
     differ only in per-member settings; else a UserError saying to use ``duetrl sweep``."""
     algo = configs[0].run.algo
-    if algo not in PER_MEMBER:
+    if algo not in PER_MEMBER:  # ac and a2c: not yet
         raise UserError(
             f"a population (--seeds or a --set grid) trains {', '.join(PER_MEMBER)} for now, not {algo}; "
             f"use duetrl sweep for {algo}"
@@ -112,7 +114,11 @@ def plan(configs: list[Config]) -> None:
                 "target_entropy is None for some members",
             ),
         ],
-    }[algo]
+        "td3": [
+            (getattr(shared, "noise_type", "") != "gaussian", "OU or coloured exploration noise is not yet per member"),
+            (getattr(shared, "critic_dropout", 0) > 0, "critic_dropout draws random masks, not yet per member"),
+        ],
+    }[algo if algo != "ddpg" else "td3"]
     for refused, why in refusals:
         if refused:
             raise UserError(f"{why} in a population; change it or use duetrl sweep")
@@ -167,7 +173,11 @@ def memory_estimate(cfg: Config, members: int, obs_dim: int, act_dim: int) -> in
     """Bytes a ppo population needs, roughly: per member its weights four times (weights, gradients, Adam's two
     moments) and its rollout about six times over (stacked, flattened, shuffled, minibatch activations)."""
     algo, run = cfg.algo, cfg.run
-    if run.algo == "sac":  # the replay buffer dominates: its rows, allocated up front, and the small networks
+    if run.algo in (
+        "sac",
+        "td3",
+        "ddpg",
+    ):  # the replay buffer dominates: its rows, allocated up front, and the small networks
         rows = min(algo.buffer_size, run.steps * run.num_envs)
         widths = [obs_dim + act_dim, *algo.critic_hidden]
         params = sum(a * b + b for a, b in zip(widths, widths[1:], strict=False)) * algo.n_critics * 2
@@ -595,25 +605,23 @@ def clip_per_member(grads: list[Tensor], max_norm: Tensor) -> None:
         g.mul_(scale.view((-1,) + (1,) * (g.dim() - 1)))
 
 
-# ---------------------------------------------------------------------------------------------- sac members
+# ---------------------------------------------------------------------------------------------- off-policy members
 
 
-def sac_target(
-    actor: nn.Module,
+def bellman_target(
     critic_target: nn.Module,
-    log_alpha: Tensor,
     batch: dict[str, Tensor],
-    noise: Tensor,
+    next_action: Tensor,
     gamma: Tensor,
+    entropy_bonus: Tensor | float = 0.0,
 ) -> Tensor:
-    """SAC's soft Bellman target r + gamma * (1 - terminated) * (min_i Q_targ_i(s', a') - alpha log pi(a'|s')),
-    a' = tanh(mean + std * noise): :meth:`duetrl.algos.sac.SAC.next_value` and ``critic_step`` with the noise given."""
-    next_action, next_log_prob = squashed_sample(actor, batch["next_obs"], noise=noise)
-    next_value = critic_target(batch["next_obs"], next_action).min(0).values - log_alpha.exp() * next_log_prob
+    """r + gamma * (1 - terminated) * (min_i Q_targ_i(s', a') + bonus): ``OffPolicyAgent.critic_step``'s target
+    with the next value of SAC (bonus -alpha log pi(a'|s')) or TD3 (no bonus) at a given next action."""
+    next_value = critic_target(batch["next_obs"], next_action).min(0).values + entropy_bonus
     return td_targets(batch["reward"], next_value, batch["terminated"], gamma)
 
 
-def sac_critic_loss(critic: nn.Module, batch: dict[str, Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
+def critic_loss(critic: nn.Module, batch: dict[str, Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
     """Every Q critic's squared error to the target, as ``OffPolicyAgent.critic_step``: (loss, mean Q)."""
     q = critic(batch["obs"], batch["action"])  # [E, B]
     return 0.5 * (q - target).pow(2).mean(1).sum(), q.detach().mean()
@@ -629,46 +637,48 @@ def sac_actor_loss(
     return (alpha * log_prob - q_pi).mean(), log_prob
 
 
-class SACPopulation:
-    """``M`` SAC agents as one: stacked actor, twin critics, targets and temperature, a ``[member, row, ...]``
-    replay buffer sampled with each member's generator, and one vmapped gradient step for all."""
+def td3_actor_loss(actor: nn.Module, critic: nn.Module, obs: Tensor, preact_penalty: float) -> tuple[Tensor, Tensor]:
+    """(the loss stepped, the reported actor loss -Q_1(s, mu(s))) as :meth:`duetrl.algos.td3.TD3.gradient_step`."""
+    preact = actor.pre_tanh(obs)
+    actor_loss = -critic(obs, torch.tanh(preact))[0].mean()
+    loss = actor_loss + preact_penalty * preact.pow(2).mean() if preact_penalty > 0 else actor_loss
+    return loss, actor_loss.detach()
 
-    def __init__(self, agents: list[SAC], configs: list[Config], generators: list[torch.Generator]):
+
+class OffPolicyPopulation:
+    """``M`` off-policy agents as one: stacked networks and optimiser state, a ``[member, row, ...]`` replay
+    buffer sampled with each member's generator, and vmapped gradient steps (``OffPolicyAgent`` for M members).
+    Subclasses name their networks and optimisers and write the algorithm's gradient step and actions."""
+
+    networks: tuple[str, ...]  # the agent's modules stacked (actor first), e.g. ("actor", "critic", "critic_target")
+    optimized: tuple[str, ...] = ("actor", "critic")  # optimisers over a network's weights, by network name
+    settings_keys: tuple[str, ...] = ("actor_lr", "critic_lr", "gamma", "tau", "max_grad_norm")
+
+    def __init__(self, agents: list[Any], configs: list[Config], generators: list[torch.Generator]):
         self.agents, self.configs, self.generators = agents, configs, generators
         first = agents[0]
-        self.cfg, self.device, self.num_envs, self.act_dim = (
-            configs[0].algo,
-            first.device,
-            first.num_envs,
-            first.act_dim,
-        )
-        self.low, self.high = first.low, first.high
-        nets = [_Nets(actor=a.actor, critic=a.critic, critic_target=a.critic_target) for a in agents]
+        self.cfg, self.device = configs[0].algo, first.device
+        self.num_envs, self.act_dim, self.low, self.high = first.num_envs, first.act_dim, first.low, first.high
+        nets = [_Nets(**{name: getattr(a, name) for name in self.networks}) for a in agents]
         params, self.buffers = stack_module_state(nets)
         self.names = list(params)
         self.params = [params[name] for name in self.names]
         self.template = copy.deepcopy(nets[0]).to("meta")
-        self.log_alpha = torch.stack([a.log_alpha.detach() for a in agents]).requires_grad_(True)
-        self.adams = {}
-        for name, prefix in (("actor", "actor."), ("critic", "critic.")):
-            chosen = [p for n, p in zip(self.names, self.params, strict=True) if n.startswith(prefix)]
-            states = [a.optimizers[name].state_dict() for a in agents]
-            self.adams[name] = StackedAdam(chosen, states, betas=(0.9, 0.999), eps=1e-8)
-        alpha_states = [a.optimizers["alpha"].state_dict() for a in agents]
-        self.adams["alpha"] = StackedAdam([self.log_alpha], alpha_states, betas=(0.9, 0.999), eps=1e-8)
+        self.adams = {
+            name: StackedAdam(self.weights(name), [a.optimizers[name].state_dict() for a in agents], (0.9, 0.999), 1e-8)
+            for name in self.optimized
+        }
         self.settings = {
             key: torch.tensor([float(getattr(c.algo, key)) for c in configs], dtype=torch.float64)
-            for key in ("actor_lr", "critic_lr", "alpha_lr", "gamma", "tau", "max_grad_norm")
+            for key in self.settings_keys
         }
         self.lrs = {
             name: torch.tensor([a.optimizers[name].param_groups[0]["lr"] for a in agents], dtype=torch.float64)
-            for name in ("actor", "critic", "alpha")
+            for name in first.optimizers
         }
-        self.initial_entropy = torch.tensor([a.initial_target_entropy for a in agents], dtype=torch.float64)
-        self.target_entropy = torch.tensor([a.target_entropy for a in agents], dtype=torch.float64)
         self.learning_starts, self.updates_owed = first.learning_starts, first.updates_owed
         self.gradient_steps = first.gradient_steps
-        # The buffer: every member's rows at once; no more rows than the run can fill.
+        # The buffer: every member's rows at once, no more rows than the run can fill.
         capacity = min(self.cfg.buffer_size, configs[0].run.steps)
         self.capacity, self.position, self.size = capacity, first.buffer.position % capacity, first.buffer.size
         self.data = {
@@ -682,6 +692,10 @@ class SACPopulation:
 
     def __len__(self) -> int:
         return len(self.agents)
+
+    def weights(self, network: str) -> list[Tensor]:
+        """The stacked weights of one network, in its ``parameters()`` order."""
+        return [p for n, p in zip(self.names, self.params, strict=True) if n.startswith(network + ".")]
 
     def _vmap(self, fn: Callable, *tensors: Any) -> Any:
         """``fn(nets, *tensors)`` for every member, its own weights and its own slice of each tensor."""
@@ -698,6 +712,14 @@ class SACPopulation:
         return torch.stack([draw(shape, generator=g, device=self.device) for g in self.generators])
 
     # ------------------------------------------------------------------------------------------ acting
+    def exploration_action(self, obs: Tensor) -> Tensor:
+        """Actions in [-1, 1] ``[M, N, act_dim]`` for collecting data."""
+        raise NotImplementedError
+
+    def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:
+        """Actions in [-1, 1] of the learned policies."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def explore(self, obs: Tensor, env_steps: int) -> tuple[Tensor, dict[str, Tensor]]:
         """As ``OffPolicyAgent.explore``: uniform random actions until ``learning_starts``, then the policy's."""
@@ -706,8 +728,7 @@ class SACPopulation:
         if env_steps < self.learning_starts:
             action = self._noise(obs.shape[1], self.act_dim, uniform=True) * 2 - 1
         else:
-            noise = self._noise(obs.shape[1], self.act_dim)
-            action = self._vmap(lambda n, o, z: squashed_sample(n.actor, o, noise=z)[0], obs, noise)
+            action = self.exploration_action(obs)
         return rescale(action, self.low, self.high), {"obs": obs, "action": action}
 
     def observe(
@@ -725,12 +746,7 @@ class SACPopulation:
 
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool) -> Tensor:
-        if deterministic:
-            action = self._vmap(lambda n, o: torch.tanh(n.actor(o)[0]), obs.to(self.device))
-        else:
-            noise = self._noise(obs.shape[1], self.act_dim)
-            action = self._vmap(lambda n, o, z: squashed_sample(n.actor, o, noise=z)[0], obs.to(self.device), noise)
-        return rescale(action, self.low, self.high)
+        return rescale(self.policy_action(obs.to(self.device), deterministic), self.low, self.high)
 
     # ------------------------------------------------------------------------------------------ learning
     def ready(self) -> bool:
@@ -740,19 +756,17 @@ class SACPopulation:
         if self.cfg.anneal_lr:
             for name in ("actor", "critic"):
                 self.lrs[name] = linear_schedule(self.settings[f"{name}_lr"], 0.0, fraction)
-        if self.cfg.target_entropy_final is not None:
-            self.target_entropy = linear_schedule(self.initial_entropy, self.cfg.target_entropy_final, fraction)
+
+    def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One update of every member's networks from its batch ``[M, B, ...]``; metrics ``[M]`` by name."""
+        raise NotImplementedError
 
     def update(self) -> list[dict[str, float]]:
-        """``OffPolicyAgent.update`` with SAC's gradient steps, for every member at once; each member's metrics."""
+        """``OffPolicyAgent.update`` for every member at once; each member's metrics."""
         cfg, members = self.cfg, len(self)
         steps = int(self.updates_owed)
         self.updates_owed -= steps
         rows = torch.arange(members, device=self.device)[:, None]
-        critic_params = [p for n, p in zip(self.names, self.params, strict=True) if n.startswith("critic.")]
-        actor_params = [p for n, p in zip(self.names, self.params, strict=True) if n.startswith("actor.")]
-        targets = [p for n, p in zip(self.names, self.params, strict=True) if n.startswith("critic_target.")]
-        gamma = self.settings["gamma"].float()
         totals: dict[str, list[Tensor]] = {}
         for _ in range(steps):
             index = torch.stack(
@@ -762,36 +776,16 @@ class SACPopulation:
                 ]
             )
             batch = {key: value[rows, index] for key, value in self.data.items()}  # [M, B, ...]
-            with torch.no_grad():
-                noise = self._noise(cfg.batch_size, self.act_dim)
-                target = self._vmap(
-                    lambda n, b, z, a, g: sac_target(n.actor, n.critic_target, a, b, z, g),
-                    batch,
-                    noise,
-                    self.log_alpha.detach(),
-                    gamma,
-                )
-            losses, q_mean = self._vmap(lambda n, b, t: sac_critic_loss(n.critic, b, t), batch, target)
-            self._step("critic", losses, critic_params)
-            metrics = {"critic_loss": losses.detach(), "q_mean": q_mean}
-            if self.gradient_steps % cfg.policy_delay == 0:
-                alpha = self.log_alpha.exp().detach()
-                noise = self._noise(cfg.batch_size, self.act_dim)
-                actor_losses, log_prob = self._vmap(
-                    lambda n, o, z, a: sac_actor_loss(n.actor, n.critic, a, o, z), batch["obs"], noise, alpha
-                )
-                self._step("actor", actor_losses, actor_params)
-                if cfg.autotune_alpha:
-                    entropy_gap = log_prob.detach() + self.target_entropy.float()[:, None]
-                    alpha_loss = -(self.log_alpha[:, None] * entropy_gap).mean(1)
-                    self._step("alpha", alpha_loss, [self.log_alpha], clip=False)
-                metrics.update(actor_loss=actor_losses.detach(), entropy=-log_prob.detach().mean(1), alpha=alpha)
-            self._polyak(targets, critic_params)
-            for key, value in metrics.items():
+            for key, value in self.gradient_step(batch).items():
                 totals.setdefault(key, []).append(value)
             self.gradient_steps += 1
         means = {key: torch.stack(values).mean(0).tolist() for key, values in totals.items()}
         return [{key: means[key][m] for key in means} for m in range(members)]
+
+    def critic_step(self, target: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        losses, q_mean = self._vmap(lambda n, b, t: critic_loss(n.critic, b, t), batch, target)
+        self._step("critic", losses, self.weights("critic"))
+        return {"critic_loss": losses.detach(), "q_mean": q_mean}
 
     def _step(self, name: str, losses: Tensor, params: list[Tensor], clip: bool = True) -> None:
         """One step of each member's ``name`` optimiser from the sum of the members' losses (disjoint weights:
@@ -802,9 +796,10 @@ class SACPopulation:
         self.adams[name].step(grads, self.lrs[name])
 
     @torch.no_grad()
-    def _polyak(self, targets: list[Tensor], sources: list[Tensor]) -> None:
+    def _polyak(self, target: str, source: str) -> None:
         """target <- (1 - tau) target + tau source per member (one foreach op when the members share tau, as
         :func:`duetrl.algos.offpolicy.polyak`)."""
+        targets, sources = self.weights(target), self.weights(source)
         taus = self.settings["tau"]
         if bool((taus == taus[0]).all()):
             polyak(targets, sources, float(taus[0]))
@@ -817,41 +812,151 @@ class SACPopulation:
         idx = torch.tensor(index, dtype=torch.long)
         with torch.no_grad():
             self.params = [p[idx].detach().requires_grad_(p.requires_grad) for p in self.params]
-            self.log_alpha = self.log_alpha[idx].detach().requires_grad_(True)
-        for name, prefix in (("actor", "actor."), ("critic", "critic.")):
-            self.adams[name].params = [p for n, p in zip(self.names, self.params, strict=True) if n.startswith(prefix)]
-        self.adams["alpha"].params = [self.log_alpha]
+        for name in self.optimized:
+            self.adams[name].params = self.weights(name)
         for adam_ in self.adams.values():
             adam_.keep(idx)
         self.buffers = {k: v[idx] for k, v in self.buffers.items()}
         self.data = {k: v[idx] for k, v in self.data.items()}
         self.settings = {k: v[idx] for k, v in self.settings.items()}
         self.lrs = {k: v[idx] for k, v in self.lrs.items()}
-        self.initial_entropy, self.target_entropy = self.initial_entropy[idx], self.target_entropy[idx]
         self.agents = [self.agents[i] for i in index]
         self.configs = [self.configs[i] for i in index]
         self.generators = [self.generators[i] for i in index]
 
     @torch.no_grad()
-    def write_back(self, m: int) -> SAC:
-        """Member ``m``'s networks, temperature, optimisers, counters and (with ``save_buffer``) replay buffer
-        copied into its ordinary agent, returned."""
+    def write_back(self, m: int) -> Any:
+        """Member ``m``'s networks, optimisers, counters and (with ``save_buffer``) replay buffer copied into its
+        ordinary agent, returned."""
         agent = self.agents[m]
-        nets = _Nets(actor=agent.actor, critic=agent.critic, critic_target=agent.critic_target)
+        nets = _Nets(**{name: getattr(agent, name) for name in self.networks})
         state = {name: p[m] for name, p in zip(self.names, self.params, strict=True)}
         state.update({name: b[m] for name, b in self.buffers.items()})
         nets.load_state_dict(state)
-        agent.log_alpha.copy_(self.log_alpha[m])
         for name, adam_ in self.adams.items():
             optimizer = agent.optimizers[name]
             optimizer.load_state_dict(adam_.member_state(m, optimizer.state_dict(), float(self.lrs[name][m])))
         agent.updates_owed, agent.gradient_steps = self.updates_owed, self.gradient_steps
-        agent.target_entropy = float(self.target_entropy[m])
         if self.cfg.save_buffer:
             agent.buffer.position, agent.buffer.size = self.position, self.size
             for key, value in agent.buffer.data.items():
                 value[: self.size] = self.data[key][m, : self.size]
         return agent
+
+
+class SACPopulation(OffPolicyPopulation):
+    """SAC members: squashed Gaussian actors, twin critics and their targets, and each member's temperature."""
+
+    networks = ("actor", "critic", "critic_target")
+    settings_keys = ("actor_lr", "critic_lr", "alpha_lr", "gamma", "tau", "max_grad_norm")
+
+    def __init__(self, agents: list[SAC], configs: list[Config], generators: list[torch.Generator]):
+        super().__init__(agents, configs, generators)
+        self.log_alpha = torch.stack([a.log_alpha.detach() for a in agents]).requires_grad_(True)
+        alpha_states = [a.optimizers["alpha"].state_dict() for a in agents]
+        self.adams["alpha"] = StackedAdam([self.log_alpha], alpha_states, betas=(0.9, 0.999), eps=1e-8)
+        self.initial_entropy = torch.tensor([a.initial_target_entropy for a in agents], dtype=torch.float64)
+        self.target_entropy = torch.tensor([a.target_entropy for a in agents], dtype=torch.float64)
+
+    def exploration_action(self, obs: Tensor) -> Tensor:
+        noise = self._noise(obs.shape[1], self.act_dim)
+        return self._vmap(lambda n, o, z: squashed_sample(n.actor, o, noise=z)[0], obs, noise)
+
+    def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:
+        if deterministic:
+            return self._vmap(lambda n, o: torch.tanh(n.actor(o)[0]), obs)
+        return self.exploration_action(obs)
+
+    def set_progress(self, fraction: float) -> None:
+        super().set_progress(fraction)
+        if self.cfg.target_entropy_final is not None:
+            self.target_entropy = linear_schedule(self.initial_entropy, self.cfg.target_entropy_final, fraction)
+
+    def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """:meth:`duetrl.algos.sac.SAC.gradient_step`, drawing its noise in the same order from each member's
+        generator: the critic towards the soft target, then (delayed) the actor and the temperature, then Polyak."""
+        cfg = self.cfg
+        gamma = self.settings["gamma"].float()
+        with torch.no_grad():
+            noise = self._noise(cfg.batch_size, self.act_dim)
+
+            def target(n: _Nets, b: dict[str, Tensor], z: Tensor, log_alpha: Tensor, g: Tensor) -> Tensor:
+                next_action, next_log_prob = squashed_sample(n.actor, b["next_obs"], noise=z)
+                return bellman_target(n.critic_target, b, next_action, g, -log_alpha.exp() * next_log_prob)
+
+            targets = self._vmap(target, batch, noise, self.log_alpha.detach(), gamma)
+        metrics = self.critic_step(targets, batch)
+        if self.gradient_steps % cfg.policy_delay == 0:
+            alpha = self.log_alpha.exp().detach()
+            noise = self._noise(cfg.batch_size, self.act_dim)
+            actor_losses, log_prob = self._vmap(
+                lambda n, o, z, a: sac_actor_loss(n.actor, n.critic, a, o, z), batch["obs"], noise, alpha
+            )
+            self._step("actor", actor_losses, self.weights("actor"))
+            if cfg.autotune_alpha:
+                entropy_gap = log_prob.detach() + self.target_entropy.float()[:, None]
+                self._step("alpha", -(self.log_alpha[:, None] * entropy_gap).mean(1), [self.log_alpha], clip=False)
+            metrics.update(actor_loss=actor_losses.detach(), entropy=-log_prob.detach().mean(1), alpha=alpha)
+        self._polyak("critic_target", "critic")
+        return metrics
+
+    def keep(self, index: list[int]) -> None:
+        super().keep(index)
+        idx = torch.tensor(index, dtype=torch.long)
+        self.log_alpha = self.log_alpha[idx].detach().requires_grad_(True)
+        self.adams["alpha"].params = [self.log_alpha]
+        self.initial_entropy, self.target_entropy = self.initial_entropy[idx], self.target_entropy[idx]
+
+    @torch.no_grad()
+    def write_back(self, m: int) -> SAC:
+        agent = super().write_back(m)
+        agent.log_alpha.copy_(self.log_alpha[m])
+        agent.target_entropy = float(self.target_entropy[m])
+        return agent
+
+
+class TD3Population(OffPolicyPopulation):
+    """TD3 (and DDPG, TD3 with one critic, no delay, no smoothing) members: deterministic actors, critics and
+    both target networks; Gaussian exploration noise from each member's generator."""
+
+    networks = ("actor", "critic", "actor_target", "critic_target")
+
+    def exploration_action(self, obs: Tensor) -> Tensor:
+        noise = self._noise(obs.shape[1], self.act_dim) * self.cfg.exploration_noise
+        return (self._vmap(lambda n, o: n.actor(o), obs) + noise).clamp(-1.0, 1.0)
+
+    def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:
+        action = self._vmap(lambda n, o: n.actor(o), obs)
+        if deterministic:
+            return action
+        return (action + self._noise(*action.shape[1:]) * self.cfg.exploration_noise).clamp(-1.0, 1.0)
+
+    def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """:meth:`duetrl.algos.td3.TD3.gradient_step`: the critic towards the clipped double-Q target at the
+        smoothed target action, then (delayed) the actor and both targets' Polyak averages."""
+        cfg = self.cfg
+        gamma = self.settings["gamma"].float()
+        with torch.no_grad():
+            next_action = self._vmap(lambda n, o: n.actor_target(o), batch["next_obs"])
+            if cfg.target_noise > 0:
+                smoothing = (self._noise(*next_action.shape[1:]) * cfg.target_noise).clamp(
+                    -cfg.target_noise_clip, cfg.target_noise_clip
+                )
+                next_action = (next_action + smoothing).clamp(-1.0, 1.0)
+            targets = self._vmap(lambda n, b, a, g: bellman_target(n.critic_target, b, a, g), batch, next_action, gamma)
+        metrics = self.critic_step(targets, batch)
+        if self.gradient_steps % cfg.policy_delay == 0:
+            losses, actor_losses = self._vmap(
+                lambda n, o: td3_actor_loss(n.actor, n.critic, o, cfg.preact_penalty), batch["obs"]
+            )
+            self._step("actor", losses, self.weights("actor"))
+            metrics["actor_loss"] = actor_losses
+            self._polyak("actor_target", "actor")
+            self._polyak("critic_target", "critic")
+        return metrics
+
+
+POPULATIONS = {"ppo": PPOPopulation, "sac": SACPopulation, "td3": TD3Population, "ddpg": TD3Population}
 
 
 # ---------------------------------------------------------------------------------------------- the driver
@@ -952,8 +1057,7 @@ class PopulationTrainer:
                 )
                 member.logger.sinks += list(sinks or [])
             undo.pop_all()
-        kind = SACPopulation if run.algo == "sac" else PPOPopulation
-        self.population = kind(agents, configs, [m.generator for m in self.members])
+        self.population = POPULATIONS[run.algo](agents, configs, [m.generator for m in self.members])
         self._agents_at_start = list(agents)
         self.previous: list[dict[str, Any]] = []  # results of members that finished in an earlier session
         record = {
@@ -1172,7 +1276,7 @@ class PopulationTrainer:
 
 
 def evaluate_members(
-    population: PPOPopulation | SACPopulation, run: Any, stop: Callable[[], bool] | None = None
+    population: PPOPopulation | OffPolicyPopulation, run: Any, stop: Callable[[], bool] | None = None
 ) -> list[EvalResult] | None:
     """Each member of ``population`` on ``run.eval_episodes`` held-out episodes of Gymnasium's env, seeded as a
     solo run's evaluation (``EVAL_SEED_BASE`` on), all members' episodes in one vector env; None if stopped."""
