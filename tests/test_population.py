@@ -255,6 +255,8 @@ def test_a_member_that_goes_nan_stops_and_the_others_go_on(capsys, tmp_path, mon
         "1",
         *TINY_ARGS,
         *TINY_SETS,
+        "log_every=32",
+        "checkpoint_every=32",  # a checkpoint is due at the update where seed 0 fails
         "--run-dir",
         tmp_path / "nan",
     )
@@ -264,6 +266,8 @@ def test_a_member_that_goes_nan_stops_and_the_others_go_on(capsys, tmp_path, mon
     assert summary["summary"][0]["members"] == 1 and summary["summary"][0]["failed"] == 1
     _, rows = read_metrics(tmp_path / "nan" / "seed_1")
     assert int(rows[-1]["env_steps"]) == 256
+    failed = tmp_path / "nan" / "seed_0" / "checkpoints"
+    assert not list(failed.glob("step_*"))  # it failed at its first update: no good checkpoint to keep, none written
 
 
 PAUSED = """

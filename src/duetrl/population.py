@@ -1015,6 +1015,11 @@ class PopulationTrainer:
         run = configs[0].run
         torch.set_num_threads(run.torch_threads)
         self.device = resolve_device(run.device)
+        if self.device.type != "cpu":  # each member's RNG stream continues its solo run's CPU generator
+            raise UserError(
+                f"a population trains on the CPU for now, not {self.device} (device=auto picked it); "
+                "set device=cpu, or train the seeds as separate runs"
+            )
         resume = resume or [None] * len(configs)
         dirs = dirs or [member_dir(self.root, c, configs) for c in configs]
         self.members: list[Member] = []
@@ -1260,8 +1265,10 @@ class PopulationTrainer:
         ckpt.prune(member.run_dir, member.cfg.run.keep_checkpoints)
 
     def _save_all(self) -> None:
+        """A checkpoint of every member still training; none of one that failed (its last good one stays)."""
         for i, member in enumerate(self._active()):
-            self._save(member, i)
+            if not (member.stopped or "").startswith("failed"):
+                self._save(member, i)
 
     def _result(self, member: Member) -> dict[str, Any]:
         out = {
