@@ -186,8 +186,13 @@ def test_a_grid_of_settings_times_seeds_is_one_population(capsys, tmp_path):
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["members"] == 4
     assert sorted(r["config"] for r in summary["summary"]) == ["lr=0.0003", "lr=0.001"]
-    assert (tmp_path / "grid" / "lr=0.001" / "seed_1" / "metrics.csv").exists()
-    assert "lr: 0.0003" in (tmp_path / "grid" / "lr=0.0003" / "seed_0" / "config.yaml").read_text()
+    trials = tmp_path / "grid" / "trials"
+    assert (trials / "lr=0.001" / "seed_1" / "metrics.csv").exists()
+    assert "lr: 0.0003" in (trials / "lr=0.0003" / "seed_0" / "config.yaml").read_text()
+    from duetrl.sweeps import summarize
+
+    rows = summarize(tmp_path / "grid")  # a sweep directory's layout: the sweep summary reads it unchanged
+    assert [(r["config"], r["seeds"]) for r in rows] == [("lr=0.0003", 2), ("lr=0.001", 2)]
 
 
 @pytest.mark.parametrize(

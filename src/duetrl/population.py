@@ -141,9 +141,11 @@ def member_label(cfg: Config, configs: list[Config]) -> str:
 
 
 def member_dir(root: Path, cfg: Config, configs: list[Config]) -> Path:
-    """``root/seed_<s>`` for a population of seeds; ``root/<hyperparameters>/seed_<s>`` for a grid."""
+    """``root/seed_<s>`` for a population of seeds; ``root/trials/<settings>/seed_<s>`` for a grid, a sweep
+    directory's layout, so that the sweep summary (:func:`duetrl.sweeps.summarize`) and ``duetrl plot root`` read
+    it as they read a sweep."""
     label = member_label(cfg, configs)
-    return root / label / f"seed_{cfg.run.seed}" if label else root / f"seed_{cfg.run.seed}"
+    return root / "trials" / label / f"seed_{cfg.run.seed}" if label else root / f"seed_{cfg.run.seed}"
 
 
 def grid_configs(base: dict[str, Any], seeds: list[int], grid: dict[str, list[Any]], resolve: Callable) -> list[Config]:
@@ -1179,7 +1181,7 @@ class PopulationTrainer:
     def _label(self, member: Member) -> str:
         """The member's hyperparameter setting: its directory's parent under the population's, '' for seeds only."""
         parent = member.run_dir.parent
-        return "" if parent == self.root else str(parent.relative_to(self.root))
+        return "" if parent == self.root else parent.name
 
     def _log(self, member: Member, fields: dict[str, float]) -> None:
         where = {"env_steps": self.env_steps, "wall_time_s": round(self._wall_time(member), 3)}
