@@ -4,7 +4,8 @@ A member is what a solo run would be: its own weights, optimiser state, normalis
 RNG stream (a ``torch.Generator`` that continues the stream its solo run would draw from). Here the members'
 weights and optimiser state are stacked along a leading member axis, ``[member, ...]``, and every forward pass
 and loss runs once for all of them through ``torch.func.vmap`` over ``functional_call`` of the ordinary modules,
-so the algorithm's math is written once (PPO's is :func:`duetrl.algos.ppo.ppo_loss`). Members never mix: their
+so the algorithm's math is written once (PPO's is :func:`duetrl.algos.ppo.ppo_loss`; the off-policy losses here
+mirror sac.py and td3.py, with the noise passed in, and tests hold them to the solo runs). Members never mix: their
 parameters are disjoint, so the gradient of the summed per-member losses is each member's own gradient; gradient
 clipping, Adam, advantages and their normalisation, and the running statistics are per member.
 
@@ -13,8 +14,11 @@ ordinary layout), so ``duetrl eval``, ``plot`` and ``--resume`` of one member wo
 population's own directory holds ``population.json`` (what was asked, for ``--resume`` of the whole population)
 and ``summary.json`` (across members: mean, median and IQM with 95% CIs, fraction reaching the target, time to it).
 
-This is a driver beside the ordinary loop (``loop.Trainer``), not the same code path: a population of one is
-an ordinary run, up to the float rounding of batched matmuls (see tests/test_population.py). It trains ``ppo``.
+This is a driver beside the ordinary loop (``loop.Trainer``), not the same code path (the loop's one-agent protocol
+would need a member axis in every algorithm, which three branches were changing at once): a population of one is
+an ordinary run up to the float rounding of batched matmuls (tests/test_population.py). It trains ``ppo``, ``sac``,
+``td3`` and ``ddpg`` on the CPU; each member's envs are an ordinary env batch (torch-native or Gymnasium), stepped
+one member after another (a Python loop of M env steps per round: small next to the update, measured).
 """
 
 from __future__ import annotations
