@@ -369,7 +369,7 @@ class PPOPopulation:
 
         def one(params: list[Tensor], buffers: dict[str, Tensor], *args: Any) -> Any:
             weights = dict(zip(self.names, params, strict=True))
-            return functional_call(self.template, (weights, buffers), (fn, *args))
+            return functional_call(self.template, (weights, buffers), (fn, *args), tie_weights=False)
 
         return vmap(one)(self.params, self.buffers, *tensors)
 
@@ -708,7 +708,7 @@ class OffPolicyPopulation:
 
         def one(params: list[Tensor], buffers: dict[str, Tensor], *args: Any) -> Any:
             weights = dict(zip(self.names, params, strict=True))
-            return functional_call(self.template, (weights, buffers), (fn, *args))
+            return functional_call(self.template, (weights, buffers), (fn, *args), tie_weights=False)
 
         return vmap(one)(self.params, self.buffers, *tensors)
 
