@@ -215,7 +215,7 @@ def test_bad_population_input_is_one_line(capsys, tmp_path, argv, match):
 
 
 def test_a_population_too_large_for_memory_is_refused_before_training(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr("duetrl.population.available_memory", lambda device: 20 * 2**20)
+    monkeypatch.setattr("duetrl.population.planning.available_memory", lambda device: 20 * 2**20)
     line = assert_user_error(
         *run(
             capsys,
