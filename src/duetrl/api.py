@@ -195,3 +195,79 @@ def export(
     path, format = output_of(run, output, format)
     loaded = load(run, checkpoint="latest" if checkpoint in ("last", "latest") else checkpoint, env=env)
     return write_policy(loaded, path, format)
+
+
+def train_population(
+    env_id: str | None = None,
+    algo: str | None = None,
+    *,
+    seeds: list[int],
+    grid: dict[str, list[Any]] | None = None,
+    preset: str | None = None,
+    config: str | Path | dict | None = None,
+    run_dir: str | Path,
+    quiet: bool = False,
+    sinks: list[Any] | None = None,
+    **settings: Any,
+) -> Any:
+    """Train ``seeds`` times the ``grid`` of hyperparameters (``{"lr": [1e-3, 3e-4]}``) as ONE population in one
+    process (see :mod:`duetrl.population`): each member writes an ordinary run directory under ``run_dir``
+    (``seed_<s>/``, or ``<setting>/seed_<s>/`` for a grid). Returns a :class:`duetrl.population.PopulationResult`
+    whose ``summary`` holds, per setting, the mean, median and IQM of the final returns with 95% CIs, and how many
+    members reached ``target_return`` and when."""
+    from duetrl.population import PopulationTrainer, grid_configs
+
+    if not seeds:
+        raise UserError("seeds is empty: give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        dup = next(s for s in seeds if seeds.count(s) > 1)
+        raise UserError(f"seed {dup} appears twice in the seeds: give each seed once")
+    if "seed" in settings:
+        raise UserError("give either seed (one run) or seeds (a population), not both")
+    configs = grid_configs(
+        settings, list(seeds), dict(grid or {}), lambda overrides: resolve(env_id, algo, preset, config, overrides)[0]
+    )
+    return PopulationTrainer(configs, Path(run_dir), quiet=quiet, sinks=sinks).train()
+
+
+def resume_population(run_dir: str | Path, quiet: bool = False, sinks: list[Any] | None = None, **settings: Any) -> Any:
+    """Continue a stopped population from the last step that every unfinished member checkpointed (a member
+    whose newer checkpoint was written before the stop rewinds to it); finished members stay finished.
+    ``settings``: the resumable ones, as for :func:`resume`."""
+    import json
+
+    from duetrl.population import POPULATION_FILE, PopulationTrainer
+
+    root = Path(run_dir)
+    record = json.loads((root / POPULATION_FILE).read_text())
+    previous, waiting = [], []
+    for member in record["members"]:
+        member_dir = root / member["run_dir"]
+        done = member_dir / "result.json"
+        result = json.loads(done.read_text()) if done.exists() else {}
+        if result.get("stopped"):  # reached the target or failed: it stays so (one that ran its steps may go on)
+            row = {"run_dir": str(member_dir), "seed": member["seed"], "label": member["label"]}
+            row["stopped"] = result["stopped"]
+            if result.get("final_eval"):
+                row["final"] = result["final_eval"]["mean_return"]
+            previous.append(row)
+        else:
+            waiting.append(member_dir)
+    if not waiting:
+        raise UserError(f"every member of the population in {root} has finished: nothing to resume")
+    steps = [{int(ckpt.STEP_FILE.match(p.name).group(1)): p for p in ckpt.list_checkpoints(d)} for d in waiting]
+    if not all(steps):
+        missing = next(d for d, s in zip(waiting, steps, strict=False) if not s)
+        raise UserError(f"no checkpoint in {ckpt.checkpoint_dir(missing)}: the population stopped before its first")
+    common = min(max(s) for s in steps)
+    if not all(common in s for s in steps):
+        raise UserError(f"the members of {root} share no checkpoint step: resume each member's directory alone")
+    for found in steps:  # newer checkpoints than the common step were written before the stop: rewind
+        for step, path in found.items():
+            if step > common:
+                path.unlink()
+    checkpoints = [read_checkpoint(s[common]) for s in steps]
+    configs = [saved_config(c, settings) for c in checkpoints]
+    trainer = PopulationTrainer(configs, root, quiet=quiet, resume=checkpoints, dirs=waiting, sinks=sinks)
+    trainer.previous = previous
+    return trainer.train()

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, NoReturn
 
 from duetrl.errors import TrainingError, UserError, command_line
@@ -59,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train an agent")
     _train_args(train)
+    train.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        help="train these seeds as ONE population in one process (each writes RUN_DIR/seed_<s>/); with --set "
+        "key=v1,v2 grids of numeric settings, the grid times the seeds",
+    )
     train.set_defaults(usage=train.format_usage)
 
     ev = sub.add_parser("eval", help="evaluate a trained run")
@@ -171,7 +179,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         for key, value in (("env_id", args.env_id), ("algo", args.algo), ("preset", args.preset)):
             if value is not None:
                 changes[key] = value
+        if (Path(args.resume) / "population.json").exists():
+            from duetrl.api import resume_population
+
+            return _population_report(resume_population(args.resume, quiet=args.quiet, **changes))
         result = duetrl.resume(args.resume, quiet=args.quiet, **changes)
+    elif args.seeds is not None or _train_grid(args):
+        return _train_population(args)
     else:
         overrides = _overrides(args)
         if args.env_id is None and not names_an_env(args.config, overrides):
@@ -190,6 +204,70 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary.update({k: v for k, v in result.final_eval.to_dict().items() if v is not None})
     print(json.dumps(summary))
     return 130 if result.stopped_early == "interrupted" else 0
+
+
+def _train_grid(args: argparse.Namespace) -> dict[str, list]:
+    """The ``--set key=v1,v2`` settings of a train command that list several values (a population's grid)."""
+    grid = {}
+    for key, value in _overrides(args).items():
+        values = _grid_values(key, value)
+        if values is not None:
+            grid[key] = values
+    return grid
+
+
+def _train_population(args: argparse.Namespace) -> int:
+    """``duetrl train ENV --seeds ...`` (and/or a ``--set`` grid): one population in one process."""
+    from duetrl.api import names_an_env, train_population
+
+    overrides = _overrides(args)
+    if args.env_id is None and not names_an_env(args.config, overrides):
+        print(args.usage(), end="", file=sys.stderr)
+        raise UserError("train needs an environment: duetrl train ENV_ID --seeds 0 1 2 --run-dir DIR")
+    if args.seeds is not None and args.seed is not None:
+        raise UserError("--seeds and --seed together: give --seeds for a population or --seed for one run")
+    if not args.run_dir:
+        raise UserError("a population (--seeds or a --set grid) needs --run-dir DIR: each member writes DIR/seed_<s>/")
+    grid = _train_grid(args)
+    for key in grid:
+        del overrides[key]
+    seeds = args.seeds if args.seeds is not None else [overrides.pop("seed", 0)]
+    result = train_population(
+        args.env_id,
+        args.algo,
+        seeds=seeds,
+        grid=grid,
+        preset=args.preset,
+        config=args.config,
+        run_dir=args.run_dir,
+        quiet=args.quiet,
+        **overrides,
+    )
+    return _population_report(result)
+
+
+def _population_report(result: Any) -> int:
+    """A population's summary: one JSON object on stdout, one line per setting on stderr."""
+    from duetrl.population import format_members_summary
+
+    print(format_members_summary(result.summary), file=sys.stderr)
+    summary = {
+        "run_dir": str(result.run_dir),
+        "members": len(result.members),
+        "env_steps": result.env_steps,
+        "wall_time_s": round(result.wall_time_s, 2),
+        "summary": result.summary,
+    }
+    if result.interrupted:
+        summary["stopped"] = "interrupted"
+    print(json.dumps(summary))
+    return (
+        130
+        if result.interrupted
+        else 1
+        if any(r["stopped"] and r["stopped"].startswith("failed") for r in result.members)
+        else 0
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

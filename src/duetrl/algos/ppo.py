@@ -12,17 +12,19 @@ where ratio = pi(a|s) / pi_old(a|s). The value term carries CleanRL's 0.5; Stabl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import gymnasium as gym
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 from duetrl.algos.base import anneal_lr, clip_and_step
 from duetrl.algos.onpolicy import OnPolicyAgent, ignored_policy_settings, policy_config_of, validate_policy
 from duetrl.config import RunConfig
 from duetrl.nets import ValueCritic, orthogonal_init
 from duetrl.optim import adam
-from duetrl.policy import PolicyConfig
+from duetrl.policy import Policy, PolicyConfig
 from duetrl.returns import gae, normalize
 from duetrl.validate import check_range
 
@@ -147,33 +149,9 @@ class PPO(OnPolicyAgent):
             shuffled = {k: v[order] for k, v in flat.items()}  # one gather per epoch; minibatches are views
             for start in range(0, size, cfg.minibatch_size):
                 mb = {k: v[start : start + cfg.minibatch_size] for k, v in shuffled.items()}
-                log_prob, entropy, dist = self.policy.evaluate_actions(mb["obs"], mb["raw"])
-                log_ratio = log_prob - mb["log_prob"]
-                ratio = log_ratio.exp()
-                adv = normalize(mb["advantages"]) if cfg.normalize_advantage else mb["advantages"]
-
-                # Clipped surrogate: the pessimistic of the unclipped and clipped objectives.
-                policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-                value = self.critic(mb["obs"])
-                value_loss = (value - mb["returns"]).pow(2)
-                if cfg.clip_vf > 0:
-                    clipped = mb["values"] + (value - mb["values"]).clamp(-cfg.clip_vf, cfg.clip_vf)
-                    value_loss = torch.max(value_loss, (clipped - mb["returns"]).pow(2))
-                value_loss = 0.5 * value_loss.mean()
-                entropy = entropy.mean()
-                loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+                loss, terms, dist = ppo_loss(self.policy, self.critic, mb, cfg)
                 clip_and_step(optimizer, loss, optimizer.param_groups[0]["params"], cfg.max_grad_norm)
-
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()
-                    clip_fraction = ((ratio - 1).abs() > cfg.clip_coef).float().mean()
-                for key, value_ in (
-                    ("policy_loss", policy_loss),
-                    ("value_loss", value_loss),
-                    ("entropy", entropy),
-                    ("approx_kl", approx_kl),
-                    ("clip_fraction", clip_fraction),
-                ):
+                for key, value_ in terms.items():
                     stats[key].append(value_.detach())
             if cfg.target_kl > 0 and stats["approx_kl"][-1].item() > cfg.target_kl:
                 break
@@ -195,6 +173,44 @@ class PPO(OnPolicyAgent):
             batch["reward"], values, next_values, batch["terminated"], batch["truncated"], cfg.gamma, cfg.gae_lambda
         )
         return values, advantages, advantages + values
+
+
+def ppo_loss(
+    policy: Policy, critic: ValueCritic, mb: dict[str, Tensor], cfg: Any
+) -> tuple[Tensor, dict[str, Tensor], Distribution]:
+    """PPO's loss on one minibatch (flat ``[B]`` tensors: obs, raw, log_prob, advantages, returns, values), its
+    terms (policy_loss, value_loss, entropy, approx_kl, clip_fraction) and the policy's distribution.
+
+    A pure function of the networks and the batch: the ordinary update calls it, and a population
+    (:mod:`duetrl.population`) calls it under ``torch.func.vmap`` with each member's weights and settings (``cfg``:
+    anything with PPOConfig's loss fields; ``clip_coef``, ``ent_coef``, ``vf_coef`` may be 0-d tensors there;
+    ``clip_vf`` is a branch, so a number)."""
+    log_prob, entropy, dist = policy.evaluate_actions(mb["obs"], mb["raw"])
+    log_ratio = log_prob - mb["log_prob"]
+    ratio = log_ratio.exp()
+    adv = normalize(mb["advantages"]) if cfg.normalize_advantage else mb["advantages"]
+
+    # Clipped surrogate: the pessimistic of the unclipped and clipped objectives.
+    policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+    value = critic(mb["obs"])
+    value_loss = (value - mb["returns"]).pow(2)
+    if cfg.clip_vf > 0:
+        clipped = mb["values"] + (value - mb["values"]).clamp(-cfg.clip_vf, cfg.clip_vf)
+        value_loss = torch.max(value_loss, (clipped - mb["returns"]).pow(2))
+    value_loss = 0.5 * value_loss.mean()
+    entropy = entropy.mean()
+    loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean()
+        clip_fraction = ((ratio - 1).abs() > cfg.clip_coef).float().mean()
+    terms = {
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": entropy,
+        "approx_kl": approx_kl,
+        "clip_fraction": clip_fraction,
+    }
+    return loss, terms, dist
 
 
 def _explained_variance(predicted: Tensor, target: Tensor) -> float:
