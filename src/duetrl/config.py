@@ -72,6 +72,8 @@ class RunConfig:
     wandb: bool = False  # also log to Weights & Biases (offline without an API key)
     wandb_project: str = "duetrl"  # the Weights & Biases project
     imports: list = field(default_factory=list)  # modules imported first (they may register envs)
+    wrappers: list = field(default_factory=list)  # Gymnasium wrappers (module:Name) around every env, in order
+    frame_stack: int = 1  # observations stacked per step (Gymnasium's FrameStackObservation); 1 = none
 
     def validate(self) -> None:
         check(self.steps > 0, "steps", self.steps, "must be a positive number of env steps")
@@ -84,6 +86,9 @@ class RunConfig:
         check(self.checkpoint_seconds > 0, "checkpoint_seconds", self.checkpoint_seconds, "must be > 0")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "must be at least 1")
         check(self.torch_threads >= 1, "torch_threads", self.torch_threads, "must be at least 1")
+        check(self.frame_stack >= 1, "frame_stack", self.frame_stack, "must be at least 1 (1 = no stacking)")
+        for name in self.wrappers:
+            check(isinstance(name, str) and ":" in name, "wrappers", name, "must be module:Name")
         check(self.backend in BACKENDS, "backend", self.backend, f"must be one of {', '.join(BACKENDS)}")
         check(self.vector in ("sync", "async"), "vector", self.vector, "must be sync or async")
         check(

@@ -21,6 +21,7 @@ from duetrl import checkpoint as ckpt
 from duetrl.build import Checkpoint, LoadedAgent, build_agent, resolve_device, restore_agent, space_signature
 from duetrl.callbacks import Callback, CallbackSink, StepBatch, TrainingState, notify
 from duetrl.config import Config, RunConfig, budget_warnings, ignored_settings_warnings
+from duetrl.encoders import ObservationError, tree_map
 from duetrl.envs import BatchEnv, import_modules, make
 from duetrl.envs.make import EnvSource
 from duetrl.errors import TrainingError, UserError, on_command_line, say, setting
@@ -61,6 +62,8 @@ def make_env(cfg: Config, device: torch.device, env: EnvSource = None, backend: 
         backend=backend,
         device=env_device,
         vector=cfg.run.vector,
+        wrappers=cfg.run.wrappers,
+        frame_stack=cfg.run.frame_stack,
         **cfg.run.env_kwargs,
     )
 
@@ -348,6 +351,8 @@ class Trainer:
         """``env.step``, its failure a TrainingError (the last good checkpoint is kept)."""
         try:
             return self.env.step(action)
+        except ObservationError as e:
+            raise TrainingError(f"{e} at env step {self.env_steps}; the last good checkpoint is kept") from e
         except Exception as e:
             raise TrainingError(f"the environment raised {type(e).__name__}: {e}") from e
 
@@ -387,6 +392,8 @@ class Trainer:
                 device=self.device,
                 max_steps=run.eval_max_steps,
                 stop=lambda: signals["stop"],
+                wrappers=run.wrappers,
+                frame_stack=run.frame_stack,
             )
         except EvaluationStopped:
             return None
@@ -451,7 +458,7 @@ class Trainer:
             )
         if state.get("env") is not None and state.get("obs") is not None:
             self.env.set_state(state["env"])
-            return state["obs"].to(self.env.device)
+            return tree_map(lambda x: x.to(self.env.device), state["obs"])
         self.notes.append(
             "this environment's state could not be saved: the resumed run starts new episodes here, so its "
             "numbers will differ from a run that was never stopped"

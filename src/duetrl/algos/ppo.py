@@ -20,6 +20,7 @@ from torch import Tensor
 from duetrl.algos.base import anneal_lr, clip_and_step
 from duetrl.algos.onpolicy import OnPolicyAgent, ignored_policy_settings, policy_config_of, validate_policy
 from duetrl.config import RunConfig
+from duetrl.encoders import EncoderKeys, select, tree_map
 from duetrl.nets import ValueCritic, orthogonal_init
 from duetrl.optim import adam
 from duetrl.policy import PolicyConfig
@@ -28,7 +29,7 @@ from duetrl.validate import check_range
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(EncoderKeys):
     """Hyperparameters of ``ppo`` (defaults close to CleanRL's continuous-action PPO)."""
 
     hidden: list[int] = field(default_factory=lambda: [64, 64])
@@ -70,6 +71,7 @@ class PPOConfig:
         check_range("vf_coef", self.vf_coef, 0.0)
         check_range("max_grad_norm", self.max_grad_norm, 0.0)
         check_range("target_kl", self.target_kl, 0.0)
+        self.validate_encoder()
         validate_policy(self.policy_config())
 
     def policy_config(self) -> PolicyConfig:
@@ -102,7 +104,10 @@ class PPOConfig:
 class PPO(OnPolicyAgent):
     def __init__(self, cfg: PPOConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
-        self.critic = ValueCritic(self.obs_dim, hidden=cfg.hidden, activation=cfg.activation).to(device)
+        encoder = self.make_encoder()
+        self.critic = ValueCritic(encoder.features, hidden=cfg.hidden, activation=cfg.activation, encoder=encoder).to(
+            device
+        )
         if cfg.ortho_init:
             orthogonal_init(self.critic, last_gain=1.0)
         self.modules["critic"] = self.critic
@@ -126,7 +131,7 @@ class PPO(OnPolicyAgent):
         # Advantages and returns with the critic as it was during the rollout.
         values, advantages, returns = self._advantages(batch)
         flat = {
-            "obs": batch["obs"].flatten(0, 1),
+            "obs": tree_map(lambda x: x.flatten(0, 1), batch["obs"]),  # [T * N, ...], per key for a Dict
             "raw": batch["raw"].flatten(0, 1),
             "log_prob": batch["log_prob"].flatten(0, 1),
             "advantages": advantages.flatten(),
@@ -144,9 +149,10 @@ class PPO(OnPolicyAgent):
                 _, advantages, returns = self._advantages(batch)
                 flat["advantages"], flat["returns"] = advantages.flatten(), returns.flatten()
             order = torch.randperm(size, device=self.device)
-            shuffled = {k: v[order] for k, v in flat.items()}  # one gather per epoch; minibatches are views
+            shuffled = {k: select(v, order) for k, v in flat.items()}  # one gather per epoch
             for start in range(0, size, cfg.minibatch_size):
-                mb = {k: v[start : start + cfg.minibatch_size] for k, v in shuffled.items()}
+                rows = slice(start, start + cfg.minibatch_size)
+                mb = {k: select(v, rows) for k, v in shuffled.items()}  # views
                 log_prob, entropy, dist = self.policy.evaluate_actions(mb["obs"], mb["raw"])
                 log_ratio = log_prob - mb["log_prob"]
                 ratio = log_ratio.exp()
