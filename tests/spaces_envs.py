@@ -31,6 +31,16 @@ class GoalReach(gym.Env):
             obs["view"] = view
         return obs
 
+    @property
+    def state(self) -> np.ndarray:
+        """Everything that moves, as one array: what duetrl's checkpoints capture for an exact resume."""
+        return np.concatenate([self.position, self.goal, [self.t]]).astype(np.float64)
+
+    @state.setter
+    def state(self, value: np.ndarray) -> None:
+        self.position, self.goal = value[:2].astype(np.float32), value[2:4].astype(np.float32)
+        self.t = int(value[4])
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.position = self.np_random.uniform(-1, 1, 2).astype(np.float32)
@@ -88,6 +98,29 @@ class MatrixAction(gym.Env):
         self.t += 1
         target = np.array([[0.5, -0.5], [0.0, 0.25]])
         return np.zeros(3, np.float32), -float(((action - target) ** 2).sum()), False, self.t >= 10, {}
+
+
+class Pixels(gym.Env):
+    """A 10x10x3 uint8 image (HWC) with one lit pixel; the action says whether it is in the left half."""
+
+    observation_space = spaces.Box(0, 255, (10, 10, 3), np.uint8)
+    action_space = spaces.Discrete(2)
+
+    def _obs(self) -> np.ndarray:
+        image = np.zeros((10, 10, 3), np.uint8)
+        image[self.row, self.col] = 255
+        return image
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.row, self.col, self.t = *self.np_random.integers(0, 10, 2), 0
+        return self._obs(), {}
+
+    def step(self, action):
+        reward = float(int(action) == int(self.col < 5))
+        self.row, self.col = self.np_random.integers(0, 10, 2)
+        self.t += 1
+        return self._obs(), reward, False, self.t >= 20, {}
 
 
 class NaNAfter(gym.Env):

@@ -38,7 +38,18 @@ from duetrl.normalize import RunningNorm
         (spaces.MultiDiscrete([3, 2, 4]), OneHot, 9),
         (spaces.MultiBinary(6), Flatten, 6),
     ],
-    ids=["flat", "matrix", "minatar", "atari-hwc", "atari-chw", "gray", "stacked-hwc", "discrete", "multidiscrete", "bits"],
+    ids=[
+        "flat",
+        "matrix",
+        "minatar",
+        "atari-hwc",
+        "atari-chw",
+        "gray",
+        "stacked-hwc",
+        "discrete",
+        "multidiscrete",
+        "bits",
+    ],
 )
 def test_encoder_per_space_and_its_feature_size(space, kind, features):
     encoder = make_encoder(space)
@@ -98,7 +109,11 @@ def test_one_hot_values():
 
 def test_dict_and_tuple_concatenate_their_parts_in_key_order():
     space = spaces.Dict(
-        {"a": spaces.Box(-1, 1, (2,), np.float32), "b": spaces.Discrete(3), "img": spaces.Box(0, 255, (10, 10, 3), np.uint8)}
+        {
+            "a": spaces.Box(-1, 1, (2,), np.float32),
+            "b": spaces.Discrete(3),
+            "img": spaces.Box(0, 255, (10, 10, 3), np.uint8),
+        }
     )
     encoder = make_encoder(space)
     assert encoder.features == 2 + 3 + 128

@@ -73,9 +73,13 @@ def test_unbounded_box_with_clip_leaves_actions_alone():
         Policy(OBS, spaces.Box(-np.inf, np.inf, (2,), np.float32), PolicyConfig(bound_by="tanh"))
 
 
-@pytest.mark.parametrize("space", [spaces.Text(4), spaces.Sequence(spaces.Discrete(2)), spaces.Graph(spaces.Discrete(2), None)])
+@pytest.mark.parametrize(
+    "space", [spaces.Text(4), spaces.Sequence(spaces.Discrete(2)), spaces.Graph(spaces.Discrete(2), None)]
+)
 def test_other_action_spaces_get_one_line_naming_what_is_supported(space):
-    with pytest.raises(UserError, match=r"is not supported: duetrl takes Box \(any shape\), Discrete, MultiDiscrete or MultiBinary"):
+    with pytest.raises(
+        UserError, match=r"is not supported: duetrl takes Box \(any shape\), Discrete, MultiDiscrete or MultiBinary"
+    ):
         Policy(OBS, space)
 
 

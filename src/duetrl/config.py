@@ -214,11 +214,12 @@ def apply_overrides(obj: Any, overrides: dict[str, Any], source: str) -> None:
 
 
 def _preset_files() -> dict[str, Any]:
-    """Shipped preset files: env id (or 'any') -> parsed YAML."""
+    """Shipped preset files: env id (or 'any') -> parsed YAML. A namespaced id's slash is a double underscore in
+    the file's name (``MinAtar__Breakout-v1.yaml`` for ``MinAtar/Breakout-v1``)."""
     out = {}
     for entry in resources.files("duetrl.presets").iterdir():
         if entry.name.endswith(".yaml"):
-            out[entry.name[: -len(".yaml")]] = yaml.safe_load(entry.read_text()) or {}
+            out[entry.name[: -len(".yaml")].replace("__", "/")] = yaml.safe_load(entry.read_text()) or {}
     return out
 
 
@@ -248,8 +249,8 @@ def find_preset(env_id: str, algo: str, name: str | None) -> tuple[str | None, d
     if name == "none":
         return None, {}
     files = _preset_files()
-    if name is not None and name.count("/") == 2:
-        scope, preset_algo, short = name.split("/")
+    if name is not None and name.count("/") >= 2:  # a namespaced env's scope has one more: MinAtar/Breakout-v1
+        scope, preset_algo, short = name.rsplit("/", 2)
         body = files.get(scope, {}).get(preset_algo, {}).get(short, -1)
         if body == -1:
             raise UserError(f"unknown preset {name!r} (see `duetrl presets`)")

@@ -240,7 +240,7 @@ class Trainer:
             self.notes: list[str] = []  # said after the start line: what a resumed run does differently
             saved_obs = None if resume is None else self._restore(resume)
             # The envs' current observations: new episodes for a new run, or a resumed one whose envs were not saved.
-            self.obs = self.env.reset(seed=run.seed + self.env_steps)[0] if saved_obs is None else saved_obs
+            self.obs = self._reset(run.seed + self.env_steps) if saved_obs is None else saved_obs
             cfg.save(self.run_dir / "config.yaml")
             resume_at = None if resume is None else self.env_steps
             self.logger: Logger = make_logger(self.run_dir, cfg.to_dict(), run.wandb, run.wandb_project, resume_at)
@@ -345,6 +345,13 @@ class Trainer:
         for message in budget_warnings(self.cfg) + ignored_settings_warnings(self.cfg):
             say("warning", message)
 
+    def _reset(self, seed: int) -> Any:
+        """``env.reset``, a bad first observation a TrainingError."""
+        try:
+            return self.env.reset(seed=seed)[0]
+        except ObservationError as e:
+            raise TrainingError(f"{e} at the reset of env step {self.env_steps}") from e
+
     def _step(
         self, action: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -352,7 +359,8 @@ class Trainer:
         try:
             return self.env.step(action)
         except ObservationError as e:
-            raise TrainingError(f"{e} at env step {self.env_steps}; the last good checkpoint is kept") from e
+            step = self.env_steps + self.cfg.run.num_envs  # the step whose observation it is
+            raise TrainingError(f"{e} at env step {step}; the last good checkpoint is kept") from e
         except Exception as e:
             raise TrainingError(f"the environment raised {type(e).__name__}: {e}") from e
 
