@@ -14,7 +14,6 @@ One module owns the mapping from an observation space to
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -399,16 +398,3 @@ def make_obs_norm(space: gym.Space) -> nn.Module | None:
     if normalizable(space):
         return RunningNorm(tuple(space.shape))
     return None
-
-
-def numel(space: gym.Space) -> int:
-    """Scalars per observation (for bytes-per-transition accounting)."""
-    return sum(math.prod(leaf_shape(s)) for s in _leaf_spaces(space))
-
-
-def _leaf_spaces(space: gym.Space) -> list[gym.Space]:
-    if isinstance(space, gym.spaces.Dict):
-        return [leaf for sub in space.spaces.values() for leaf in _leaf_spaces(sub)]
-    if isinstance(space, gym.spaces.Tuple):
-        return [leaf for sub in space.spaces for leaf in _leaf_spaces(sub)]
-    return [space]

@@ -97,14 +97,6 @@ def action_dim(act_space: gym.Space) -> int:
     return int(math.prod(act_space.shape))
 
 
-def space_dims(obs_space: gym.Space, act_space: gym.Space) -> tuple[int, int, bool]:
-    """(obs_dim, act_dim, discrete) of a flat Box observation; act_dim is the number of actions for a discrete
-    space. Kept for callers that know their observations are vectors; agents use :mod:`duetrl.encoders`."""
-    from duetrl.encoders import make_encoder
-
-    return make_encoder(obs_space).features, action_dim(act_space), action_kind(act_space) != "gaussian"
-
-
 def padded_logits(logits: Tensor, nvec: Tensor) -> Tensor:
     """The concatenated logits ``[..., sum(nvec)]`` of a MultiDiscrete's categoricals as ``[..., entries,
     max(nvec)]``, the missing categories at the lowest float (probability 0): one batched Categorical for all."""
