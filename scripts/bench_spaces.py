@@ -51,8 +51,14 @@ def duetrl_run(env_id: str, algo: str, steps: int, seed: int, *sets: str) -> dic
         cmd += ["--seed", str(seed), "--quiet", "--run-dir", f"{tmp}/run"]
         cmd += ["--set", "eval_every=0", f"eval_episodes={EPISODES}", f"eval_max_steps={MAX_STEPS}", *sets]
         wall, out = timed(cmd)
-    return {"lib": "duetrl", "algo": algo, "seed": seed, "steps": steps, "wall_s": round(wall, 1),
-            "return": out["mean_return"]}
+    return {
+        "lib": "duetrl",
+        "algo": algo,
+        "seed": seed,
+        "steps": steps,
+        "wall_s": round(wall, 1),
+        "return": out["mean_return"],
+    }
 
 
 def sb3_run(kind: str, steps: int, seed: int) -> dict:
@@ -103,10 +109,26 @@ def sb3_minatar(steps: int, seed: int) -> dict:
     env = make_vec_env("MinAtar/Breakout-v1", n_envs=8, seed=seed)
     # duetrl's MinAtar preset in SB3's words: its vf_coef is twice ours (no 0.5 inside), lr annealed linearly.
     model = PPO(
-        "MlpPolicy", env, n_steps=128, batch_size=256, n_epochs=4, learning_rate=lambda f: 5e-4 * f, gamma=0.99,
-        gae_lambda=0.95, clip_range=0.2, ent_coef=0.01, vf_coef=1.0, max_grad_norm=0.5, seed=seed, device="cpu",
-        policy_kwargs=dict(features_extractor_class=MinAtarCNN, net_arch=dict(pi=[128], vf=[128]),
-                           activation_fn=nn.ReLU, normalize_images=False),
+        "MlpPolicy",
+        env,
+        n_steps=128,
+        batch_size=256,
+        n_epochs=4,
+        learning_rate=lambda f: 5e-4 * f,
+        gamma=0.99,
+        gae_lambda=0.95,
+        clip_range=0.2,
+        ent_coef=0.01,
+        vf_coef=1.0,
+        max_grad_norm=0.5,
+        seed=seed,
+        device="cpu",
+        policy_kwargs=dict(
+            features_extractor_class=MinAtarCNN,
+            net_arch=dict(pi=[128], vf=[128]),
+            activation_fn=nn.ReLU,
+            normalize_images=False,
+        ),
     )
     model.learn(total_timesteps=steps)
     score = held_out(lambda o: model.predict(o, deterministic=True)[0], lambda: gym.make("MinAtar/Breakout-v1"))
@@ -142,13 +164,18 @@ def memory() -> list[dict]:
     ours = ReplayBuffer(1000, obs_space, 6, torch.device("cpu"))
     rows.append({"buffer": "duetrl ReplayBuffer (image: stored once)", "bytes": ours.bytes_per_transition()})
     for optimize in (True, False):
-        sb3 = SB3Buffer(1000, obs_space, act_space, "cpu", optimize_memory_usage=optimize,
-                        handle_timeout_termination=not optimize)
+        sb3 = SB3Buffer(
+            1000, obs_space, act_space, "cpu", optimize_memory_usage=optimize, handle_timeout_termination=not optimize
+        )
         arrays = [sb3.observations, sb3.actions, sb3.rewards, sb3.dones, sb3.timeouts]
         if not optimize:
             arrays.append(sb3.next_observations)
-        rows.append({"buffer": f"SB3 ReplayBuffer(optimize_memory_usage={optimize})",
-                     "bytes": sum(a.nbytes for a in arrays) / 1000})
+        rows.append(
+            {
+                "buffer": f"SB3 ReplayBuffer(optimize_memory_usage={optimize})",
+                "bytes": sum(a.nbytes for a in arrays) / 1000,
+            }
+        )
     return rows
 
 

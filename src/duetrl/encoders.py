@@ -207,7 +207,7 @@ def check_values(space: gym.Space, array: Any, key: str = "") -> None:
         return
     if not isinstance(space, gym.spaces.Box) or not np.issubdtype(space.dtype, np.floating):
         return
-    array = np.asarray(array)
+    array = np.asarray(array, dtype=space.dtype)  # in the space's precision: float64 rounding is no violation
     name = f"observation {key.rstrip('.')!r}" if key else "the observation"
     if np.isnan(array).any():
         raise ObservationError(f"{name} holds NaN")

@@ -49,11 +49,11 @@ class GymnasiumBatchEnv(BatchEnv):
         return torch.as_tensor(np.asarray(array, dtype=np.float32), device=self.device)
 
     def _obs(self, obs: Any) -> Any:
-        check_values(self.single_observation_space, obs)
         return to_tensor(self.single_observation_space, obs, self.device)
 
     def reset(self, seed: int | None = None) -> tuple[Tensor, dict[str, Any]]:
         obs, info = self.vec.reset(seed=seed)
+        check_values(self.single_observation_space, obs)
         self._returns[:] = 0.0
         self._lengths[:] = 0
         return self._obs(obs), info
@@ -61,6 +61,7 @@ class GymnasiumBatchEnv(BatchEnv):
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
         actions_np = env_actions(self.single_action_space, actions.detach().cpu().numpy(), self.num_envs)
         obs, reward, terminated, truncated, info = self.vec.step(actions_np)
+        check_values(self.single_observation_space, obs)
         self._returns += reward
         self._lengths += 1
         done = terminated | truncated
@@ -68,6 +69,7 @@ class GymnasiumBatchEnv(BatchEnv):
         out_info: dict[str, Any] = {}
         if done.any():
             final_obs = _with_finals(obs, info["final_obs"], np.flatnonzero(done))
+            check_values(self.single_observation_space, final_obs)
             out_info["episode_return"] = self._returns[done].tolist()
             out_info["episode_length"] = self._lengths[done].tolist()
             self._returns[done] = 0.0
