@@ -89,4 +89,4 @@ def test_a_policy_on_dict_observations_sees_features():
     obs = {"img": torch.zeros(5, 10, 10, 2, dtype=torch.uint8), "pos": torch.zeros(5, 2)}
     raw, action, log_prob = policy.sample(obs)
     assert raw.shape == action.shape == log_prob.shape == (5,)
-    assert "actor.encoder.parts.0.conv.0.weight" in policy.state_dict()
+    assert "encoder.parts.0.conv.0.weight" in policy.state_dict()  # the policy's own, a critic may read it

@@ -39,7 +39,15 @@ def test_ppo_on_a_dict_observation_with_an_image(tmp_path):
         **QUICK,
     )
     agent = result.agent.agent
-    assert isinstance(agent.policy.actor.encoder.parts[2], CNN)  # the "view" key got a CNN
+    assert isinstance(agent.policy.encoder.parts[2], CNN)  # the "view" key got a CNN
+    # one CNN, read by the critic too: no encoder of its own, no parameter twice in the optimiser
+    assert agent.critic.encoder is None
+    params = agent.optimizers["ppo"].param_groups[0]["params"]
+    assert (
+        len({id(p) for p in params})
+        == len(params)
+        == len(list(agent.policy.parameters())) + len(list(agent.critic.parameters()))
+    )
     assert list(agent.obs_norm.parts) == ["goal", "position"]  # per key (sorted, as Gymnasium's Dict), not the image
     assert agent.obs_norm.parts["goal"].count > 100
     env = spaces_envs.GoalReach(image=True)
@@ -92,7 +100,7 @@ def test_act_on_an_image_observation(tmp_path):
     loaded = duetrl.load(tmp_path / "px")
     obs, _ = spaces_envs.Pixels().reset(seed=0)
     assert loaded.act(obs) in (0, 1) and loaded.act(np.stack([obs] * 4)).shape == (4,)
-    assert isinstance(loaded.agent.policy.actor.encoder, CNN)
+    assert isinstance(loaded.agent.policy.encoder, CNN)
 
 
 def test_resume_with_a_dict_env_matches_the_uninterrupted_run(tmp_path):

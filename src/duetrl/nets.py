@@ -30,8 +30,8 @@ def mlp(in_dim: int, hidden: Sequence[int], activation: str = "relu", out_dim: i
 def orthogonal_init(module: nn.Module, gain: float = math.sqrt(2), last_gain: float | None = None) -> None:
     """The chapter's intended (and never applied) init: orthogonal weights, zero biases.
 
-    ``last_gain`` overrides the gain of the final Linear layer (0.01 for a policy head is common)."""
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    ``last_gain`` overrides the gain of the final Linear (or Conv2d) layer (0.01 for a policy head is common)."""
+    linears = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]  # convolutions: encoders
     for i, layer in enumerate(linears):
         g = last_gain if (last_gain is not None and i == len(linears) - 1) else gain
         nn.init.orthogonal_(layer.weight, gain=g)

@@ -7,7 +7,9 @@ Maeda 2018, "Clipped Action Policy Gradient"), which fixes the chapter's log-pro
 Discrete actions: a categorical; ``raw`` is the action index. ``MultiDiscrete``: independent categoricals, one per
 entry (``raw`` the indices); ``MultiBinary``: independent Bernoullis (``raw`` the bits); the log-probability and
 entropy of either are summed over the entries. A ``Box`` of any shape is a flat Gaussian reshaped for the env.
-Observations reach the actor through an encoder (:mod:`duetrl.encoders`): features, never raw spaces.
+Observations reach the actor through the policy's encoder (:mod:`duetrl.encoders`): features, never raw spaces.
+:meth:`Policy.encode` gives them, so that a critic can read the same features (PPO's does, as SB3's and CleanRL's:
+one CNN trained by both losses) without encoding twice.
 
 Written once here and used by every algorithm: the diagonal Gaussian's log-density (:func:`gaussian_log_density`,
 also SAC's), the tanh squash's change of variables (:func:`tanh_log_det`) and the map from the policy's output to
@@ -27,9 +29,9 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
 from torch.special import log_ndtr
 
-from duetrl.encoders import EncoderConfig, make_encoder
+from duetrl.encoders import EncoderConfig, Obs, make_encoder
 from duetrl.errors import UserError
-from duetrl.nets import CategoricalActor, GaussianActor, last_linear, orthogonal_init
+from duetrl.nets import CategoricalActor, GaussianActor, encode, encoder_or_none, last_linear, orthogonal_init
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 LOG_2 = math.log(2)
@@ -155,16 +157,18 @@ class Policy(nn.Module):
         self.discrete = self.kind != "gaussian"
         self.config, self.act_dim = config, action_dim(act_space)
         encoder = make_encoder(obs_space, config.encoder)
+        self.features = encoder.features  # the width of what encode() returns
+        self.encoder = encoder_or_none(encoder)  # registered first: it draws its initial weights before the actor
         if self.discrete:
             self.actor: nn.Module = CategoricalActor(
-                encoder.features, self.act_dim, hidden=config.hidden, activation=config.activation, encoder=encoder
+                self.features, self.act_dim, hidden=config.hidden, activation=config.activation
             )
             self.start = int(act_space.start) if self.kind == "categorical" else 0  # Discrete(n, start)
             if self.kind == "multi_categorical":
                 self.register_buffer("nvec", torch.as_tensor(act_space.nvec.reshape(-1), dtype=torch.int64), False)
                 self.register_buffer("starts", torch.as_tensor(act_space.start.reshape(-1), dtype=torch.int64), False)
         else:
-            self.actor = gaussian_actor(encoder.features, self.act_dim, config, encoder)
+            self.actor = gaussian_actor(self.features, self.act_dim, config)
             low = torch.as_tensor(act_space.low, dtype=torch.float32).reshape(-1)
             high = torch.as_tensor(act_space.high, dtype=torch.float32).reshape(-1)
             if config.bound_by == "tanh" and not (torch.isfinite(low).all() and torch.isfinite(high).all()):
@@ -176,42 +180,53 @@ class Policy(nn.Module):
             orthogonal_init(self.actor)
             head = self.actor.mean if not self.discrete else last_linear(self.actor)
             orthogonal_init(head, gain=0.01)
+            if self.encoder is not None:
+                orthogonal_init(self.encoder)  # convolutions too, as SB3's ortho_init and CleanRL's Atari PPO
 
-    def distribution(self, obs: Tensor) -> Distribution:
+    def encode(self, obs: Obs) -> Tensor:
+        """Features ``[..., features]`` of observations of the policy's space (the observations themselves for a
+        flat box)."""
+        return encode(self.encoder, obs)
+
+    def distribution(self, obs: Obs, features: Tensor | None = None) -> Distribution:
         """pi(. | obs): a Normal per dimension, a Categorical, or (MultiDiscrete, MultiBinary) an Independent whose
-        log-prob and entropy are summed over the entries."""
+        log-prob and entropy are summed over the entries. ``features``: ``encode(obs)``, when already computed."""
+        features = self.encode(obs) if features is None else features
         if self.kind == "multi_categorical":
-            logits = padded_logits(self.actor(obs), self.nvec)  # [B, entries, widest]
+            logits = padded_logits(self.actor(features), self.nvec)  # [B, entries, widest]
             return Independent(Categorical(logits=logits, validate_args=False), 1, validate_args=False)
         if self.kind == "bernoulli":
-            return Independent(Bernoulli(logits=self.actor(obs), validate_args=False), 1, validate_args=False)
-        return self.actor.dist(obs)
+            return Independent(Bernoulli(logits=self.actor(features), validate_args=False), 1, validate_args=False)
+        return self.actor.dist(features)
 
-    def sample(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def sample(self, obs: Obs) -> tuple[Tensor, Tensor, Tensor]:
         """(raw action, env action, log pi(raw | s)) for a batch of observations, without building a
         distribution object where it can (this runs once per env step, where torch's per-call overhead
         dominates)."""
+        features = self.encode(obs)
         if self.kind == "categorical":
-            log_probs = torch.log_softmax(self.actor(obs), -1)
+            log_probs = torch.log_softmax(self.actor(features), -1)
             flat = log_probs.reshape(-1, self.act_dim)
             raw = torch.multinomial(flat.exp(), 1).view(log_probs.shape[:-1])
             return raw, self.to_env(raw), log_probs.gather(-1, raw.unsqueeze(-1)).squeeze(-1)
         if self.discrete:
-            dist = self.distribution(obs)
+            dist = self.distribution(obs, features)
             raw = dist.sample()
             return raw, self.to_env(raw), dist.log_prob(raw)
-        mean, log_std = self.actor(obs)
+        mean, log_std = self.actor(features)
         noise = torch.randn_like(mean)
         raw = mean + log_std.exp() * noise
         return raw, self.to_env(raw), self._log_prob(mean, log_std, raw, noise)
 
-    def evaluate_actions(self, obs: Tensor, raw: Tensor) -> Evaluation:
+    def evaluate_actions(self, obs: Obs, raw: Tensor, features: Tensor | None = None) -> Evaluation:
         """log pi(raw | s), the entropy and the distribution at ``obs`` for raw actions sampled earlier (by
-        :meth:`sample`, perhaps with older weights): what PPO's ratio and the actor-critic's gradient need."""
+        :meth:`sample`, perhaps with older weights): what PPO's ratio and the actor-critic's gradient need.
+        ``features``: ``encode(obs)``, when already computed (for a critic that reads them too)."""
+        features = self.encode(obs) if features is None else features
         if self.discrete:
-            dist = self.distribution(obs)
+            dist = self.distribution(obs, features)
             return Evaluation(dist.log_prob(raw), dist.entropy(), dist)
-        mean, log_std = self.actor(obs)
+        mean, log_std = self.actor(features)
         std = log_std.exp()
         dist = Normal(mean, std, validate_args=False)
         log_prob = self._log_prob(mean, log_std, raw, (raw - mean) / std)
@@ -240,7 +255,7 @@ class Policy(nn.Module):
         return action if len(self.act_shape) == 1 else action.reshape(*raw.shape[:-1], *self.act_shape)
 
     @torch.no_grad()
-    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+    def act(self, obs: Obs, deterministic: bool = False) -> Tensor:
         """Env actions: the mode if deterministic, else a sample."""
         dist = self.distribution(obs)
         if deterministic:

@@ -104,10 +104,9 @@ class PPOConfig(EncoderKeys):
 class PPO(OnPolicyAgent):
     def __init__(self, cfg: PPOConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
-        encoder = self.make_encoder()
-        self.critic = ValueCritic(encoder.features, hidden=cfg.hidden, activation=cfg.activation, encoder=encoder).to(
-            device
-        )
+        # The critic reads the policy's features (one encoder, trained by both losses, encoded once per minibatch;
+        # a flat box's features are the observation itself).
+        self.critic = ValueCritic(self.policy.features, hidden=cfg.hidden, activation=cfg.activation).to(device)
         if cfg.ortho_init:
             orthogonal_init(self.critic, last_gain=1.0)
         self.modules["critic"] = self.critic
@@ -153,14 +152,15 @@ class PPO(OnPolicyAgent):
             for start in range(0, size, cfg.minibatch_size):
                 rows = slice(start, start + cfg.minibatch_size)
                 mb = {k: select(v, rows) for k, v in shuffled.items()}  # views
-                log_prob, entropy, dist = self.policy.evaluate_actions(mb["obs"], mb["raw"])
+                features = self.policy.encode(mb["obs"])
+                log_prob, entropy, dist = self.policy.evaluate_actions(mb["obs"], mb["raw"], features)
                 log_ratio = log_prob - mb["log_prob"]
                 ratio = log_ratio.exp()
                 adv = normalize(mb["advantages"]) if cfg.normalize_advantage else mb["advantages"]
 
                 # Clipped surrogate: the pessimistic of the unclipped and clipped objectives.
                 policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-                value = self.critic(mb["obs"])
+                value = self.critic(features)
                 value_loss = (value - mb["returns"]).pow(2)
                 if cfg.clip_vf > 0:
                     clipped = mb["values"] + (value - mb["values"]).clamp(-cfg.clip_vf, cfg.clip_vf)
@@ -194,8 +194,8 @@ class PPO(OnPolicyAgent):
     @torch.no_grad()
     def _advantages(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """The critic's values, GAE(lambda) advantages and lambda-returns of a ``[T, N]`` rollout."""
-        values = self.critic(batch["obs"])
-        next_values = self.critic(batch["next_obs"])
+        values = self.critic(self.policy.encode(batch["obs"]))
+        next_values = self.critic(self.policy.encode(batch["next_obs"]))
         cfg = self.cfg
         advantages = gae(
             batch["reward"], values, next_values, batch["terminated"], batch["truncated"], cfg.gamma, cfg.gae_lambda
