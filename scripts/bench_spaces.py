@@ -3,6 +3,7 @@
     python scripts/bench_spaces.py memory                                  # bytes per stored 84x84x4 transition
     python scripts/bench_spaces.py minatar --steps 200000 --seeds 0 1 2    # MinAtar Breakout, PPO
     python scripts/bench_spaces.py goal --steps 5000 --seeds 0 1 2         # Dict-observation goal reach, SAC (+ PPO)
+    python scripts/bench_spaces.py atari --steps 20000 --seeds 0           # Pong PPO throughput, 8 envs each
 
 Every training is a whole process, run one at a time and timed from outside (``wall_s``, including start-up and
 the final evaluation, the same for both libraries); returns are means over the same held-out episodes (seeds
@@ -135,6 +136,40 @@ def sb3_minatar(steps: int, seed: int) -> dict:
     return {"algo": "ppo", "seed": seed, "steps": int(model.num_timesteps), "return": score}
 
 
+def sb3_atari(steps: int, seed: int) -> dict:
+    import ale_py
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    gym.register_envs(ale_py)
+    torch.set_num_threads(1)
+    # The same env as duetrl's Pong preset: Gymnasium's AtariPreprocessing on ALE/Pong-v5 (frameskip=1), 4 frames.
+    env = make_vec_env(
+        "ALE/Pong-v5", n_envs=8, seed=seed, env_kwargs={"frameskip": 1}, wrapper_class=gym.wrappers.AtariPreprocessing
+    )
+    env = VecFrameStack(env, 4)
+    model = PPO(
+        "CnnPolicy",
+        env,
+        n_steps=128,
+        batch_size=256,
+        n_epochs=4,
+        learning_rate=lambda f: 2.5e-4 * f,
+        clip_range=0.1,
+        ent_coef=0.01,
+        vf_coef=1.0,
+        max_grad_norm=0.5,
+        seed=seed,
+        device="cpu",
+    )
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    return {"algo": "ppo", "seed": seed, "steps": int(model.num_timesteps), "train_s": time.perf_counter() - start}
+
+
 def sb3_goal(steps: int, seed: int) -> dict:
     import torch
     from spaces_envs import GoalReach
@@ -181,7 +216,7 @@ def memory() -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["memory", "minatar", "goal", "sb3-minatar", "sb3-goal"])
+    parser.add_argument("what", choices=["memory", "minatar", "goal", "atari", "sb3-minatar", "sb3-goal", "sb3-atari"])
     parser.add_argument("steps", nargs="?", type=int)
     parser.add_argument("seed", nargs="?", type=int)
     parser.add_argument("--steps", dest="budget", type=int, default=200_000)
@@ -190,6 +225,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "sb3-minatar":
         print(json.dumps(sb3_minatar(args.steps, args.seed)))
+        return
+    if args.what == "sb3-atari":
+        print(json.dumps(sb3_atari(args.steps, args.seed)))
         return
     if args.what == "sb3-goal":
         sys.path.insert(0, str(ROOT / "tests"))
@@ -200,7 +238,12 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         return
     for seed in args.seeds:
-        if args.what == "minatar":
+        if args.what == "atari":  # throughput: env steps per second of the whole process, no evaluation to speak of
+            row = duetrl_run("ALE/Pong-v5", "ppo", args.budget, seed, "eval_episodes=1", "eval_max_steps=100")
+            print(json.dumps({**row, "steps_per_s": round(args.budget / row["wall_s"], 1)}), flush=True)
+            row = sb3_run("atari", args.budget, seed)
+            print(json.dumps({**row, "steps_per_s": round(args.budget / row["wall_s"], 1)}), flush=True)
+        elif args.what == "minatar":
             print(json.dumps(duetrl_run("MinAtar/Breakout-v1", "ppo", args.budget, seed)), flush=True)
             print(json.dumps(sb3_run("minatar", args.budget, seed)), flush=True)
         else:
