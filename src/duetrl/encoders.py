@@ -73,6 +73,11 @@ def tree_map(fn: Callable[..., Tensor], tree: Obs, *rest: Obs) -> Obs:
     return fn(tree, *rest)
 
 
+def to_device(tree: Obs, device: torch.device) -> Obs:
+    """Observations moved to ``device`` (a no-op where they are)."""
+    return tree.to(device) if isinstance(tree, Tensor) else tree_map(lambda x: x.to(device), tree)
+
+
 def select(tree: Obs, index: Any) -> Obs:
     """``x[index]`` of every tensor of a tree: rows of a batch, a slice, a permutation."""
     return tree_map(lambda x: x[index], tree)

@@ -21,7 +21,7 @@ from duetrl import checkpoint as ckpt
 from duetrl.build import Checkpoint, LoadedAgent, build_agent, resolve_device, restore_agent, space_signature
 from duetrl.callbacks import Callback, CallbackSink, StepBatch, TrainingState, notify
 from duetrl.config import Config, RunConfig, budget_warnings, ignored_settings_warnings
-from duetrl.encoders import ObservationError, tree_map
+from duetrl.encoders import ObservationError, to_device
 from duetrl.envs import BatchEnv, import_modules, make
 from duetrl.envs.make import EnvSource
 from duetrl.errors import TrainingError, UserError, on_command_line, say, setting
@@ -466,7 +466,7 @@ class Trainer:
             )
         if state.get("env") is not None and state.get("obs") is not None:
             self.env.set_state(state["env"])
-            return tree_map(lambda x: x.to(self.env.device), state["obs"])
+            return to_device(state["obs"], self.env.device)
         self.notes.append(
             "this environment's state could not be saved: the resumed run starts new episodes here, so its "
             "numbers will differ from a run that was never stopped"

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from duetrl.algos.base import Agent, Decision, anneal_lr, clip_and_step
 from duetrl.buffers import ReplayBuffer
 from duetrl.config import RunConfig
-from duetrl.encoders import EncoderKeys, Obs, batch_size, make_encoder, tree_map
+from duetrl.encoders import EncoderKeys, Obs, batch_size, make_encoder, to_device
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS, EnsembleQ
 from duetrl.noise import ColoredNoise, OrnsteinUhlenbeckNoise
@@ -193,15 +193,12 @@ class OffPolicyAgent(Agent):
 
     @torch.no_grad()
     def explore(self, obs: Obs, env_steps: int) -> Decision:
-        obs = self.to_device(obs)
+        obs = to_device(obs, self.device)
         if env_steps < self.learning_starts:
             action = torch.rand(batch_size(obs), self.act_dim, device=self.device) * 2 - 1
         else:
             action = self.exploration_action(obs)
         return Decision(env_steps, self.to_env(action), {"obs": obs, "action": action})
-
-    def to_device(self, obs: Obs) -> Obs:
-        return obs.to(self.device) if isinstance(obs, Tensor) else tree_map(lambda x: x.to(self.device), obs)
 
     def observe(
         self, decision: Decision, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor
@@ -221,7 +218,7 @@ class OffPolicyAgent(Agent):
 
     def act(self, obs: Obs, deterministic: bool = False) -> Tensor:
         with torch.no_grad():
-            return self.to_env(self.policy_action(self.to_device(obs), deterministic))
+            return self.to_env(self.policy_action(to_device(obs, self.device), deterministic))
 
     # ------------------------------------------------------------------------------------------ learning
     @abstractmethod

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from duetrl.algos.base import Agent, Decision
 from duetrl.buffers import Rollout
-from duetrl.encoders import EncoderConfig, Obs, make_encoder, make_obs_norm, tree_map
+from duetrl.encoders import EncoderConfig, Obs, make_encoder, make_obs_norm, to_device
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS
 from duetrl.normalize import RewardScaler
@@ -94,9 +94,6 @@ class OnPolicyAgent(Agent):
         the width of what it returns."""
         return make_encoder(self.obs_space, self.cfg.encoder_config())
 
-    def to_device(self, obs: Obs) -> Obs:
-        return obs.to(self.device) if isinstance(obs, Tensor) else tree_map(lambda x: x.to(self.device), obs)
-
     def _normalize(self, obs: Obs, update: bool = False) -> Obs:
         if not self.normalizes_obs:
             return obs
@@ -106,7 +103,7 @@ class OnPolicyAgent(Agent):
 
     @torch.no_grad()
     def explore(self, obs: Tensor, env_steps: int) -> Decision:
-        obs = self._normalize(self.to_device(obs), update=True)
+        obs = self._normalize(to_device(obs, self.device), update=True)
         raw, action, log_prob = self.policy.sample(obs)
         return Decision(env_steps, action, {"obs": obs, "raw": raw, "action": action, "log_prob": log_prob})
 
@@ -125,8 +122,8 @@ class OnPolicyAgent(Agent):
             reward=reward,
             terminated=terminated,
             truncated=truncated,
-            next_obs=self._normalize(self.to_device(next_obs)),
+            next_obs=self._normalize(to_device(next_obs, self.device)),
         )
 
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
-        return self.policy.act(self._normalize(self.to_device(obs)), deterministic)
+        return self.policy.act(self._normalize(to_device(obs, self.device)), deterministic)
