@@ -146,9 +146,14 @@ def sb3_atari(steps: int, seed: int) -> dict:
 
     gym.register_envs(ale_py)
     torch.set_num_threads(1)
-    # The same env as duetrl's Pong preset: Gymnasium's AtariPreprocessing on ALE/Pong-v5 (frameskip=1), 4 frames.
+    # The same env as duetrl's Pong preset: Gymnasium's AtariPreprocessing on ALE/Pong-v5 (frameskip=1), 4 frames
+    # (stacked on a channel axis of SB3's own: 84x84x4).
     env = make_vec_env(
-        "ALE/Pong-v5", n_envs=8, seed=seed, env_kwargs={"frameskip": 1}, wrapper_class=gym.wrappers.AtariPreprocessing
+        "ALE/Pong-v5",
+        n_envs=8,
+        seed=seed,
+        env_kwargs={"frameskip": 1},
+        wrapper_class=lambda e: gym.wrappers.AtariPreprocessing(e, grayscale_newaxis=True),
     )
     env = VecFrameStack(env, 4)
     model = PPO(
