@@ -178,3 +178,17 @@ def test_minatar_registers_and_an_image_env_refuses_the_torch_backend(capsys, tm
     env = gym.make("MinAtar/Breakout-v1")
     assert env.observation_space.shape == (10, 10, 4)
     env.close()
+
+
+def test_float_frames_become_uint8_video_frames():
+    # MinAtar renders its 10x10 picture as floats in [0, 1]; a video writer takes uint8
+    from duetrl.evaluate import _render
+
+    class FloatFrames(spaces_envs.Pixels):
+        render_mode = "rgb_array"
+
+        def render(self):
+            return np.full((10, 10, 3), 0.5)
+
+    frame = _render(FloatFrames())
+    assert frame.dtype == np.uint8 and frame.max() == 128

@@ -230,9 +230,13 @@ def _is_mujoco(env: gym.Env) -> bool:
 
 
 def _render(env: gym.Env) -> np.ndarray:
-    """One frame; an OpenGL failure (MuJoCo's FatalError, a RuntimeError) is a UserError saying what to set."""
+    """One frame as uint8 RGB (MinAtar renders floats in [0, 1]); an OpenGL failure (MuJoCo's FatalError, a
+    RuntimeError) is a UserError saying what to set."""
     try:
-        return env.render()
+        frame = env.render()
+        if isinstance(frame, np.ndarray) and np.issubdtype(frame.dtype, np.floating):
+            frame = (np.clip(frame, 0.0, 1.0) * 255).round().astype(np.uint8)
+        return frame
     except Exception as e:
         if type(e).__name__ != "FatalError" and "opengl" not in str(e).lower():
             raise
