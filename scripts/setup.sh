@@ -10,4 +10,4 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check "$TORCH_SPEC"
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".[${EXTRAS:-dev,plot,video,wandb,ray,mujoco,export,docs}]"
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[${EXTRAS:-dev,plot,video,wandb,ray,mujoco,export,docs,atari,minatar}]"

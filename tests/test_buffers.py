@@ -1,5 +1,7 @@
 """The replay buffer (ring storage, uniform sampling, checkpoint round-trip) and the on-policy rollout."""
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -157,3 +159,61 @@ def test_rollout_stack_shapes():
     assert stacked["reward"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]  # time is the leading axis
     rollout.clear()
     assert len(rollout) == 0
+
+
+# ---------------------------------------------------------------------------------------------- image observations
+
+IMAGE = gym.spaces.Box(0, 255, (2, 2, 1), np.uint8)  # an image: stored once, as uint8
+
+
+def frames(values: list[int]) -> torch.Tensor:
+    """One tiny image per env, every pixel ``value``: ``[N, 2, 2, 1]`` uint8."""
+    return torch.tensor(values, dtype=torch.uint8)[:, None, None, None].expand(-1, 2, 2, 1).clone()
+
+
+def true_next_obs(buffer: ReplayBuffer, truth: dict[int, int]) -> None:
+    """Every stored row's next observation (all of them sampled at once) is the one recorded as true."""
+    index = torch.arange(buffer.size)
+    next_obs = buffer._next_obs(index)[:, 0, 0, 0].tolist()
+    obs = buffer.data["obs"][: buffer.size, 0, 0, 0].tolist()
+    assert {o: n for o, n in zip(obs, next_obs, strict=True)} == {o: truth[o] for o in obs}
+
+
+def test_image_observations_are_stored_once_and_next_obs_is_exact_across_episode_ends_resets_and_wraps():
+    buffer = ReplayBuffer(7, IMAGE, 1, CPU)  # 7 rows, 2 envs: the ring wraps mid-batch
+    assert buffer.compact and "next_obs" not in buffer.data and buffer.data["obs"].dtype == torch.uint8
+    truth: dict[int, int] = {}  # obs value -> its true next obs value (values never repeat)
+    obs = [10, 20]
+    for step in range(1, 12):
+        nxt = [10 + step, 20 + step]
+        final = list(nxt)
+        if step % 4 == 0:  # env 0's episode ends: the final obs is not the next row's (a reset) obs
+            final[0], nxt[0] = 100 + step, 10 + step
+        if step == 6:  # env 1 is reset between adds (as a resumed run that could not restore its envs)
+            nxt[1] = 200
+        for o, f in zip(obs, final, strict=True):
+            truth[o] = f
+        action = torch.zeros(2, 1)
+        buffer.add(
+            obs=frames(obs), action=action, reward=torch.zeros(2), next_obs=frames(final), terminated=torch.zeros(2)
+        )
+        true_next_obs(buffer, truth)
+        obs = nxt
+    assert len(buffer.finals) <= buffer.size  # kept aside only where needed, and dropped with their rows
+    restored = ReplayBuffer(7, IMAGE, 1, CPU)
+    restored.load_state_dict(ckpt_round_trip(buffer.state_dict()))
+    true_next_obs(restored, truth)
+
+
+def ckpt_round_trip(state: dict) -> dict:
+    from duetrl.checkpoint import pack, unpack
+
+    tensors: dict[str, torch.Tensor] = {}
+    return unpack(pack(state, tensors), tensors)
+
+
+def test_bytes_per_transition_of_84x84x4_frames():
+    space = gym.spaces.Box(0, 255, (84, 84, 4), np.uint8)
+    compact = ReplayBuffer(100, space, 6, CPU)
+    # one uint8 frame stack (28,224 bytes) plus action, reward and termination: no second copy for next_obs
+    assert compact.bytes_per_transition() == 84 * 84 * 4 + 4 * 6 + 4 + 4

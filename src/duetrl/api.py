@@ -165,12 +165,13 @@ def evaluate(
         deterministic = run.eval_deterministic
     kwargs = run.env_kwargs if env_kwargs is None else env_kwargs
     act = lambda obs: loaded.act_tensor(obs, deterministic)  # noqa: E731
+    wrapping = {"wrappers": run.wrappers, "frame_stack": run.frame_stack}  # the run's own, as in training
     if render is not None or video is not None:
         result = render_episodes(
-            act, source, kwargs, episodes, seed, render or "human", video, max_steps=run.eval_max_steps
+            act, source, kwargs, episodes, seed, render or "human", video, max_steps=run.eval_max_steps, **wrapping
         )
     else:
-        result = evaluate_policy(act, source, kwargs, episodes, seed, max_steps=run.eval_max_steps)
+        result = evaluate_policy(act, source, kwargs, episodes, seed, max_steps=run.eval_max_steps, **wrapping)
     result.deterministic = deterministic
     warning = result.cap_warning(run.env_id)
     if warning:

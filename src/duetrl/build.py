@@ -21,9 +21,11 @@ from duetrl import checkpoint as ckpt
 from duetrl.algos import get_algo
 from duetrl.algos.base import Agent
 from duetrl.config import RESUMABLE, Config, resolve
+from duetrl.encoders import batch_of_one, check_space, is_batch, to_tensor
 from duetrl.envs import import_modules
 from duetrl.envs.make import EnvSource, env_factory
 from duetrl.errors import UserError, setting
+from duetrl.policy import action_kind
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,7 +48,8 @@ def run_dir_default(env_id: str, algo: str, seed: int) -> Path:
 def build_agent(cfg: Config, obs_space: gym.Space, act_space: gym.Space, device: torch.device) -> Agent:
     """The configured algorithm's agent for ``cfg.run.num_envs`` envs, after checking it fits the action space."""
     spec = get_algo(cfg.run.algo)
-    discrete = isinstance(act_space, gym.spaces.Discrete)
+    check_space(obs_space)
+    discrete = action_kind(act_space) != "gaussian"
     if discrete and not spec.discrete:
         raise UserError(
             f"{setting('algo', spec.name)} needs continuous actions; {cfg.run.env_id} has discrete actions "
@@ -124,7 +127,8 @@ def probe_spaces(cfg: Config, env_source: Any = None) -> tuple[gym.Space, gym.Sp
     """The observation and action space of one Gymnasium env as ``cfg`` configures it (of ``env_source`` when the
     env was given as a Python object)."""
     import_modules(cfg.run.imports)
-    env = env_factory(cfg.run.env_id if env_source is None else env_source, **cfg.run.env_kwargs)()
+    source = cfg.run.env_id if env_source is None else env_source
+    env = env_factory(source, wrappers=cfg.run.wrappers, frame_stack=cfg.run.frame_stack, **cfg.run.env_kwargs)()
     try:
         return env.observation_space, env.action_space
     finally:
@@ -176,23 +180,36 @@ class LoadedAgent:
         return self.config.run.env_id
 
     def act(self, obs: Any, deterministic: bool | None = None) -> np.ndarray:
-        """Env action(s) for an observation ``[obs_dim]`` or a batch ``[B, obs_dim]``, as numpy."""
+        """Env action(s) for an observation ``[obs_dim]`` or a batch ``[B, obs_dim]``, as numpy; for a Dict or
+        Tuple space, a dict or tuple of them (one observation or a batch), an image as the env gives it."""
         if deterministic is None:
             deterministic = self.config.run.eval_deterministic
-        array = np.asarray(obs, dtype=np.float32)
-        shape = tuple(self.agent.obs_space.shape)
+        space = self.agent.obs_space
+        if not isinstance(space, gym.spaces.Box):
+            try:
+                single = not is_batch(space, obs)
+                batch = to_tensor(space, batch_of_one(space, obs) if single else obs, self.device)
+            except (KeyError, IndexError, TypeError, ValueError) as e:
+                raise UserError(
+                    f"an observation {type(obs).__name__} does not fit {self.env_id}, whose observations "
+                    f"are {space}: {e}"
+                ) from None
+            with torch.no_grad():
+                action = self.agent.act(batch, deterministic=deterministic).cpu().numpy()
+            return action[0] if single else action
+        array = np.asarray(obs)
+        shape = tuple(space.shape)
         if array.shape[array.ndim - len(shape) :] != shape or array.ndim > len(shape) + 1:
             raise UserError(
                 f"an observation of shape {array.shape} does not fit {self.env_id}, whose observations have shape "
                 f"{shape}: pass one of shape {shape}, or a batch of shape (B, {', '.join(map(str, shape))})"
             )
-        tensor = torch.as_tensor(array, device=self.device)
-        single = tensor.dim() == len(shape)
-        batch = tensor[None] if single else tensor
+        single = array.ndim == len(shape)
+        batch = to_tensor(space, array[None] if single else array, self.device)  # uint8 images stay uint8
         with torch.no_grad():
             action = self.agent.act(batch, deterministic=deterministic).cpu().numpy()
         return action[0] if single else action
 
-    def act_tensor(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+    def act_tensor(self, obs: Any, deterministic: bool) -> torch.Tensor:
         with torch.no_grad():
-            return self.agent.act(obs.to(self.device), deterministic=deterministic).cpu()
+            return self.agent.act(obs, deterministic=deterministic).cpu()

@@ -46,6 +46,14 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         metavar="MODULE",
         help="modules to import first (they may register envs)",
     )
+    p.add_argument(
+        "--wrap",
+        dest="wrappers",
+        action="append",
+        default=[],
+        metavar="MODULE:WRAPPER",
+        help="a Gymnasium wrapper around every env, at training and evaluation (repeatable, applied in order)",
+    )
     p.add_argument("--target-return", type=float, help="stop when the periodic eval mean reaches this")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline without a key)")
     p.add_argument("--save-buffer", action="store_true", help="off-policy: keep the replay buffer in checkpoints")
@@ -160,6 +168,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             values[flag] = value
     if args.imports:
         values["imports"] = args.imports
+    if args.wrappers:
+        values["wrappers"] = args.wrappers
     if args.wandb:
         values["wandb"] = True
     if args.save_buffer:

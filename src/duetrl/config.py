@@ -72,6 +72,8 @@ class RunConfig:
     wandb: bool = False  # also log to Weights & Biases (offline without an API key)
     wandb_project: str = "duetrl"  # the Weights & Biases project
     imports: list = field(default_factory=list)  # modules imported first (they may register envs)
+    wrappers: list = field(default_factory=list)  # Gymnasium wrappers (module:Name) around every env, in order
+    frame_stack: int = 1  # observations stacked per step (Gymnasium's FrameStackObservation); 1 = none
 
     def validate(self) -> None:
         check(self.steps > 0, "steps", self.steps, "must be a positive number of env steps")
@@ -84,6 +86,9 @@ class RunConfig:
         check(self.checkpoint_seconds > 0, "checkpoint_seconds", self.checkpoint_seconds, "must be > 0")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "must be at least 1")
         check(self.torch_threads >= 1, "torch_threads", self.torch_threads, "must be at least 1")
+        check(self.frame_stack >= 1, "frame_stack", self.frame_stack, "must be at least 1 (1 = no stacking)")
+        for name in self.wrappers:
+            check(isinstance(name, str) and ":" in name, "wrappers", name, "must be module:Name")
         check(self.backend in BACKENDS, "backend", self.backend, f"must be one of {', '.join(BACKENDS)}")
         check(self.vector in ("sync", "async"), "vector", self.vector, "must be sync or async")
         check(
@@ -209,11 +214,12 @@ def apply_overrides(obj: Any, overrides: dict[str, Any], source: str) -> None:
 
 
 def _preset_files() -> dict[str, Any]:
-    """Shipped preset files: env id (or 'any') -> parsed YAML."""
+    """Shipped preset files: env id (or 'any') -> parsed YAML. A namespaced id's slash is a double underscore in
+    the file's name (``MinAtar__Breakout-v1.yaml`` for ``MinAtar/Breakout-v1``)."""
     out = {}
     for entry in resources.files("duetrl.presets").iterdir():
         if entry.name.endswith(".yaml"):
-            out[entry.name[: -len(".yaml")]] = yaml.safe_load(entry.read_text()) or {}
+            out[entry.name[: -len(".yaml")].replace("__", "/")] = yaml.safe_load(entry.read_text()) or {}
     return out
 
 
@@ -243,8 +249,8 @@ def find_preset(env_id: str, algo: str, name: str | None) -> tuple[str | None, d
     if name == "none":
         return None, {}
     files = _preset_files()
-    if name is not None and name.count("/") == 2:
-        scope, preset_algo, short = name.split("/")
+    if name is not None and name.count("/") >= 2:  # a namespaced env's scope has one more: MinAtar/Breakout-v1
+        scope, preset_algo, short = name.rsplit("/", 2)
         body = files.get(scope, {}).get(preset_algo, {}).get(short, -1)
         if body == -1:
             raise UserError(f"unknown preset {name!r} (see `duetrl presets`)")

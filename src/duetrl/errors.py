@@ -37,6 +37,7 @@ FLAGS = {
     "device": "--device",
     "run_dir": "--run-dir",
     "imports": "--import",
+    "wrappers": "--wrap",
     "target_return": "--target-return",
     "resume": "--resume",
     "video": "--video",

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from duetrl.encoders import batch_of_one, to_tensor
+from duetrl.envs.base import env_actions
 from duetrl.envs.make import env_factory
 from duetrl.errors import UserError, setting
 
@@ -89,13 +91,15 @@ def evaluate_policy(
     device: torch.device | str = "cpu",
     max_steps: int = DEFAULT_MAX_STEPS,
     stop: Callable[[], bool] | None = None,
+    wrappers: list[str] | tuple[str, ...] = (),
+    frame_stack: int = 1,
 ) -> EvalResult:
     """Run ``episodes`` full episodes of Gymnasium's own env, seeded ``seed, seed+1, ...``, many in parallel.
 
     ``act`` maps a batch of observations to env actions. An episode is cut after the env's own time limit or,
     on an env without one, after ``max_steps`` steps (``EvalResult.capped`` counts those). ``stop``, checked
     every step, raises :class:`EvaluationStopped` when it returns true (a signal during the evaluation)."""
-    factory = env_factory(env_id, **(env_kwargs or {}))
+    factory = env_factory(env_id, wrappers=wrappers, frame_stack=frame_stack, **(env_kwargs or {}))
     returns: list[float] = []
     lengths: list[int] = []
     capped, cap = 0, None
@@ -104,7 +108,7 @@ def evaluate_policy(
         vec = gym.vector.SyncVectorEnv([factory] * n, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         try:
             cap = step_cap(vec.envs[0], max_steps)
-            discrete = isinstance(vec.single_action_space, gym.spaces.Discrete)
+            space, act_space = vec.single_observation_space, vec.single_action_space
             obs, _ = vec.reset(seed=[seed + len(returns) + i for i in range(n)])
             total, length = np.zeros(n), np.zeros(n, dtype=np.int64)
             running = np.ones(n, dtype=bool)
@@ -112,10 +116,8 @@ def evaluate_policy(
                 if stop is not None and stop():
                     raise EvaluationStopped
                 with torch.no_grad():
-                    action = act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-                if discrete:
-                    action = action.astype(np.int64)
-                obs, reward, terminated, truncated, _ = vec.step(action)
+                    action = act(to_tensor(space, obs, device)).cpu().numpy()
+                obs, reward, terminated, truncated, _ = vec.step(env_actions(act_space, action, n))
                 total += reward * running
                 length += running
                 running &= ~(terminated | truncated)
@@ -140,6 +142,8 @@ def render_episodes(
     fps: int | None = None,
     device: torch.device | str = "cpu",
     max_steps: int = DEFAULT_MAX_STEPS,
+    wrappers: list[str] | tuple[str, ...] = (),
+    frame_stack: int = 1,
 ) -> EvalResult:
     """Play episodes one at a time in a window (``render_mode="human"``) or into a video file (.mp4/.gif), each
     cut as in :func:`evaluate_policy`."""
@@ -155,14 +159,14 @@ def render_episodes(
             "showing episodes in a window needs a display, and there is none here (DISPLAY is not set): "
             f"record them to a file instead ({setting('video', 'out.mp4')})"
         )
-    env = env_factory(env_id, render_mode=render_mode, **(env_kwargs or {}))()
+    wrapping = {"wrappers": wrappers, "frame_stack": frame_stack}
+    env = env_factory(env_id, render_mode=render_mode, **wrapping, **(env_kwargs or {}))()
     if video is not None and _is_mujoco(env) and not os.environ.get("MUJOCO_GL") and not has_display():
         env.close()
         raise UserError(
             "recording MuJoCo video without a display needs an off-screen OpenGL, and neither EGL nor OSMesa was "
             "found: install one (apt install libegl1, or libosmesa6) and set MUJOCO_GL=egl (or osmesa)"
         )
-    discrete = isinstance(env.action_space, gym.spaces.Discrete)
     cap = step_cap(env, max_steps)
     frames: list[np.ndarray] = []
     returns, lengths, capped = [], [], 0
@@ -176,8 +180,9 @@ def render_episodes(
             if video is not None:
                 frames.append(_render(env))
             with torch.no_grad():
-                action = act(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0].cpu().numpy()
-            obs, reward, terminated, truncated, _ = env.step(int(action) if discrete else action)
+                batch = to_tensor(env.observation_space, batch_of_one(env.observation_space, obs), device)
+                action = env_actions(env.action_space, act(batch).cpu().numpy(), 1)[0]
+            obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             length += 1
             done = terminated or truncated
@@ -225,9 +230,13 @@ def _is_mujoco(env: gym.Env) -> bool:
 
 
 def _render(env: gym.Env) -> np.ndarray:
-    """One frame; an OpenGL failure (MuJoCo's FatalError, a RuntimeError) is a UserError saying what to set."""
+    """One frame as uint8 RGB (MinAtar renders floats in [0, 1]); an OpenGL failure (MuJoCo's FatalError, a
+    RuntimeError) is a UserError saying what to set."""
     try:
-        return env.render()
+        frame = env.render()
+        if isinstance(frame, np.ndarray) and np.issubdtype(frame.dtype, np.floating):
+            frame = (np.clip(frame, 0.0, 1.0) * 255).round().astype(np.uint8)
+        return frame
     except Exception as e:
         if type(e).__name__ != "FatalError" and "opengl" not in str(e).lower():
             raise

@@ -21,6 +21,7 @@ from duetrl import checkpoint as ckpt
 from duetrl.build import Checkpoint, LoadedAgent, build_agent, resolve_device, restore_agent, space_signature
 from duetrl.callbacks import Callback, CallbackSink, StepBatch, TrainingState, notify
 from duetrl.config import Config, RunConfig, budget_warnings, ignored_settings_warnings
+from duetrl.encoders import ObservationError, to_device
 from duetrl.envs import BatchEnv, import_modules, make
 from duetrl.envs.make import EnvSource
 from duetrl.errors import TrainingError, UserError, on_command_line, say, setting
@@ -61,6 +62,8 @@ def make_env(cfg: Config, device: torch.device, env: EnvSource = None, backend: 
         backend=backend,
         device=env_device,
         vector=cfg.run.vector,
+        wrappers=cfg.run.wrappers,
+        frame_stack=cfg.run.frame_stack,
         **cfg.run.env_kwargs,
     )
 
@@ -237,7 +240,7 @@ class Trainer:
             self.notes: list[str] = []  # said after the start line: what a resumed run does differently
             saved_obs = None if resume is None else self._restore(resume)
             # The envs' current observations: new episodes for a new run, or a resumed one whose envs were not saved.
-            self.obs = self.env.reset(seed=run.seed + self.env_steps)[0] if saved_obs is None else saved_obs
+            self.obs = self._reset(run.seed + self.env_steps) if saved_obs is None else saved_obs
             cfg.save(self.run_dir / "config.yaml")
             resume_at = None if resume is None else self.env_steps
             self.logger: Logger = make_logger(self.run_dir, cfg.to_dict(), run.wandb, run.wandb_project, resume_at)
@@ -342,12 +345,22 @@ class Trainer:
         for message in budget_warnings(self.cfg) + ignored_settings_warnings(self.cfg):
             say("warning", message)
 
+    def _reset(self, seed: int) -> Any:
+        """``env.reset``, a bad first observation a TrainingError."""
+        try:
+            return self.env.reset(seed=seed)[0]
+        except ObservationError as e:
+            raise TrainingError(f"{e} at the reset of env step {self.env_steps}") from e
+
     def _step(
         self, action: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         """``env.step``, its failure a TrainingError (the last good checkpoint is kept)."""
         try:
             return self.env.step(action)
+        except ObservationError as e:
+            step = self.env_steps + self.cfg.run.num_envs  # the step whose observation it is
+            raise TrainingError(f"{e} at env step {step}; the last good checkpoint is kept") from e
         except Exception as e:
             raise TrainingError(f"the environment raised {type(e).__name__}: {e}") from e
 
@@ -387,6 +400,8 @@ class Trainer:
                 device=self.device,
                 max_steps=run.eval_max_steps,
                 stop=lambda: signals["stop"],
+                wrappers=run.wrappers,
+                frame_stack=run.frame_stack,
             )
         except EvaluationStopped:
             return None
@@ -451,7 +466,7 @@ class Trainer:
             )
         if state.get("env") is not None and state.get("obs") is not None:
             self.env.set_state(state["env"])
-            return state["obs"].to(self.env.device)
+            return to_device(state["obs"], self.env.device)
         self.notes.append(
             "this environment's state could not be saved: the resumed run starts new episodes here, so its "
             "numbers will differ from a run that was never stopped"

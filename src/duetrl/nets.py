@@ -1,4 +1,8 @@
-"""Networks: an MLP trunk, actor heads (Gaussian, categorical) and critics (V, Q)."""
+"""Networks: an MLP trunk, actor heads (Gaussian, categorical) and critics (V, Q).
+
+Each network takes an optional ``encoder`` (see :mod:`duetrl.encoders`) that it applies to observations first, so
+its trunk sees features of width ``obs_dim``. Without one (or with a parameterless one, such as a flat box's), the
+state dict and the initial weights are what they were before encoders existed."""
 
 from __future__ import annotations
 
@@ -26,12 +30,22 @@ def mlp(in_dim: int, hidden: Sequence[int], activation: str = "relu", out_dim: i
 def orthogonal_init(module: nn.Module, gain: float = math.sqrt(2), last_gain: float | None = None) -> None:
     """The chapter's intended (and never applied) init: orthogonal weights, zero biases.
 
-    ``last_gain`` overrides the gain of the final Linear layer (0.01 for a policy head is common)."""
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    ``last_gain`` overrides the gain of the final Linear (or Conv2d) layer (0.01 for a policy head is common)."""
+    linears = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]  # convolutions: encoders
     for i, layer in enumerate(linears):
         g = last_gain if (last_gain is not None and i == len(linears) - 1) else gain
         nn.init.orthogonal_(layer.weight, gain=g)
         nn.init.zeros_(layer.bias)
+
+
+def encoder_or_none(encoder: nn.Module | None) -> nn.Module | None:
+    """The network's encoder (registered first, so that it draws its initial weights before the trunk), or None
+    for none or the identity (a flat float box's): no call at all on the hot path of vector observations."""
+    return None if encoder is None or getattr(encoder, "identity", False) else encoder
+
+
+def encode(encoder: nn.Module | None, obs: Tensor) -> Tensor:
+    return obs if encoder is None else encoder(obs)
 
 
 def last_linear(module: nn.Module) -> nn.Linear:
@@ -53,8 +67,10 @@ class GaussianActor(nn.Module):
         log_std_init: float = 0.0,
         log_std_min: float = -20.0,
         log_std_max: float = 2.0,
+        encoder: nn.Module | None = None,
     ):
         super().__init__()
+        self.encoder = encoder_or_none(encoder)
         self.trunk = mlp(obs_dim, hidden, activation)
         width = hidden[-1] if hidden else obs_dim
         self.mean = nn.Linear(width, act_dim)
@@ -67,7 +83,7 @@ class GaussianActor(nn.Module):
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log_std), the log-std clamped to [log_std_min, log_std_max]."""
-        features = self.trunk(obs)
+        features = self.trunk(encode(self.encoder, obs))
         mean = self.mean(features)
         log_std = self.log_std(features) if self.state_dependent_std else self.log_std_param.expand_as(mean)
         return mean, log_std.clamp(self.log_std_min, self.log_std_max)
@@ -80,12 +96,21 @@ class GaussianActor(nn.Module):
 class CategoricalActor(nn.Module):
     """Categorical policy over a discrete action space."""
 
-    def __init__(self, obs_dim: int, num_actions: int, *, hidden: Sequence[int] = (128, 128), activation: str = "relu"):
+    def __init__(
+        self,
+        obs_dim: int,
+        num_actions: int,
+        *,
+        hidden: Sequence[int] = (128, 128),
+        activation: str = "relu",
+        encoder: nn.Module | None = None,
+    ):
         super().__init__()
+        self.encoder = encoder_or_none(encoder)
         self.net = mlp(obs_dim, hidden, activation, out_dim=num_actions)
 
     def forward(self, obs: Tensor) -> Tensor:
-        return self.net(obs)
+        return self.net(encode(self.encoder, obs))
 
     def dist(self, obs: Tensor) -> Categorical:
         return Categorical(logits=self(obs), validate_args=False)
@@ -94,23 +119,40 @@ class CategoricalActor(nn.Module):
 class ValueCritic(nn.Module):
     """V(s)."""
 
-    def __init__(self, obs_dim: int, *, hidden: Sequence[int] = (128, 128), activation: str = "relu"):
+    def __init__(
+        self,
+        obs_dim: int,
+        *,
+        hidden: Sequence[int] = (128, 128),
+        activation: str = "relu",
+        encoder: nn.Module | None = None,
+    ):
         super().__init__()
+        self.encoder = encoder_or_none(encoder)
         self.net = mlp(obs_dim, hidden, activation, out_dim=1)
 
     def forward(self, obs: Tensor) -> Tensor:
-        return self.net(obs).squeeze(-1)
+        return self.net(encode(self.encoder, obs)).squeeze(-1)
 
 
 class QCritic(nn.Module):
     """Q(s, a): the action is concatenated to the observation (one-hot for discrete actions)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, *, hidden: Sequence[int] = (128, 128), activation: str = "relu"):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        *,
+        hidden: Sequence[int] = (128, 128),
+        activation: str = "relu",
+        encoder: nn.Module | None = None,
+    ):
         super().__init__()
+        self.encoder = encoder_or_none(encoder)
         self.net = mlp(obs_dim + act_dim, hidden, activation, out_dim=1)
 
     def forward(self, obs: Tensor, action: Tensor) -> Tensor:
-        return self.net(torch.cat([obs, action], dim=-1)).squeeze(-1)
+        return self.net(torch.cat([encode(self.encoder, obs), action], dim=-1)).squeeze(-1)
 
 
 class EnsembleLinear(nn.Module):
@@ -144,8 +186,10 @@ class EnsembleQ(nn.Module):
         activation: str = "relu",
         layer_norm: bool = False,
         dropout: float = 0.0,
+        encoder: nn.Module | None = None,
     ):
         super().__init__()
+        self.encoder = encoder_or_none(encoder)  # one encoder for every member, as SB3's critics share theirs
         self.ensemble = ensemble
         layers: list[nn.Module] = []
         in_dim = obs_dim + act_dim
@@ -161,7 +205,7 @@ class EnsembleQ(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, obs: Tensor, action: Tensor) -> Tensor:
-        x = torch.cat([obs, action], dim=-1)
+        x = torch.cat([encode(self.encoder, obs), action], dim=-1)
         x = x.unsqueeze(0).expand(self.ensemble, *x.shape) if x.dim() == 2 else x
         return self.net(x).squeeze(-1)
 
@@ -169,13 +213,22 @@ class EnsembleQ(nn.Module):
 class DeterministicActor(nn.Module):
     """a = tanh(MLP(s)), in [-1, 1] (scaled to the env's bounds outside): TD3 and DDPG."""
 
-    def __init__(self, obs_dim: int, act_dim: int, *, hidden: Sequence[int] = (256, 256), activation: str = "relu"):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        *,
+        hidden: Sequence[int] = (256, 256),
+        activation: str = "relu",
+        encoder: nn.Module | None = None,
+    ):
         super().__init__()
+        self.encoder = encoder_or_none(encoder)
         self.net = mlp(obs_dim, hidden, activation, out_dim=act_dim)
 
     def pre_tanh(self, obs: Tensor) -> Tensor:
         """The output before the squash, u with a = tanh(u): what ``preact_penalty`` keeps out of saturation."""
-        return self.net(obs)
+        return self.net(encode(self.encoder, obs))
 
     def forward(self, obs: Tensor) -> Tensor:
         return torch.tanh(self.pre_tanh(obs))

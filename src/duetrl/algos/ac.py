@@ -29,6 +29,7 @@ from duetrl.algos.onpolicy import (
     validate_policy,
 )
 from duetrl.config import RunConfig
+from duetrl.encoders import EncoderKeys
 from duetrl.nets import QCritic, ValueCritic, orthogonal_init
 from duetrl.optim import adam
 from duetrl.policy import PolicyConfig
@@ -39,7 +40,7 @@ ADVANTAGES = ("mc", "td", "nstep", "gae")
 
 
 @dataclass
-class ACConfig:
+class ACConfig(EncoderKeys):
     """Hyperparameters of ``ac``. The defaults are the chapter's listing."""
 
     hidden: list[int] = field(default_factory=lambda: [128, 128])
@@ -80,6 +81,7 @@ class ACConfig:
         check_choice("critic", self.critic, ("v", "q"))
         check_choice("advantage", self.advantage, ADVANTAGES)
         check_choice("optimizer", self.optimizer, ("adam", "rmsprop"))
+        self.validate_encoder()
         validate_policy(self.policy_config())
 
     def policy_config(self) -> PolicyConfig:
@@ -117,12 +119,15 @@ class ActorCritic(OnPolicyAgent):
 
     def __init__(self, cfg: ACConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
+        encoder = self.make_encoder()
         if cfg.critic == "q":
             self.critic: nn.Module = QCritic(
-                self.obs_dim, self.act_dim, hidden=cfg.hidden, activation=cfg.activation
+                encoder.features, self.act_dim, hidden=cfg.hidden, activation=cfg.activation, encoder=encoder
             ).to(device)
         else:
-            self.critic = ValueCritic(self.obs_dim, hidden=cfg.hidden, activation=cfg.activation).to(device)
+            self.critic = ValueCritic(
+                encoder.features, hidden=cfg.hidden, activation=cfg.activation, encoder=encoder
+            ).to(device)
         if cfg.ortho_init:
             orthogonal_init(self.critic, last_gain=1.0)
         self.modules["critic"] = self.critic

@@ -38,7 +38,8 @@ class Agent(ABC):
 
     The protocol, for each round of the loop (every env steps once):
 
-    1. ``decision = explore(obs, env_steps)``: actions for the envs' observations ``[N, obs_dim]``, told the run's
+    1. ``decision = explore(obs, env_steps)``: actions for the envs' observations ``[N, ...]`` (a tensor, or a dict
+       or tuple of them for a Dict or Tuple space, in the storage form of :mod:`duetrl.encoders`), told the run's
        env steps so far. Returns a :class:`Decision`; the agent keeps nothing of it.
     2. The loop steps the envs with ``decision.action``.
     3. ``observe(decision, reward, terminated, truncated, next_obs)``: the outcome, ``[N]`` each, with ``next_obs``
@@ -58,7 +59,7 @@ class Agent(ABC):
 
     @abstractmethod
     def explore(self, obs: Tensor, env_steps: int) -> Decision:
-        """Env actions for a batch of observations ``[N, obs_dim]`` with exploration, and what observe needs."""
+        """Env actions for a batch of observations ``[N, ...]`` with exploration, and what observe needs."""
 
     @abstractmethod
     def observe(

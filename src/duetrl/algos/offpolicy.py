@@ -14,10 +14,11 @@ from torch import Tensor, nn
 from duetrl.algos.base import Agent, Decision, Deployable, anneal_lr, clip_and_step
 from duetrl.buffers import ReplayBuffer
 from duetrl.config import RunConfig
+from duetrl.encoders import EncoderKeys, Obs, batch_size, make_encoder, to_device
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS, EnsembleQ
 from duetrl.noise import ColoredNoise, OrnsteinUhlenbeckNoise
-from duetrl.policy import rescale, space_dims
+from duetrl.policy import action_dim, action_kind, rescale
 from duetrl.returns import td_targets
 from duetrl.validate import check_choice, check_range, check_widths
 
@@ -37,7 +38,7 @@ class DeployedActor(Deployable):
 
 
 @dataclass
-class OffPolicyConfig:
+class OffPolicyConfig(EncoderKeys):
     """Settings every off-policy actor-critic shares (defaults: the SAC/TD3 papers', as in SB3/CleanRL)."""
 
     # The papers' warm-up of random actions (SAC 5,000 here; TD3/DDPG 25,000 in td3.py): what learning_starts=None
@@ -80,6 +81,7 @@ class OffPolicyConfig:
         check_choice("activation", self.activation, tuple(ACTIVATIONS))
         check_widths("actor_hidden", self.actor_hidden)
         check_widths("critic_hidden", self.critic_hidden)
+        self.validate_encoder()
         if self.buffer_size < self.batch_size:
             raise UserError(f"buffer_size={self.buffer_size} must be at least batch_size={self.batch_size}")
 
@@ -149,14 +151,15 @@ class OffPolicyAgent(Agent):
 
     def __init__(self, cfg: Any, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
-        self.obs_dim, self.act_dim, discrete = space_dims(obs_space, act_space)
-        if discrete:
+        if action_kind(act_space) != "gaussian":
             raise UserError(f"--algo {self.name} needs a continuous (Box) action space, not {act_space}")
-        self.low = torch.as_tensor(act_space.low, dtype=torch.float32, device=device)
-        self.high = torch.as_tensor(act_space.high, dtype=torch.float32, device=device)
+        self.act_dim = action_dim(act_space)  # a Box of any shape, flattened: [-1, 1]^act_dim here
+        self.act_shape = tuple(act_space.shape)
+        self.low = torch.as_tensor(act_space.low, dtype=torch.float32, device=device).reshape(-1)
+        self.high = torch.as_tensor(act_space.high, dtype=torch.float32, device=device).reshape(-1)
         if not (torch.isfinite(self.low).all() and torch.isfinite(self.high).all()):
             raise UserError(f"--algo {self.name} needs a bounded action space, not {act_space}")
-        self.buffer = ReplayBuffer(cfg.buffer_size, self.obs_dim, self.act_dim, device)
+        self.buffer = ReplayBuffer(cfg.buffer_size, obs_space, self.act_dim, device)
         # A config that never went through config.resolve (no budget known) keeps the paper's warm-up.
         self.learning_starts = cfg.PAPER_LEARNING_STARTS if cfg.learning_starts is None else cfg.learning_starts
         self.updates_owed = 0.0
@@ -165,6 +168,15 @@ class OffPolicyAgent(Agent):
         # kept in checkpoints.
         self.noise: ColoredNoise | OrnsteinUhlenbeckNoise | None = None
 
+    def make_encoder(self) -> nn.Module:
+        """A fresh encoder of the observations (every network owns its own; the critic's members share one)."""
+        return make_encoder(self.obs_space, self.cfg.encoder_config())
+
+    def to_env(self, action: Tensor) -> Tensor:
+        """Actions in [-1, 1] ``[B, act_dim]`` as the env takes them: rescaled to its bounds, in its shape."""
+        action = rescale(action, self.low, self.high)
+        return action if len(self.act_shape) == 1 else action.reshape(-1, *self.act_shape)
+
     def colored_noise(self, beta: float, scale: float = 1.0) -> ColoredNoise:
         """Per-env noise sequences of colour ``beta``."""
         return ColoredNoise(beta, self.num_envs, self.act_dim, self.cfg.noise_length, self.device, scale)
@@ -172,9 +184,11 @@ class OffPolicyAgent(Agent):
     def make_critic(self) -> EnsembleQ:
         """The ensemble of Q critics every off-policy algorithm here trains (twin by default)."""
         cfg = self.cfg
+        encoder = self.make_encoder()
         return EnsembleQ(
-            self.obs_dim,
+            encoder.features,
             self.act_dim,
+            encoder=encoder,
             hidden=cfg.critic_hidden,
             ensemble=cfg.n_critics,
             activation=cfg.activation,
@@ -192,13 +206,13 @@ class OffPolicyAgent(Agent):
         """Actions in [-1, 1] of the learned policy."""
 
     @torch.no_grad()
-    def explore(self, obs: Tensor, env_steps: int) -> Decision:
-        obs = obs.to(self.device)
+    def explore(self, obs: Obs, env_steps: int) -> Decision:
+        obs = to_device(obs, self.device)
         if env_steps < self.learning_starts:
-            action = torch.rand(obs.shape[0], self.act_dim, device=self.device) * 2 - 1
+            action = torch.rand(batch_size(obs), self.act_dim, device=self.device) * 2 - 1
         else:
             action = self.exploration_action(obs)
-        return Decision(env_steps, rescale(action, self.low, self.high), {"obs": obs, "action": action})
+        return Decision(env_steps, self.to_env(action), {"obs": obs, "action": action})
 
     def observe(
         self, decision: Decision, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor
@@ -216,9 +230,9 @@ class OffPolicyAgent(Agent):
     def ready(self) -> bool:
         return self.updates_owed >= 1 and len(self.buffer) >= self.cfg.batch_size
 
-    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+    def act(self, obs: Obs, deterministic: bool = False) -> Tensor:
         with torch.no_grad():
-            return rescale(self.policy_action(obs.to(self.device), deterministic), self.low, self.high)
+            return self.to_env(self.policy_action(to_device(obs, self.device), deterministic))
 
     def deployable(self) -> DeployedActor:
         # Every off-policy agent keeps its policy in ``self.actor``; its weights are the module's, so torch.export

@@ -7,14 +7,15 @@ from typing import Any, Protocol
 
 import gymnasium as gym
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from duetrl.algos.base import Agent, Decision, Deployable
 from duetrl.buffers import Rollout
+from duetrl.encoders import EncoderConfig, Obs, make_encoder, make_obs_norm, to_device
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS
-from duetrl.normalize import RewardScaler, RunningNorm
-from duetrl.policy import Policy, PolicyConfig, space_dims
+from duetrl.normalize import RewardScaler
+from duetrl.policy import Policy, PolicyConfig, action_dim
 from duetrl.validate import check_choice, check_widths
 
 
@@ -30,6 +31,8 @@ class PolicyKeys(Protocol):
     squash: str
     ortho_init: bool
 
+    def encoder_config(self) -> EncoderConfig: ...
+
 
 def policy_config_of(cfg: PolicyKeys, *, clip_log_prob: bool = False) -> PolicyConfig:
     """The :class:`PolicyConfig` an on-policy config's keys describe (what its ``policy_config()`` returns)."""
@@ -43,6 +46,7 @@ def policy_config_of(cfg: PolicyKeys, *, clip_log_prob: bool = False) -> PolicyC
         bound_by=cfg.squash,
         clip_log_prob=clip_log_prob,
         ortho_init=cfg.ortho_init,
+        encoder=cfg.encoder_config(),
     )
 
 
@@ -70,7 +74,7 @@ class DeployedPolicy(Deployable):
     """The on-policy agents' deterministic policy for export: raw observation -> (normaliser, when the run
     normalised observations) -> the policy's mode in env units (argmax, or the mean clipped or squashed)."""
 
-    def __init__(self, policy: Policy, obs_norm: RunningNorm | None):
+    def __init__(self, policy: Policy, obs_norm: nn.Module | None):
         super().__init__()
         self.policy, self.obs_norm = policy, obs_norm
 
@@ -87,15 +91,23 @@ class OnPolicyAgent(Agent):
 
     def __init__(self, cfg: Any, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
-        self.obs_dim, self.act_dim, _ = space_dims(obs_space, act_space)
+        self.act_dim = action_dim(act_space)
         self.policy = Policy(obs_space, act_space, cfg.policy_config()).to(device)
-        self.obs_norm = RunningNorm((self.obs_dim,)).to(device)
+        # Running statistics of the float boxes (per key for Dict observations; none for images or indices).
+        norm = make_obs_norm(obs_space)
+        self.obs_norm: nn.Module = (nn.Identity() if norm is None else norm).to(device)
+        self.normalizes_obs = bool(cfg.normalize_obs) and norm is not None
         self.reward_scaler = RewardScaler(num_envs, cfg.gamma).to(device)
         self.modules = {"policy": self.policy, "obs_norm": self.obs_norm, "reward_scaler": self.reward_scaler}
         self.rollout = Rollout()
 
-    def _normalize(self, obs: Tensor, update: bool = False) -> Tensor:
-        if not self.cfg.normalize_obs:
+    def make_encoder(self) -> nn.Module:
+        """A fresh encoder of the observations, for a critic (every network owns its own); its ``features`` is
+        the width of what it returns."""
+        return make_encoder(self.obs_space, self.cfg.encoder_config())
+
+    def _normalize(self, obs: Obs, update: bool = False) -> Obs:
+        if not self.normalizes_obs:
             return obs
         if update:
             self.obs_norm.update(obs)
@@ -103,7 +115,7 @@ class OnPolicyAgent(Agent):
 
     @torch.no_grad()
     def explore(self, obs: Tensor, env_steps: int) -> Decision:
-        obs = self._normalize(obs.to(self.device), update=True)
+        obs = self._normalize(to_device(obs, self.device), update=True)
         raw, action, log_prob = self.policy.sample(obs)
         return Decision(env_steps, action, {"obs": obs, "raw": raw, "action": action, "log_prob": log_prob})
 
@@ -122,11 +134,11 @@ class OnPolicyAgent(Agent):
             reward=reward,
             terminated=terminated,
             truncated=truncated,
-            next_obs=self._normalize(next_obs.to(self.device)),
+            next_obs=self._normalize(to_device(next_obs, self.device)),
         )
 
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
-        return self.policy.act(self._normalize(obs.to(self.device)), deterministic)
+        return self.policy.act(self._normalize(to_device(obs, self.device)), deterministic)
 
     def deployable(self) -> DeployedPolicy:
-        return DeployedPolicy(self.policy, self.obs_norm if self.cfg.normalize_obs else None)
+        return DeployedPolicy(self.policy, self.obs_norm if self.normalizes_obs else None)

@@ -22,6 +22,7 @@ from torch.distributions import Distribution
 from duetrl.algos.base import anneal_lr, clip_and_step
 from duetrl.algos.onpolicy import OnPolicyAgent, ignored_policy_settings, policy_config_of, validate_policy
 from duetrl.config import RunConfig
+from duetrl.encoders import EncoderKeys, select, tree_map
 from duetrl.nets import ValueCritic, orthogonal_init
 from duetrl.optim import adam
 from duetrl.policy import Policy, PolicyConfig
@@ -30,7 +31,7 @@ from duetrl.validate import check_range
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(EncoderKeys):
     """Hyperparameters of ``ppo`` (defaults close to CleanRL's continuous-action PPO)."""
 
     hidden: list[int] = field(default_factory=lambda: [64, 64])
@@ -72,6 +73,7 @@ class PPOConfig:
         check_range("vf_coef", self.vf_coef, 0.0)
         check_range("max_grad_norm", self.max_grad_norm, 0.0)
         check_range("target_kl", self.target_kl, 0.0)
+        self.validate_encoder()
         validate_policy(self.policy_config())
 
     def policy_config(self) -> PolicyConfig:
@@ -104,7 +106,9 @@ class PPOConfig:
 class PPO(OnPolicyAgent):
     def __init__(self, cfg: PPOConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
-        self.critic = ValueCritic(self.obs_dim, hidden=cfg.hidden, activation=cfg.activation).to(device)
+        # The critic reads the policy's features (one encoder, trained by both losses, encoded once per minibatch;
+        # a flat box's features are the observation itself).
+        self.critic = ValueCritic(self.policy.features, hidden=cfg.hidden, activation=cfg.activation).to(device)
         if cfg.ortho_init:
             orthogonal_init(self.critic, last_gain=1.0)
         self.modules["critic"] = self.critic
@@ -128,7 +132,7 @@ class PPO(OnPolicyAgent):
         # Advantages and returns with the critic as it was during the rollout.
         values, advantages, returns = self._advantages(batch)
         flat = {
-            "obs": batch["obs"].flatten(0, 1),
+            "obs": tree_map(lambda x: x.flatten(0, 1), batch["obs"]),  # [T * N, ...], per key for a Dict
             "raw": batch["raw"].flatten(0, 1),
             "log_prob": batch["log_prob"].flatten(0, 1),
             "advantages": advantages.flatten(),
@@ -146,9 +150,10 @@ class PPO(OnPolicyAgent):
                 _, advantages, returns = self._advantages(batch)
                 flat["advantages"], flat["returns"] = advantages.flatten(), returns.flatten()
             order = torch.randperm(size, device=self.device)
-            shuffled = {k: v[order] for k, v in flat.items()}  # one gather per epoch; minibatches are views
+            shuffled = {k: select(v, order) for k, v in flat.items()}  # one gather per epoch
             for start in range(0, size, cfg.minibatch_size):
-                mb = {k: v[start : start + cfg.minibatch_size] for k, v in shuffled.items()}
+                rows = slice(start, start + cfg.minibatch_size)
+                mb = {k: select(v, rows) for k, v in shuffled.items()}  # views
                 loss, terms, dist = ppo_loss(self.policy, self.critic, mb, cfg)
                 clip_and_step(optimizer, loss, optimizer.param_groups[0]["params"], cfg.max_grad_norm)
                 for key, value_ in terms.items():
@@ -166,8 +171,8 @@ class PPO(OnPolicyAgent):
     @torch.no_grad()
     def _advantages(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """The critic's values, GAE(lambda) advantages and lambda-returns of a ``[T, N]`` rollout."""
-        values = self.critic(batch["obs"])
-        next_values = self.critic(batch["next_obs"])
+        values = self.critic(self.policy.encode(batch["obs"]))
+        next_values = self.critic(self.policy.encode(batch["next_obs"]))
         cfg = self.cfg
         advantages = gae(
             batch["reward"], values, next_values, batch["terminated"], batch["truncated"], cfg.gamma, cfg.gae_lambda
@@ -185,14 +190,15 @@ def ppo_loss(
     (:mod:`duetrl.population`) calls it under ``torch.func.vmap`` with each member's weights and settings (``cfg``:
     anything with PPOConfig's loss fields; ``clip_coef``, ``ent_coef``, ``vf_coef`` may be 0-d tensors there;
     ``clip_vf`` is a branch, so a number)."""
-    log_prob, entropy, dist = policy.evaluate_actions(mb["obs"], mb["raw"])
+    features = policy.encode(mb["obs"])  # once: the critic reads the policy's features
+    log_prob, entropy, dist = policy.evaluate_actions(mb["obs"], mb["raw"], features)
     log_ratio = log_prob - mb["log_prob"]
     ratio = log_ratio.exp()
     adv = normalize(mb["advantages"]) if cfg.normalize_advantage else mb["advantages"]
 
     # Clipped surrogate: the pessimistic of the unclipped and clipped objectives.
     policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-    value = critic(mb["obs"])
+    value = critic(features)
     value_loss = (value - mb["returns"]).pow(2)
     if cfg.clip_vf > 0:
         clipped = mb["values"] + (value - mb["values"]).clamp(-cfg.clip_vf, cfg.clip_vf)

@@ -56,6 +56,7 @@ class SACConfig(OffPolicyConfig):
             log_std_min=self.log_std_min,
             log_std_max=self.log_std_max,
             bound_by="tanh",
+            encoder=self.encoder_config(),
         )
 
     def ignored_settings(self) -> dict[str, str]:
@@ -88,7 +89,8 @@ class SAC(OffPolicyAgent):
 
     def __init__(self, cfg: SACConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
-        self.actor = gaussian_actor(self.obs_dim, self.act_dim, cfg.policy_config()).to(device)
+        encoder = self.make_encoder()
+        self.actor = gaussian_actor(encoder.features, self.act_dim, cfg.policy_config(), encoder).to(device)
         self.critic = self.make_critic()
         self.critic_target = frozen_copy(self.critic)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.alpha), device=device))

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from duetrl.algos.base import clip_and_step
 from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, averaged_tensors, frozen_copy, polyak
+from duetrl.encoders import batch_size
 from duetrl.nets import DeterministicActor
 from duetrl.noise import OrnsteinUhlenbeckNoise
 from duetrl.optim import adam
@@ -62,8 +63,9 @@ class TD3(OffPolicyAgent):
 
     def __init__(self, cfg: TD3Config, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
+        encoder = self.make_encoder()
         self.actor = DeterministicActor(
-            self.obs_dim, self.act_dim, hidden=cfg.actor_hidden, activation=cfg.activation
+            encoder.features, self.act_dim, hidden=cfg.actor_hidden, activation=cfg.activation, encoder=encoder
         ).to(device)
         self.critic = self.make_critic()
         self.actor_target, self.critic_target = frozen_copy(self.actor), frozen_copy(self.critic)
@@ -91,7 +93,7 @@ class TD3(OffPolicyAgent):
         if self.noise is not None:  # OU or coloured: per-env noise with memory
             noise = self.noise.sample()
         else:
-            noise = torch.randn(obs.shape[0], self.act_dim, device=self.device) * self.cfg.exploration_noise
+            noise = torch.randn(batch_size(obs), self.act_dim, device=self.device) * self.cfg.exploration_noise
         return (self.actor(obs) + noise).clamp(-1.0, 1.0)
 
     def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -50,3 +51,15 @@ class BatchEnv(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def env_actions(space: gym.Space, actions: np.ndarray, num_envs: int) -> np.ndarray:
+    """A batch of actions as a Gymnasium vector env takes them: integer indices for Discrete and MultiDiscrete,
+    int8 bits for MultiBinary, the space's own shape and dtype for a Box."""
+    if isinstance(space, gym.spaces.Discrete):
+        return actions.astype(np.int64).reshape(num_envs)
+    if isinstance(space, (gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
+        return actions.astype(space.dtype).reshape(num_envs, *space.shape)
+    if isinstance(space, gym.spaces.Box) and len(space.shape) != 1:
+        return actions.astype(space.dtype).reshape(num_envs, *space.shape)
+    return actions

@@ -1,4 +1,8 @@
-"""Gymnasium's sync/async vector envs behind the :class:`BatchEnv` interface."""
+"""Gymnasium's sync/async vector envs behind the :class:`BatchEnv` interface.
+
+Observations of any supported space come out in their storage form (:func:`duetrl.encoders.to_tensor`: uint8
+images, dicts of tensors), checked against their declared box every step (NaN or out of bounds: an
+:class:`~duetrl.encoders.ObservationError` naming the key)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from torch import Tensor
 
-from duetrl.envs.base import BatchEnv
+from duetrl.encoders import check_space, check_values, to_tensor
+from duetrl.envs.base import BatchEnv, env_actions
 
 
 class GymnasiumBatchEnv(BatchEnv):
@@ -32,40 +37,46 @@ class GymnasiumBatchEnv(BatchEnv):
         self.device = torch.device(device)
         self.single_observation_space = self.vec.single_observation_space
         self.single_action_space = self.vec.single_action_space
-        self._discrete = isinstance(self.single_action_space, gym.spaces.Discrete)
+        try:
+            check_space(self.single_observation_space)
+        except BaseException:
+            self.vec.close()
+            raise
         self._returns = np.zeros(num_envs, dtype=np.float64)
         self._lengths = np.zeros(num_envs, dtype=np.int64)
 
     def _tensor(self, array: np.ndarray) -> Tensor:
         return torch.as_tensor(np.asarray(array, dtype=np.float32), device=self.device)
 
+    def _obs(self, obs: Any) -> Any:
+        return to_tensor(self.single_observation_space, obs, self.device)
+
     def reset(self, seed: int | None = None) -> tuple[Tensor, dict[str, Any]]:
         obs, info = self.vec.reset(seed=seed)
+        check_values(self.single_observation_space, obs)
         self._returns[:] = 0.0
         self._lengths[:] = 0
-        return self._tensor(obs), info
+        return self._obs(obs), info
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
-        actions_np = actions.detach().cpu().numpy()
-        if self._discrete:
-            actions_np = actions_np.astype(np.int64).reshape(self.num_envs)
+        actions_np = env_actions(self.single_action_space, actions.detach().cpu().numpy(), self.num_envs)
         obs, reward, terminated, truncated, info = self.vec.step(actions_np)
+        check_values(self.single_observation_space, obs)
         self._returns += reward
         self._lengths += 1
         done = terminated | truncated
         final_obs = obs
         out_info: dict[str, Any] = {}
         if done.any():
-            final_obs = np.array(obs, copy=True)
-            for i in np.flatnonzero(done):
-                final_obs[i] = info["final_obs"][i]
+            final_obs = _with_finals(obs, info["final_obs"], np.flatnonzero(done))
+            check_values(self.single_observation_space, final_obs)
             out_info["episode_return"] = self._returns[done].tolist()
             out_info["episode_length"] = self._lengths[done].tolist()
             self._returns[done] = 0.0
             self._lengths[done] = 0
-        out_info["final_obs"] = self._tensor(final_obs)
+        out_info["final_obs"] = self._obs(final_obs)
         return (
-            self._tensor(obs),
+            self._obs(obs),
             self._tensor(reward),
             torch.as_tensor(terminated, device=self.device),
             torch.as_tensor(truncated, device=self.device),
@@ -95,6 +106,25 @@ class GymnasiumBatchEnv(BatchEnv):
 
     def close(self) -> None:
         self.vec.close()
+
+
+def _with_finals(obs: Any, finals: np.ndarray, done: np.ndarray) -> Any:
+    """The batch ``obs`` with row i replaced by the final observation ``finals[i]`` of each finished env i (per key
+    for Dict and Tuple observations)."""
+    if isinstance(obs, dict):
+        return {
+            k: _with_finals(v, np.array([f[k] if f is not None else None for f in finals], dtype=object), done)
+            for k, v in obs.items()
+        }
+    if isinstance(obs, tuple):
+        return tuple(
+            _with_finals(v, np.array([f[j] if f is not None else None for f in finals], dtype=object), done)
+            for j, v in enumerate(obs)
+        )
+    out = np.array(obs, copy=True)
+    for i in done:
+        out[i] = finals[i]
+    return out
 
 
 def _time_limit(env: gym.Env) -> gym.wrappers.TimeLimit | None:

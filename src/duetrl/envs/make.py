@@ -78,13 +78,83 @@ def _not_remade(name: str) -> UserError:
     return UserError(f"environment {name!r} was given as a Python object and cannot be made again from its name: {how}")
 
 
-def env_factory(env_id: EnvSource, render_mode: str | None = None, **env_kwargs: Any) -> Callable[[], gym.Env]:
+# Namespaces whose envs register themselves only when a module is imported or a function called.
+NAMESPACES: dict[str, tuple[str, str | None, str]] = {
+    "ALE/": ("ale_py", None, "pip install ale-py"),
+    "MinAtar/": ("minatar.gym", "register_envs", "pip install MinAtar"),
+}
+
+
+def register_namespace(env_id: EnvSource) -> None:
+    """Register Atari's (``ALE/...``, from ale-py) or MinAtar's (``MinAtar/...``) envs before the first is made."""
+    if not isinstance(env_id, str):
+        return
+    for prefix, (module_name, function, install) in NAMESPACES.items():
+        if env_id.startswith(prefix) and env_id not in gym.registry:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as e:
+                raise UserError(f"environment {env_id!r} needs a missing package: {e} ({install})") from None
+            if function is not None:
+                getattr(module, function)()
+            elif hasattr(gym, "register_envs"):
+                gym.register_envs(module)
+
+
+def load_wrapper(name: str) -> Callable[[gym.Env], gym.Env]:
+    """A Gymnasium wrapper (or any function env -> env) named ``module:Name``, e.g.
+    ``gymnasium.wrappers:AtariPreprocessing``, or a UserError in one line."""
+    module_name, sep, attr = name.partition(":")
+    if not sep or not module_name or not attr:
+        raise UserError(f"a wrapper is given as module:Name (gymnasium.wrappers:GrayscaleObservation), not {name!r}")
+    try:
+        wrapper = getattr(_user_import(module_name), attr)
+    except ImportError as e:
+        raise UserError(f"cannot import wrapper {name!r} ({setting('wrappers')}): {_one_line(e)}") from None
+    except AttributeError:
+        raise UserError(
+            f"cannot import wrapper {name!r} ({setting('wrappers')}): {module_name} has no {attr!r}"
+        ) from None
+    if not callable(wrapper):
+        raise UserError(f"wrapper {name!r} ({setting('wrappers')}) is not a class or function that wraps an env")
+    return wrapper
+
+
+def env_factory(
+    env_id: EnvSource,
+    render_mode: str | None = None,
+    *,
+    wrappers: Iterable[str] = (),
+    frame_stack: int = 1,
+    **env_kwargs: Any,
+) -> Callable[[], gym.Env]:
     """A zero-argument constructor for one Gymnasium env, checked once so mistakes surface here.
 
     ``env_id`` is a registered id (``Pendulum-v1``, ``my_pkg:MyEnv-v0``), ``module:Class`` for an env class (or
     ``module:function`` for a function that makes one), or the class, function or env instance itself (an
-    instance is copied with ``copy.deepcopy`` for each env made).
+    instance is copied with ``copy.deepcopy`` for each env made). ``wrappers`` (``module:Name``) wrap each env
+    made, in order, and ``frame_stack`` > 1 stacks that many observations last (Gymnasium's
+    ``FrameStackObservation``): at training and evaluation alike, since both make their envs here.
     """
+    register_namespace(env_id)
+    factory = _unwrapped_factory(env_id, render_mode, env_kwargs)
+    wraps = [load_wrapper(name) for name in wrappers]
+    if frame_stack > 1:
+        wraps.append(lambda env: gym.wrappers.FrameStackObservation(env, frame_stack))
+    if not wraps:
+        return factory
+
+    def wrapped() -> gym.Env:
+        env = factory()
+        for wrap in wraps:
+            env = wrap(env)
+        return env
+
+    _check_factory(wrapped, env_name(env_id))
+    return wrapped
+
+
+def _unwrapped_factory(env_id: EnvSource, render_mode: str | None, env_kwargs: dict[str, Any]) -> Callable[[], gym.Env]:
     kwargs = dict(env_kwargs)
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
@@ -297,16 +367,26 @@ def make(
     device: torch.device | str | None = None,
     vector: str = "sync",
     render_mode: str | None = None,
+    wrappers: Iterable[str] = (),
+    frame_stack: int = 1,
     **env_kwargs: Any,
 ) -> BatchEnv:
     """``num_envs`` copies of ``env_id`` (any form :func:`env_factory` takes) behind one batched interface.
 
     ``backend``: ``"gymnasium"`` (Gymnasium vector envs), ``"torch"`` (torch-native batched envs, where one
     exists) or ``"auto"`` (the faster of the two for this batch, :func:`auto_backend`); the env made says which in
-    its ``backend`` attribute."""
+    its ``backend`` attribute. ``wrappers`` and ``frame_stack``: see :func:`env_factory` (Gymnasium envs only)."""
     if num_envs < 1:
         raise UserError(f"num_envs={num_envs} must be at least 1")
     device = torch.device(device or "cpu")
+    wrappers = list(wrappers)
+    if wrappers or frame_stack > 1:
+        if backend == "torch":
+            raise UserError(
+                f"wrappers and frame_stack apply to Gymnasium's envs, not torch-native ones; use "
+                f"{setting('backend', 'gymnasium')}"
+            )
+        backend = "gymnasium"
     if backend == "auto" and auto_backend(env_id, num_envs, device) == "gymnasium":
         backend = "gymnasium"
     if backend in ("auto", "torch"):
@@ -324,11 +404,27 @@ def make(
         if native is not None:
             return native
         if backend == "torch":
+            register_namespace(env_id)
+            image = isinstance(env_id, str) and env_id in gym.registry and _has_image_obs(env_id, env_kwargs)
+            why = "has image observations, which only Gymnasium's envs give" if image else "has no torch-native twin"
             raise UserError(
-                f"no torch-native implementation of {env_name(env_id)!r} (have: {', '.join(sorted(NATIVE_ENVS))}); "
+                f"{env_name(env_id)!r} {why} (torch-native envs: {', '.join(sorted(NATIVE_ENVS))}); "
                 f"use {setting('backend', 'gymnasium')}"
             )
     elif backend != "gymnasium":
         raise UserError(f"unknown backend {backend!r}: use auto, torch or gymnasium")
-    factory = env_factory(env_id, render_mode=render_mode, **env_kwargs)
+    factory = env_factory(env_id, render_mode=render_mode, wrappers=wrappers, frame_stack=frame_stack, **env_kwargs)
     return GymnasiumBatchEnv(factory, num_envs, vector=vector, device=device)
+
+
+def _has_image_obs(env_id: str, env_kwargs: dict[str, Any]) -> bool:
+    from duetrl.encoders import has_images
+
+    try:
+        env = gym.make(env_id, **env_kwargs)
+    except Exception:
+        return False
+    try:
+        return has_images(env.observation_space)
+    finally:
+        env.close()
