@@ -214,6 +214,17 @@ def test_bad_population_input_is_one_line(capsys, tmp_path, argv, match):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.parametrize("env_id", ["spaces_envs:GoalReach", "spaces_envs:Pixels"])
+def test_a_population_of_dict_or_image_observations_is_refused_in_one_line(capsys, tmp_path, env_id):
+    """Populations stack flat vectors: a Dict or an image observation (issue 19) is one line, before anything is
+    written, not a traceback from deep inside the stacked statistics."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    argv = ["train", env_id, "--algo", "ppo", "--seeds", "0", "1", "--steps", "64", "--num-envs", "2"]
+    out = assert_user_error(*run(capsys, *argv, "--run-dir", tmp_path / "bad", "--quiet"), match="flat Box")
+    assert "duetrl sweep" in out
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_population_too_large_for_memory_is_refused_before_training(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("duetrl.population.planning.available_memory", lambda device: 20 * 2**20)
     line = assert_user_error(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
@@ -77,6 +78,20 @@ class PopulationResult:
     interrupted: bool = False
 
 
+def check_spaces(obs_space: gym.Space, act_space: gym.Space) -> None:
+    """A population stacks flat observation vectors and Discrete or flat Box actions; images, Dict observations and
+    multi-part actions (issue 19) train as separate runs for now."""
+    flat_obs = isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1 and obs_space.dtype != np.uint8
+    flat_act = isinstance(act_space, gym.spaces.Discrete) or (
+        isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1
+    )
+    if not (flat_obs and flat_act):
+        raise UserError(
+            f"a population trains flat Box observations with Discrete or flat Box actions, not {obs_space} and "
+            f"{act_space}; train the seeds as separate runs (duetrl sweep ENV --seeds 0 1 2 ...)"
+        )
+
+
 class PopulationTrainer:
     """Trains a population: the members' envs stepped one round at a time, one vmapped update for all, each
     member's own logs, evaluations and checkpoints; members that reach the target or fail leave the population."""
@@ -115,6 +130,7 @@ class PopulationTrainer:
                 undo.callback(env.close)
                 spaces = env.single_observation_space, env.single_action_space
                 if not self.members:
+                    check_spaces(*spaces)
                     obs_dim = int(np.prod(spaces[0].shape))
                     act_dim = int(getattr(spaces[1], "n", None) or np.prod(spaces[1].shape))
                     check_memory(cfg, len(configs), obs_dim, act_dim, self.device)
