@@ -131,3 +131,25 @@ def test_wrong_shaped_observations_are_a_clear_error(runs, tmp_path, capsys):
     with pytest.raises(UserError, match=r"shape \(5,\) does not fit"):
         exporting.ExportedPolicy(policy).act(np.zeros(5))
     assert_user_error(*run(capsys, "eval", policy, "--stochastic"), "deterministic policy")
+
+
+def test_an_image_policy_exports_and_scores_as_the_run(tmp_path, capsys):
+    """An image policy (uint8 pixels, CNN encoder, issue 19): the file takes the pixels as float32 and scales them
+    inside, as the agent does, so it scores as the run on the same held-out episodes."""
+    sys.path.insert(0, str(Path(__file__).parent))  # spaces_envs, by name, as the run's config.yaml records it
+    run_dir = tmp_path / "pixels"
+    duetrl.train("spaces_envs:Pixels", "ppo", run_dir=run_dir, quiet=True, steps=1024, num_envs=4, eval_every=0)
+    result = duetrl.export(run_dir, tmp_path / "policy.onnx")
+    assert result.max_error <= exporting.PARITY_TOLERANCE
+    from_file = duetrl.evaluate(result.path, episodes=EPISODES)
+    from_run = duetrl.evaluate(run_dir, episodes=EPISODES, deterministic=True)
+    np.testing.assert_allclose(from_file.returns, from_run.returns, atol=1e-3)
+
+
+def test_a_dict_observation_policy_is_refused_in_one_line(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).parent))
+    run_dir = tmp_path / "goal"
+    duetrl.train("spaces_envs:GoalReach", "ppo", run_dir=run_dir, quiet=True, steps=256, num_envs=2, eval_every=0)
+    capsys.readouterr()  # the training's own lines
+    assert_user_error(*run(capsys, "export", run_dir), match="observations are Dict is not supported yet")
+    assert not (run_dir / "policy.onnx").exists()

@@ -117,6 +117,12 @@ def export(loaded: LoadedAgent, output: Path, format: str) -> ExportResult:
     """Write the deterministic policy of a loaded agent to ``output`` (``format`` "onnx" or "pt2"), with its
     sidecar, after checking the file against the torch policy (see the module's docstring). The public entry is
     :func:`duetrl.export`, which loads the run and picks ``output`` (:func:`output_of`)."""
+    space = loaded.agent.obs_space
+    if not isinstance(space, gym.spaces.Box):  # one input tensor per file for now; a Dict would need one per key
+        raise UserError(
+            f"exporting a policy whose observations are {type(space).__name__} is not supported yet: duetrl export "
+            "takes Box observations (vectors or images); use duetrl.load(run).act for this run"
+        )
     try:
         module = loaded.agent.deployable().eval()
     except NotImplementedError as e:
