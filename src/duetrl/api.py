@@ -152,7 +152,7 @@ def evaluate(
     if deterministic is None:
         deterministic = run.eval_deterministic
     kwargs = run.env_kwargs if env_kwargs is None else env_kwargs
-    act = lambda obs: loaded.act_tensor(obs, deterministic)  # noqa: E731
+    act = loaded.act_fn(deterministic)
     if render is not None or video is not None:
         result = render_episodes(
             act, source, kwargs, episodes, seed, render or "human", video, max_steps=run.eval_max_steps

@@ -113,9 +113,17 @@ class Policy(nn.Module):
     Names: ``raw`` is what the actor's distribution is over (a Gaussian sample before it is brought into the env's
     bounds, or a categorical index); ``action`` is what the env receives (``to_env(raw)``)."""
 
-    def __init__(self, obs_space: gym.Space, act_space: gym.Space, config: PolicyConfig = PolicyConfig()):
+    def __init__(
+        self,
+        obs_space: gym.Space,
+        act_space: gym.Space,
+        config: PolicyConfig = PolicyConfig(),
+        in_dim: int | None = None,
+    ):
+        """``in_dim``: the width of the features the actor sees when not the observation's (a recurrent core's)."""
         super().__init__()
         obs_dim, act_dim, self.discrete = space_dims(obs_space, act_space)
+        obs_dim = obs_dim if in_dim is None else in_dim
         self.config, self.act_dim = config, act_dim
         if self.discrete:
             self.actor: nn.Module = CategoricalActor(

@@ -26,9 +26,11 @@ from duetrl.algos.onpolicy import (
     OnPolicyAgent,
     ignored_policy_settings,
     policy_config_of,
+    validate_memory,
     validate_policy,
 )
 from duetrl.config import RunConfig
+from duetrl.errors import UserError
 from duetrl.nets import QCritic, ValueCritic, orthogonal_init
 from duetrl.optim import adam
 from duetrl.policy import PolicyConfig
@@ -67,6 +69,8 @@ class ACConfig:
     clip_log_prob: bool = False  # the listing's log-prob ignores the clipping of the action
     normalize_obs: bool = False
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return
+    rnn: str = "none"  # memory: none, lstm or gru (a recurrent core for the actor and one for the critic)
+    rnn_hidden: int = 64  # width of each recurrent core (rnn=lstm or gru)
 
     def validate(self) -> None:
         check_range("gamma", self.gamma, 0.0, 1.0)
@@ -81,6 +85,12 @@ class ACConfig:
         check_choice("advantage", self.advantage, ADVANTAGES)
         check_choice("optimizer", self.optimizer, ("adam", "rmsprop"))
         validate_policy(self.policy_config())
+        validate_memory(self)
+        if self.rnn != "none" and self.critic == "q":
+            raise UserError(
+                f"rnn={self.rnn} works with critic=v only: a recurrent Q critic is not implemented for ac; "
+                "use critic=v, or rnn=none"
+            )
 
     def policy_config(self) -> PolicyConfig:
         """The policy's settings, passed whole to :class:`~duetrl.policy.Policy`."""
@@ -93,6 +103,8 @@ class ACConfig:
             ignored["gae_lambda"] = f"it applies only with advantage=gae, and advantage={self.advantage}"
         if self.advantage != "nstep":
             ignored["nstep"] = f"it applies only with advantage=nstep, and advantage={self.advantage}"
+        if self.rnn == "none":
+            ignored["rnn_hidden"] = "it applies only with a recurrent core, and rnn=none"
         return ignored
 
     def budget_warnings(self, run: RunConfig) -> list[str]:
@@ -122,11 +134,13 @@ class ActorCritic(OnPolicyAgent):
                 self.obs_dim, self.act_dim, hidden=cfg.hidden, activation=cfg.activation
             ).to(device)
         else:
-            self.critic = ValueCritic(self.obs_dim, hidden=cfg.hidden, activation=cfg.activation).to(device)
+            width = self.critic_core.out_dim
+            self.critic = ValueCritic(width, hidden=cfg.hidden, activation=cfg.activation).to(device)
         if cfg.ortho_init:
             orthogonal_init(self.critic, last_gain=1.0)
         self.modules["critic"] = self.critic
-        self.actor_params, self.critic_params = list(self.policy.parameters()), list(self.critic.parameters())
+        self.actor_params = list(self.policy.parameters()) + list(self.actor_core.parameters())
+        self.critic_params = list(self.critic.parameters()) + list(self.critic_core.parameters())
         self.optimizers = {
             "actor": make_optimizer(cfg.optimizer, self.actor_params, cfg.actor_lr),
             "critic": make_optimizer(cfg.optimizer, self.critic_params, cfg.critic_lr),
@@ -154,7 +168,7 @@ class ActorCritic(OnPolicyAgent):
         batch = self.rollout.stack()  # each [T, N, ...]
         self.rollout.clear()
         self._episode_ended.zero_()
-        obs, raw, reward = batch["obs"], batch["raw"], batch["reward"]
+        raw, reward = batch["raw"], batch["reward"]
         terminated, truncated = batch["terminated"], batch["truncated"]
         if not cfg.bootstrap_truncation:
             terminated = terminated | truncated
@@ -168,7 +182,7 @@ class ActorCritic(OnPolicyAgent):
         advantages = values.detach() if cfg.critic == "q" else targets - values.detach()
         if cfg.normalize_advantage:
             advantages = normalize(advantages)
-        log_prob, entropy, dist = self.policy.evaluate_actions(obs, raw)  # [T, N] each
+        log_prob, entropy, dist = self.policy.evaluate_actions(self.actor_features(batch), raw)  # [T, N] each
         entropy = entropy.mean()
         actor_loss = -(log_prob * advantages).mean() - cfg.ent_coef * entropy
 
@@ -189,9 +203,10 @@ class ActorCritic(OnPolicyAgent):
                 _, next_action, _ = self.policy.sample(batch["next_obs"])
                 next_values = self.critic(batch["next_obs"], self.policy.one_hot(next_action))
             return values, next_values
-        values = self.critic(batch["obs"])
+        features, next_features = self.critic_features(batch, with_next=True)  # the observations themselves without rnn
+        values = self.critic(features)
         with torch.no_grad():
-            next_values = self.critic(batch["next_obs"])
+            next_values = self.critic(next_features.detach())
         return values, next_values
 
     def _targets(

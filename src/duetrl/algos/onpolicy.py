@@ -11,11 +11,12 @@ from torch import Tensor
 
 from duetrl.algos.base import Agent, Decision
 from duetrl.buffers import Rollout
+from duetrl.cores import RNN_KINDS, CarriedState, Core
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS
 from duetrl.normalize import RewardScaler, RunningNorm
 from duetrl.policy import Policy, PolicyConfig, space_dims
-from duetrl.validate import check_choice, check_widths
+from duetrl.validate import check_choice, check_range, check_widths
 
 
 class PolicyKeys(Protocol):
@@ -29,6 +30,8 @@ class PolicyKeys(Protocol):
     log_std_max: float
     squash: str
     ortho_init: bool
+    rnn: str
+    rnn_hidden: int
 
 
 def policy_config_of(cfg: PolicyKeys, *, clip_log_prob: bool = False) -> PolicyConfig:
@@ -55,6 +58,12 @@ def validate_policy(policy: PolicyConfig) -> None:
         raise UserError(f"log_std_min={policy.log_std_min} must not exceed log_std_max={policy.log_std_max}")
 
 
+def validate_memory(cfg: PolicyKeys) -> None:
+    """Checks of an on-policy config's recurrent core (``rnn``, ``rnn_hidden``)."""
+    check_choice("rnn", cfg.rnn, RNN_KINDS)
+    check_range("rnn_hidden", cfg.rnn_hidden, 1)
+
+
 def ignored_policy_settings(policy: PolicyConfig) -> dict[str, str]:
     """The policy keys that an on-policy config's other policy settings make ignored: key -> why (see
     :func:`duetrl.config.ignored_settings_warnings`)."""
@@ -67,19 +76,29 @@ def ignored_policy_settings(policy: PolicyConfig) -> dict[str, str]:
 
 
 class OnPolicyAgent(Agent):
-    """Collects ``obs, raw, action, log_prob, reward, terminated, truncated, next_obs`` per step.
+    """Collects ``obs, raw, action, log_prob, reward, terminated, truncated, next_obs`` per step; with a recurrent
+    core (``rnn``) also each core's state before the step and whether the step starts an episode, so the update
+    replays the rollout's cores exactly (see :mod:`duetrl.cores`).
 
     Config fields used: ``policy_config()`` (the policy's settings, passed whole), ``gamma``, ``normalize_obs``,
-    ``normalize_reward``.
+    ``normalize_reward``, ``rnn``, ``rnn_hidden``. Subclasses build their critic on ``critic_core.out_dim`` inputs.
     """
 
     def __init__(self, cfg: Any, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
         self.obs_dim, self.act_dim, _ = space_dims(obs_space, act_space)
-        self.policy = Policy(obs_space, act_space, cfg.policy_config()).to(device)
+        # The cores first: with rnn=none they hold no weights, so a memoryless run draws the same initial weights.
+        self.actor_core = Core(cfg.rnn, self.obs_dim, cfg.rnn_hidden).to(device)
+        self.critic_core = Core(cfg.rnn, self.obs_dim, cfg.rnn_hidden).to(device)
+        self.recurrent = self.actor_core.recurrent
+        self.policy = Policy(obs_space, act_space, cfg.policy_config(), in_dim=self.actor_core.out_dim).to(device)
         self.obs_norm = RunningNorm((self.obs_dim,)).to(device)
         self.reward_scaler = RewardScaler(num_envs, cfg.gamma).to(device)
         self.modules = {"policy": self.policy, "obs_norm": self.obs_norm, "reward_scaler": self.reward_scaler}
+        if self.recurrent:
+            states = {"actor": self.actor_core.state_dim, "critic": self.critic_core.state_dim}
+            self.memory = CarriedState(states, num_envs).to(device)
+            self.modules.update(actor_core=self.actor_core, critic_core=self.critic_core, memory=self.memory)
         self.rollout = Rollout()
 
     def _normalize(self, obs: Tensor, update: bool = False) -> Tensor:
@@ -92,8 +111,17 @@ class OnPolicyAgent(Agent):
     @torch.no_grad()
     def explore(self, obs: Tensor, env_steps: int) -> Decision:
         obs = self._normalize(obs.to(self.device), update=True)
-        raw, action, log_prob = self.policy.sample(obs)
-        return Decision(env_steps, action, {"obs": obs, "raw": raw, "action": action, "log_prob": log_prob})
+        if not self.recurrent:
+            raw, action, log_prob = self.policy.sample(obs)
+            return Decision(env_steps, action, {"obs": obs, "raw": raw, "action": action, "log_prob": log_prob})
+        states = self.memory.current()  # [N, S] each, zeroed where an episode starts
+        features, actor_next = self.actor_core.step(obs, states["actor"])
+        _, critic_next = self.critic_core.step(obs, states["critic"])
+        raw, action, log_prob = self.policy.sample(features)
+        record = {"obs": obs, "raw": raw, "action": action, "log_prob": log_prob, "start": self.memory.starts.clone()}
+        record.update(actor_state=states["actor"], critic_state=states["critic"])
+        self.memory.carry({"actor": actor_next, "critic": critic_next})
+        return Decision(env_steps, action, record)
 
     def observe(
         self, decision: Decision, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor
@@ -112,6 +140,40 @@ class OnPolicyAgent(Agent):
             truncated=truncated,
             next_obs=self._normalize(next_obs.to(self.device)),
         )
+        if self.recurrent:
+            self.memory.episodes_ended(terminated | truncated)
 
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        if self.recurrent:
+            raise TypeError("a recurrent policy acts with its state: use act_step(obs, state) (see initial_state)")
         return self.policy.act(self._normalize(obs.to(self.device)), deterministic)
+
+    # ------------------------------------------------------------------------------------------ memory
+    def initial_state(self, n: int) -> Tensor:
+        """The actor core's state of ``n`` envs at an episode start (zeros ``[n, S]``); ``[n, 0]`` without rnn."""
+        return self.actor_core.initial_state(n, self.device)
+
+    @torch.no_grad()
+    def act_step(self, obs: Tensor, state: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """(env actions, next state) for observations ``[B, obs_dim]`` seen with ``state [B, S]``."""
+        features, state = self.actor_core.step(self._normalize(obs.to(self.device)), state.to(self.device))
+        return self.policy.act(features, deterministic), state
+
+    def actor_features(self, seq: dict[str, Tensor]) -> Tensor:
+        """What the actor sees at each step of sequences ``seq["obs"] [T, B, obs_dim]``, replayed from their
+        recorded first state (``seq["actor_state"][0]``) with the rollout's resets: ``[T, B, features]``."""
+        if not self.recurrent:
+            return seq["obs"]
+        return self.actor_core.sequence(seq["obs"], seq["actor_state"][0], seq["start"])[0]
+
+    def critic_features(self, seq: dict[str, Tensor], with_next: bool = False) -> tuple[Tensor, Tensor | None]:
+        """What the critic sees at each step ``[T, B, features]`` (as :meth:`actor_features`) and, if
+        ``with_next``, at each step's next observation: the state after the step carried on, not reset, so an
+        episode cut by a time limit is bootstrapped from its final observation seen with its own memory."""
+        if not self.recurrent:
+            return seq["obs"], seq["next_obs"] if with_next else None
+        features, after = self.critic_core.sequence(seq["obs"], seq["critic_state"][0], seq["start"])
+        if not with_next:
+            return features, None
+        next_features, _ = self.critic_core.step(seq["next_obs"].flatten(0, 1), after.flatten(0, 1))
+        return features, next_features.view(*features.shape)
