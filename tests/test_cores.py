@@ -139,12 +139,22 @@ class Cue(gym.Env):
         return np.array([0.0, 1.0], np.float32), reward, done, False, {}
 
 
-@pytest.mark.parametrize("rnn, solved", [("gru", True), ("none", False)])
-def test_memory_task_needs_a_recurrent_core(tmp_path, rnn, solved):
-    settings = dict(num_envs=8, num_steps=12, minibatch_size=48, epochs=4, lr=3e-3, hidden=[32], rnn_hidden=32)
+MEMORY_SETTINGS = {
+    "ppo": dict(num_envs=8, num_steps=12, minibatch_size=48, epochs=4, lr=3e-3, hidden=[32], rnn_hidden=32),
+    "a2c": dict(
+        num_envs=8, update_every=6, optimizer="adam", actor_lr=3e-3, critic_lr=3e-3, hidden=[32], rnn_hidden=32
+    ),
+    "ac": dict(num_envs=8, advantage="gae", actor_lr=3e-3, critic_lr=3e-3, hidden=[32], rnn_hidden=32),
+}
+
+
+@pytest.mark.parametrize(
+    "algo, rnn, solved", [("ppo", "gru", True), ("ppo", "none", False), ("a2c", "lstm", True), ("ac", "gru", True)]
+)
+def test_memory_task_needs_a_recurrent_core(tmp_path, algo, rnn, solved):
     result = duetrl.train(
-        Cue, "ppo", preset="none", steps=6000, rnn=rnn, eval_every=0, eval_episodes=100, run_dir=tmp_path / rnn,
-        quiet=True, **settings,
+        Cue, algo, preset="none", steps=6000, rnn=rnn, eval_every=0, eval_episodes=100, run_dir=tmp_path / rnn,
+        quiet=True, **MEMORY_SETTINGS[algo],
     )  # fmt: skip
     if solved:
         assert result.final_eval.mean >= 0.9, result.final_eval.mean
