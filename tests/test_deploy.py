@@ -119,6 +119,18 @@ def test_a_run_without_checkpoint_or_a_corrupt_one_is_one_line(runs, tmp_path, c
     assert_user_error(*run(capsys, "export", tmp_path / "run"), "corrupt")
 
 
+def test_a_recurrent_run_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsys):
+    run_dir = tmp_path / "gru"
+    settings = {"rnn": "gru", "rnn_hidden": 8, "num_envs": 4, "num_steps": 16, "minibatch_size": 32}
+    duetrl.train("PendulumNoVel-v1", "ppo", run_dir=run_dir, quiet=True, steps=64, eval_every=0, **settings)
+    capsys.readouterr()  # the training's own line
+    line = assert_user_error(*run(capsys, "export", run_dir), "export of recurrent policies is not supported yet")
+    assert "rnn=gru" in line
+    assert not list(run_dir.glob("policy*"))
+    with pytest.raises(UserError, match="export of recurrent policies is not supported yet"):
+        duetrl.load(run_dir).agent.deployable()
+
+
 def test_a_missing_exporter_names_the_extra(runs, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert_user_error(*run(capsys, "export", runs["sac-tanh"]), r"onnxruntime.*duetrl\[export\]")

@@ -204,6 +204,7 @@ def test_a_grid_of_settings_times_seeds_is_one_population(capsys, tmp_path):
         (["--seeds", "0", "1", "--set", "hidden=[64],[32]"], "hidden differs .* use duetrl sweep"),
         (["--seeds", "0", "1", "--set", "num_steps=8,16"], "num_steps differs .* use duetrl sweep"),
         (["--seeds", "0", "--algo", "a2c"], "trains ppo, sac, td3, ddpg .* use duetrl sweep for a2c"),
+        (["--seeds", "0", "1", "--set", "rnn=lstm"], "rnn=lstm .* not yet trained per member .* use duetrl sweep"),
     ],
 )
 def test_bad_population_input_is_one_line(capsys, tmp_path, argv, match):

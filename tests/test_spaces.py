@@ -192,3 +192,38 @@ def test_float_frames_become_uint8_video_frames():
 
     frame = _render(FloatFrames())
     assert frame.dtype == np.uint8 and frame.max() == 128
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_a_recurrent_core_sits_between_the_encoder_and_the_heads(algo, tmp_path):
+    """Encoder, then core, then heads: the cores read the encoder's features (a CNN for the image key), the
+    rollout is replayed exactly through both, and a loaded policy acts on a Dict observation with its state."""
+    settings = dict(SMALL_PPO) if algo == "ppo" else {"update_every": 16, "hidden": [32]}
+    result = duetrl.train(
+        "spaces_envs:GoalReach",
+        algo,
+        steps=128,
+        num_envs=2,
+        env_kwargs={"image": True},
+        rnn="gru",
+        rnn_hidden=16,
+        run_dir=tmp_path / algo,
+        **settings,
+        **QUICK,
+    )
+    agent = result.agent.agent
+    assert isinstance(agent.policy.encoder.parts[2], CNN)
+    assert agent.actor_core.cell.input_size == agent.policy.features == agent.critic_core.cell.input_size
+    if algo == "ppo":  # the critic reads the policy's encoder through its own core
+        assert agent.critic.encoder is None
+    else:  # the critic's own encoder, then its core
+        assert isinstance(agent.critic_encoder.parts[2], CNN) and agent.critic.encoder is None
+    env = spaces_envs.GoalReach(image=True)
+    obs, _ = env.reset(seed=3)
+    loaded = duetrl.load(tmp_path / algo)
+    action, state = loaded.act(obs, loaded.initial_state(), deterministic=True)
+    assert action.shape == (2,) and state.shape == (16,)
+    batch = {k: np.stack([v, v]) for k, v in obs.items()}
+    actions, states = loaded.act(batch, loaded.initial_state(2), deterministic=True)
+    assert np.allclose(actions[0], action, atol=1e-5) and np.allclose(states[1], state, atol=1e-5)
+    assert np.isfinite(duetrl.evaluate(loaded, episodes=2).mean)

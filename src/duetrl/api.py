@@ -164,7 +164,7 @@ def evaluate(
     if deterministic is None:
         deterministic = run.eval_deterministic
     kwargs = run.env_kwargs if env_kwargs is None else env_kwargs
-    act = lambda obs: loaded.act_tensor(obs, deterministic)  # noqa: E731
+    act = loaded.act_fn(deterministic)
     wrapping = {"wrappers": run.wrappers, "frame_stack": run.frame_stack}  # the run's own, as in training
     if render is not None or video is not None:
         result = render_episodes(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from duetrl import checkpoint as ckpt
 from duetrl.algos import get_algo
 from duetrl.algos.base import Agent
 from duetrl.config import RESUMABLE, Config, resolve
-from duetrl.encoders import batch_of_one, check_space, is_batch, to_tensor
+from duetrl.cores import acting
+from duetrl.encoders import batch_of_one, batch_size, check_space, is_batch, to_tensor
 from duetrl.envs import import_modules
 from duetrl.envs.make import EnvSource, env_factory
 from duetrl.errors import UserError, setting
@@ -89,7 +91,7 @@ def saved_config(checkpoint: Checkpoint, changes: dict[str, Any] | None = None) 
     cfg.run.preset = preset
     if not changes:
         return cfg
-    refused, rest = [], {}
+    refused, rest, saved_and_asked = [], {}, []
     for key, value in changes.items():
         if key == "preset":  # the recorded id, or its name, is no change
             if value is not None and value not in (preset, (preset or "").rsplit("/", 1)[-1]):
@@ -108,9 +110,11 @@ def saved_config(checkpoint: Checkpoint, changes: dict[str, Any] | None = None) 
         changed, _ = resolve(config_file=values, overrides=rest, lookup=get_algo)
         before, after = cfg.to_dict(), changed.to_dict()
         refused = [key for key in after if key != "preset" and after[key] != before[key] and key not in RESUMABLE]
+        saved_and_asked = [f"{key} {before[key]!r} -> {after[key]!r}" for key in refused]  # e.g. rnn 'lstm' -> 'gru'
     if refused:
+        asked = f" ({', '.join(saved_and_asked)})" if saved_and_asked else ""
         raise UserError(
-            f"a resumed run cannot change {', '.join(refused)}: it would be another run (on resume only "
+            f"a resumed run cannot change {', '.join(refused)}: it would be another run{asked} (on resume only "
             f"{', '.join(sorted(RESUMABLE))} can change); start a new run from its settings instead "
             f"({checkpoint.path.parent.parent / 'config.yaml'} as the config file)"
         )
@@ -168,7 +172,17 @@ def restore_agent(
 
 class LoadedAgent:
     """A trained policy: ``act(obs)`` for a single observation or a batch. ``duetrl.load`` gives one from a run
-    directory, and ``duetrl.train`` one of the agent it trained (``TrainResult.agent``)."""
+    directory, and ``duetrl.train`` one of the agent it trained (``TrainResult.agent``).
+
+    A recurrent policy (trained with ``rnn=lstm`` or ``gru``) acts with a state it carries from step to step::
+
+        state = agent.initial_state()           # one env; initial_state(B) for a batch of B
+        action, state = agent.act(obs, state)   # the next state comes back with the action
+        if terminated or truncated:
+            state = agent.initial_state()       # a new episode starts from a fresh state
+                                                # (a batch: state = agent.reset_state(state, done))
+
+    A memoryless policy takes the same calls (its state is empty), so code written for both works with either."""
 
     def __init__(self, config: Config, agent: Any, device: torch.device, checkpoint: Path, env: EnvSource = None):
         self.config, self.agent, self.device, self.checkpoint = config, agent, device, checkpoint
@@ -179,9 +193,32 @@ class LoadedAgent:
     def env_id(self) -> str:
         return self.config.run.env_id
 
-    def act(self, obs: Any, deterministic: bool | None = None) -> np.ndarray:
+    @property
+    def recurrent(self) -> bool:
+        """Whether the policy has memory (``rnn`` other than none): then ``act`` needs a state."""
+        return bool(getattr(self.agent, "recurrent", False))
+
+    def initial_state(self, batch: int | None = None) -> np.ndarray:
+        """The state at the start of an episode: zeros ``[S]`` for one env, ``[batch, S]`` for a batch (``S`` is 0
+        for a memoryless policy)."""
+        if not hasattr(self.agent, "initial_state"):
+            return np.zeros((0,) if batch is None else (batch, 0), dtype=np.float32)
+        state = self.agent.initial_state(1 if batch is None else batch).cpu().numpy()
+        return state[0] if batch is None else state
+
+    @staticmethod
+    def reset_state(state: np.ndarray, done: Any) -> np.ndarray:
+        """``state [B, S]`` with the rows of envs whose episode ended (``done [B]``) back at the initial state."""
+        return np.where(np.asarray(done, dtype=bool)[:, None], 0.0, state).astype(np.float32)
+
+    def act(self, obs: Any, state: Any = None, deterministic: bool | None = None) -> Any:
         """Env action(s) for an observation ``[obs_dim]`` or a batch ``[B, obs_dim]``, as numpy; for a Dict or
-        Tuple space, a dict or tuple of them (one observation or a batch), an image as the env gives it."""
+        Tuple space, a dict or tuple of them (one observation or a batch), an image as the env gives it. Given a
+        ``state`` (from :meth:`initial_state`, then from the previous call), returns ``(action, next_state)``; a
+        recurrent policy needs one. ``act(obs, True)`` (deterministic given in second place, as before states)
+        still works."""
+        if isinstance(state, bool):
+            state, deterministic = None, state
         if deterministic is None:
             deterministic = self.config.run.eval_deterministic
         space = self.agent.obs_space
@@ -194,9 +231,7 @@ class LoadedAgent:
                     f"an observation {type(obs).__name__} does not fit {self.env_id}, whose observations "
                     f"are {space}: {e}"
                 ) from None
-            with torch.no_grad():
-                action = self.agent.act(batch, deterministic=deterministic).cpu().numpy()
-            return action[0] if single else action
+            return self._act_batch(batch, single, state, deterministic)
         array = np.asarray(obs)
         shape = tuple(space.shape)
         if array.shape[array.ndim - len(shape) :] != shape or array.ndim > len(shape) + 1:
@@ -206,10 +241,35 @@ class LoadedAgent:
             )
         single = array.ndim == len(shape)
         batch = to_tensor(space, array[None] if single else array, self.device)  # uint8 images stay uint8
-        with torch.no_grad():
-            action = self.agent.act(batch, deterministic=deterministic).cpu().numpy()
-        return action[0] if single else action
+        return self._act_batch(batch, single, state, deterministic)
 
-    def act_tensor(self, obs: Any, deterministic: bool) -> torch.Tensor:
-        with torch.no_grad():
-            return self.agent.act(obs, deterministic=deterministic).cpu()
+    def _act_batch(self, batch: Any, single: bool, state: Any, deterministic: bool) -> Any:
+        """act's answer for a batch of observations already on the device (``single``: it is one, batched)."""
+        if state is None:
+            if self.recurrent:
+                raise UserError(
+                    f"this policy is recurrent (rnn={self.config.algo.rnn}): act with its state, "
+                    "action, state = agent.act(obs, state), starting from state = agent.initial_state()"
+                )
+            with torch.no_grad():
+                action = self.agent.act(batch, deterministic=deterministic).cpu().numpy()
+            return action[0] if single else action
+        rows = batch_size(batch)  # a Dict or Tuple observation: the batch of its leaves
+        states = torch.as_tensor(np.asarray(state, dtype=np.float32), device=self.device)
+        states = states[None] if single else states
+        if tuple(states.shape) != (rows, self.initial_state(1).shape[-1]):
+            raise UserError(
+                f"a state of shape {tuple(np.shape(state))} does not fit this policy: use agent.initial_state() "
+                "(or initial_state(B) for a batch of B observations) and the states act returns"
+            )
+        if self.recurrent:
+            action, states = self.agent.act_step(batch, states, deterministic)
+        else:
+            with torch.no_grad():
+                action = self.agent.act(batch, deterministic=deterministic)
+        action, states = action.cpu().numpy(), states.cpu().numpy()
+        return (action[0], states[0]) if single else (action, states)
+
+    def act_fn(self, deterministic: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The act function of :func:`duetrl.evaluate.evaluate_policy` for this policy (with memory if it has)."""
+        return acting(self.agent, deterministic)

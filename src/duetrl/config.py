@@ -361,7 +361,16 @@ def resolve(
     return Config(run=run, algo=algo_cfg), preset_id
 
 
+# Keys of a capability some algorithms do not have yet: key -> what to say instead of "unknown setting".
+NOT_YET = {
+    key: "has no recurrent core yet: memory (rnn=lstm or gru) works with ppo, a2c and ac"
+    for key in ("rnn", "rnn_hidden", "rnn_seq_len")
+}
+
+
 def _unknown_key_message(key: str, known: set[str], algo: str, source: str) -> str:
+    if key in NOT_YET:
+        return f"{key} (from {source}): {setting('algo', algo)} {NOT_YET[key]}"
     close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else f"; see `duetrl params --algo {algo}` for the keys"
     return f"unknown setting {key!r} for {setting('algo', algo)} (from {source}){hint}"

@@ -117,6 +117,11 @@ def export(loaded: LoadedAgent, output: Path, format: str) -> ExportResult:
     """Write the deterministic policy of a loaded agent to ``output`` (``format`` "onnx" or "pt2"), with its
     sidecar, after checking the file against the torch policy (see the module's docstring). The public entry is
     :func:`duetrl.export`, which loads the run and picks ``output`` (:func:`output_of`)."""
+    if loaded.recurrent:
+        raise UserError(
+            f"export of recurrent policies is not supported yet (this run has rnn={loaded.config.algo.rnn}); "
+            "evaluate it with duetrl eval RUN, or act with duetrl.load(RUN).act(obs, state)"
+        )
     space = loaded.agent.obs_space
     if not isinstance(space, gym.spaces.Box):  # one input tensor per file for now; a Dict would need one per key
         raise UserError(

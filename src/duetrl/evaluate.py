@@ -98,7 +98,8 @@ def evaluate_policy(
 
     ``act`` maps a batch of observations to env actions. An episode is cut after the env's own time limit or,
     on an env without one, after ``max_steps`` steps (``EvalResult.capped`` counts those). ``stop``, checked
-    every step, raises :class:`EvaluationStopped` when it returns true (a signal during the evaluation)."""
+    every step, raises :class:`EvaluationStopped` when it returns true (a signal during the evaluation). An ``act``
+    with memory (a ``reset(done)`` method, :class:`duetrl.cores.StatefulAct`) is told where episodes start."""
     factory = env_factory(env_id, wrappers=wrappers, frame_stack=frame_stack, **(env_kwargs or {}))
     returns: list[float] = []
     lengths: list[int] = []
@@ -110,6 +111,7 @@ def evaluate_policy(
             cap = step_cap(vec.envs[0], max_steps)
             space, act_space = vec.single_observation_space, vec.single_action_space
             obs, _ = vec.reset(seed=[seed + len(returns) + i for i in range(n)])
+            _reset_memory(act, np.ones(n, dtype=bool))
             total, length = np.zeros(n), np.zeros(n, dtype=np.int64)
             running = np.ones(n, dtype=bool)
             while running.any():
@@ -118,6 +120,7 @@ def evaluate_policy(
                 with torch.no_grad():
                     action = act(to_tensor(space, obs, device)).cpu().numpy()
                 obs, reward, terminated, truncated, _ = vec.step(env_actions(act_space, action, n))
+                _reset_memory(act, terminated | truncated)  # autoreset: those envs start a new episode
                 total += reward * running
                 length += running
                 running &= ~(terminated | truncated)
@@ -172,6 +175,7 @@ def render_episodes(
     returns, lengths, capped = [], [], 0
     for k in range(episodes):
         obs, _ = env.reset(seed=seed + k)
+        _reset_memory(act, np.ones(1, dtype=bool))
         total, length, done = 0.0, 0, False
         while not done:
             if length >= cap:
@@ -194,6 +198,13 @@ def render_episodes(
         write_video(writer_module, Path(video), frames, fps)
     env.close()
     return EvalResult(returns, lengths, capped, cap)
+
+
+def _reset_memory(act: ActFn, starts: np.ndarray) -> None:
+    """Tell an act function with memory which envs start an episode (a memoryless one has nothing to reset)."""
+    reset = getattr(act, "reset", None)
+    if reset is not None:
+        reset(torch.as_tensor(starts, dtype=torch.bool))
 
 
 def has_display() -> bool:

@@ -21,6 +21,7 @@ from duetrl import checkpoint as ckpt
 from duetrl.build import Checkpoint, LoadedAgent, build_agent, resolve_device, restore_agent, space_signature
 from duetrl.callbacks import Callback, CallbackSink, StepBatch, TrainingState, notify
 from duetrl.config import Config, RunConfig, budget_warnings, ignored_settings_warnings
+from duetrl.cores import acting
 from duetrl.encoders import ObservationError, to_device
 from duetrl.envs import BatchEnv, import_modules, make
 from duetrl.envs.make import EnvSource
@@ -392,7 +393,7 @@ class Trainer:
         self.agent.train_mode(False)
         try:
             result = evaluate_policy(
-                lambda o: self.agent.act(o, deterministic=run.eval_deterministic).to("cpu"),
+                acting(self.agent, run.eval_deterministic),
                 self.env_source,
                 run.env_kwargs,
                 run.eval_episodes,

@@ -151,7 +151,15 @@ class Policy(nn.Module):
     bounds, a categorical index, the indices of a MultiDiscrete, the bits of a MultiBinary); ``action`` is what the
     env receives (``to_env(raw)``)."""
 
-    def __init__(self, obs_space: gym.Space, act_space: gym.Space, config: PolicyConfig = PolicyConfig()):
+    def __init__(
+        self,
+        obs_space: gym.Space,
+        act_space: gym.Space,
+        config: PolicyConfig = PolicyConfig(),
+        in_dim: int | None = None,
+    ):
+        """``in_dim``: the width of what the heads read when it is not the encoder's (a recurrent core's output);
+        the agent then passes those ``features`` to the methods below, which otherwise encode ``obs`` themselves."""
         super().__init__()
         self.kind = action_kind(act_space)
         self.discrete = self.kind != "gaussian"
@@ -159,16 +167,17 @@ class Policy(nn.Module):
         encoder = make_encoder(obs_space, config.encoder)
         self.features = encoder.features  # the width of what encode() returns
         self.encoder = encoder_or_none(encoder)  # registered first: it draws its initial weights before the actor
+        head_in = self.features if in_dim is None else in_dim  # a recurrent core sits between encoder and heads
         if self.discrete:
             self.actor: nn.Module = CategoricalActor(
-                self.features, self.act_dim, hidden=config.hidden, activation=config.activation
+                head_in, self.act_dim, hidden=config.hidden, activation=config.activation
             )
             self.start = int(act_space.start) if self.kind == "categorical" else 0  # Discrete(n, start)
             if self.kind == "multi_categorical":
                 self.register_buffer("nvec", torch.as_tensor(act_space.nvec.reshape(-1), dtype=torch.int64), False)
                 self.register_buffer("starts", torch.as_tensor(act_space.start.reshape(-1), dtype=torch.int64), False)
         else:
-            self.actor = gaussian_actor(self.features, self.act_dim, config)
+            self.actor = gaussian_actor(head_in, self.act_dim, config)
             low = torch.as_tensor(act_space.low, dtype=torch.float32).reshape(-1)
             high = torch.as_tensor(act_space.high, dtype=torch.float32).reshape(-1)
             if config.bound_by == "tanh" and not (torch.isfinite(low).all() and torch.isfinite(high).all()):
@@ -199,11 +208,11 @@ class Policy(nn.Module):
             return Independent(Bernoulli(logits=self.actor(features), validate_args=False), 1, validate_args=False)
         return self.actor.dist(features)
 
-    def sample(self, obs: Obs) -> tuple[Tensor, Tensor, Tensor]:
+    def sample(self, obs: Obs, features: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(raw action, env action, log pi(raw | s)) for a batch of observations, without building a
         distribution object where it can (this runs once per env step, where torch's per-call overhead
-        dominates)."""
-        features = self.encode(obs)
+        dominates). ``features``: what the heads read, when already computed (a recurrent core's output)."""
+        features = self.encode(obs) if features is None else features
         if self.kind == "categorical":
             log_probs = torch.log_softmax(self.actor(features), -1)
             flat = log_probs.reshape(-1, self.act_dim)
@@ -254,11 +263,11 @@ class Policy(nn.Module):
         action = to_bounds(raw, self.low, self.high, self.config.bound_by)
         return action if len(self.act_shape) == 1 else action.reshape(*raw.shape[:-1], *self.act_shape)
 
-    def mode(self, obs: Obs) -> Tensor:
+    def mode(self, obs: Obs, features: Tensor | None = None) -> Tensor:
         """The env action of the distribution's mode: the most probable index (per entry for a MultiDiscrete), the
         likelier value of each bit, or the Gaussian's mean brought into the bounds. Plain tensor operations, so
         ``torch.export`` traces it for ``duetrl export``."""
-        out = self.actor(self.encode(obs))
+        out = self.actor(self.encode(obs) if features is None else features)
         if self.kind == "categorical":
             raw = out.argmax(-1)
         elif self.kind == "multi_categorical":
@@ -270,11 +279,11 @@ class Policy(nn.Module):
         return self.to_env(raw)
 
     @torch.no_grad()
-    def act(self, obs: Obs, deterministic: bool = False) -> Tensor:
-        """Env actions: the mode if deterministic, else a sample."""
+    def act(self, obs: Obs, deterministic: bool = False, features: Tensor | None = None) -> Tensor:
+        """Env actions: the mode if deterministic, else a sample (``features`` as in :meth:`sample`)."""
         if deterministic:
-            return self.mode(obs)
-        return self.to_env(self.distribution(obs).sample())
+            return self.mode(obs, features)
+        return self.to_env(self.distribution(obs, features).sample())
 
     def one_hot(self, actions: Tensor) -> Tensor:
         """Env actions as critic inputs ``[B, act_dim]``: one-hot for a Discrete (per entry, concatenated, for a

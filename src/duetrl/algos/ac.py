@@ -26,11 +26,13 @@ from duetrl.algos.onpolicy import (
     OnPolicyAgent,
     ignored_policy_settings,
     policy_config_of,
+    validate_memory,
     validate_policy,
 )
 from duetrl.config import RunConfig
-from duetrl.encoders import EncoderKeys
-from duetrl.nets import QCritic, ValueCritic, orthogonal_init
+from duetrl.encoders import EncoderKeys, Obs
+from duetrl.errors import UserError
+from duetrl.nets import QCritic, ValueCritic, encode, encoder_or_none, orthogonal_init
 from duetrl.optim import adam
 from duetrl.policy import PolicyConfig
 from duetrl.returns import discounted_returns, gae, normalize, nstep_targets, td_errors
@@ -68,6 +70,8 @@ class ACConfig(EncoderKeys):
     clip_log_prob: bool = False  # the listing's log-prob ignores the clipping of the action
     normalize_obs: bool = False
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return
+    rnn: str = "none"  # memory: none, lstm or gru (a recurrent core for the actor and one for the critic)
+    rnn_hidden: int = 64  # width of each recurrent core (rnn=lstm or gru)
 
     def validate(self) -> None:
         check_range("gamma", self.gamma, 0.0, 1.0)
@@ -83,6 +87,12 @@ class ACConfig(EncoderKeys):
         check_choice("optimizer", self.optimizer, ("adam", "rmsprop"))
         self.validate_encoder()
         validate_policy(self.policy_config())
+        validate_memory(self)
+        if self.rnn != "none" and self.critic == "q":
+            raise UserError(
+                f"rnn={self.rnn} works with critic=v only: a recurrent Q critic is not implemented for ac; "
+                "use critic=v, or rnn=none"
+            )
 
     def policy_config(self) -> PolicyConfig:
         """The policy's settings, passed whole to :class:`~duetrl.policy.Policy`."""
@@ -95,6 +105,8 @@ class ACConfig(EncoderKeys):
             ignored["gae_lambda"] = f"it applies only with advantage=gae, and advantage={self.advantage}"
         if self.advantage != "nstep":
             ignored["nstep"] = f"it applies only with advantage=nstep, and advantage={self.advantage}"
+        if self.rnn == "none":
+            ignored["rnn_hidden"] = "it applies only with a recurrent core, and rnn=none"
         return ignored
 
     def budget_warnings(self, run: RunConfig) -> list[str]:
@@ -120,23 +132,37 @@ class ActorCritic(OnPolicyAgent):
     def __init__(self, cfg: ACConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
         encoder = self.make_encoder()
+        self.critic_encoder: nn.Module | None = None
         if cfg.critic == "q":
             self.critic: nn.Module = QCritic(
                 encoder.features, self.act_dim, hidden=cfg.hidden, activation=cfg.activation, encoder=encoder
             ).to(device)
         else:
+            # The critic owns its encoder; with rnn its core sits between them, so the encoder stands apart.
+            self.critic_encoder = encoder_or_none(encoder) if self.recurrent else None
+            width = self.critic_core.out_dim if self.recurrent else encoder.features
             self.critic = ValueCritic(
-                encoder.features, hidden=cfg.hidden, activation=cfg.activation, encoder=encoder
+                width, hidden=cfg.hidden, activation=cfg.activation, encoder=None if self.recurrent else encoder
             ).to(device)
         if cfg.ortho_init:
             orthogonal_init(self.critic, last_gain=1.0)
+            if self.critic_encoder is not None:
+                orthogonal_init(self.critic_encoder)
         self.modules["critic"] = self.critic
-        self.actor_params, self.critic_params = list(self.policy.parameters()), list(self.critic.parameters())
+        self.actor_params = list(self.policy.parameters()) + list(self.actor_core.parameters())
+        self.critic_params = list(self.critic.parameters()) + list(self.critic_core.parameters())
+        if self.critic_encoder is not None:
+            self.modules["critic_encoder"] = self.critic_encoder
+            self.critic_params += list(self.critic_encoder.parameters())
         self.optimizers = {
             "actor": make_optimizer(cfg.optimizer, self.actor_params, cfg.actor_lr),
             "critic": make_optimizer(cfg.optimizer, self.critic_params, cfg.critic_lr),
         }
         self._episode_ended = torch.zeros(num_envs, dtype=torch.bool, device=device)
+
+    def critic_encode(self, obs: Obs, actor_encoded: Tensor | None = None) -> Tensor:
+        """The critic's own encoder's features (what its core reads with rnn)."""
+        return encode(self.critic_encoder, obs)
 
     def set_progress(self, fraction: float) -> None:
         if self.cfg.anneal_lr:
@@ -159,7 +185,7 @@ class ActorCritic(OnPolicyAgent):
         batch = self.rollout.stack()  # each [T, N, ...]
         self.rollout.clear()
         self._episode_ended.zero_()
-        obs, raw, reward = batch["obs"], batch["raw"], batch["reward"]
+        raw, reward = batch["raw"], batch["reward"]
         terminated, truncated = batch["terminated"], batch["truncated"]
         if not cfg.bootstrap_truncation:
             terminated = terminated | truncated
@@ -173,7 +199,7 @@ class ActorCritic(OnPolicyAgent):
         advantages = values.detach() if cfg.critic == "q" else targets - values.detach()
         if cfg.normalize_advantage:
             advantages = normalize(advantages)
-        log_prob, entropy, dist = self.policy.evaluate_actions(obs, raw)  # [T, N] each
+        log_prob, entropy, dist = self.policy.evaluate_actions(batch["obs"], raw, self.actor_features(batch))  # [T, N]
         entropy = entropy.mean()
         actor_loss = -(log_prob * advantages).mean() - cfg.ent_coef * entropy
 
@@ -194,9 +220,11 @@ class ActorCritic(OnPolicyAgent):
                 _, next_action, _ = self.policy.sample(batch["next_obs"])
                 next_values = self.critic(batch["next_obs"], self.policy.one_hot(next_action))
             return values, next_values
-        values = self.critic(batch["obs"])
+        features, next_features = self.critic_features(batch, with_next=True)  # the observations themselves without rnn
+        # (the critic then encodes them itself; with rnn, its encoder and core ran in critic_features)
+        values = self.critic(features)
         with torch.no_grad():
-            next_values = self.critic(batch["next_obs"])
+            next_values = self.critic(next_features.detach())
         return values, next_values
 
     def _targets(

@@ -11,12 +11,13 @@ from torch import Tensor, nn
 
 from duetrl.algos.base import Agent, Decision, Deployable
 from duetrl.buffers import Rollout
+from duetrl.cores import RNN_KINDS, CarriedState, Core
 from duetrl.encoders import EncoderConfig, Obs, make_encoder, make_obs_norm, to_device
 from duetrl.errors import UserError
 from duetrl.nets import ACTIVATIONS
 from duetrl.normalize import RewardScaler
 from duetrl.policy import Policy, PolicyConfig, action_dim
-from duetrl.validate import check_choice, check_widths
+from duetrl.validate import check_choice, check_range, check_widths
 
 
 class PolicyKeys(Protocol):
@@ -30,6 +31,8 @@ class PolicyKeys(Protocol):
     log_std_max: float
     squash: str
     ortho_init: bool
+    rnn: str
+    rnn_hidden: int
 
     def encoder_config(self) -> EncoderConfig: ...
 
@@ -59,6 +62,12 @@ def validate_policy(policy: PolicyConfig) -> None:
         raise UserError(f"log_std_min={policy.log_std_min} must not exceed log_std_max={policy.log_std_max}")
 
 
+def validate_memory(cfg: PolicyKeys) -> None:
+    """Checks of an on-policy config's recurrent core (``rnn``, ``rnn_hidden``)."""
+    check_choice("rnn", cfg.rnn, RNN_KINDS)
+    check_range("rnn_hidden", cfg.rnn_hidden, 1)
+
+
 def ignored_policy_settings(policy: PolicyConfig) -> dict[str, str]:
     """The policy keys that an on-policy config's other policy settings make ignored: key -> why (see
     :func:`duetrl.config.ignored_settings_warnings`)."""
@@ -83,22 +92,39 @@ class DeployedPolicy(Deployable):
 
 
 class OnPolicyAgent(Agent):
-    """Collects ``obs, raw, action, log_prob, reward, terminated, truncated, next_obs`` per step.
+    """Collects ``obs, raw, action, log_prob, reward, terminated, truncated, next_obs`` per step; with a recurrent
+    core (``rnn``) also each core's state before the step and whether the step starts an episode, so the update
+    replays the rollout's cores exactly (see :mod:`duetrl.cores`).
 
     Config fields used: ``policy_config()`` (the policy's settings, passed whole), ``gamma``, ``normalize_obs``,
-    ``normalize_reward``.
+    ``normalize_reward``, ``rnn``, ``rnn_hidden``. Subclasses build their critic on ``critic_core.out_dim`` inputs.
     """
 
     def __init__(self, cfg: Any, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
         self.act_dim = action_dim(act_space)
-        self.policy = Policy(obs_space, act_space, cfg.policy_config()).to(device)
+        # The cores first: with rnn=none they hold no weights, so a memoryless run draws the same initial weights.
+        # They read the encoder's features (encoder, then core, then heads); the width is measured on an encoder
+        # built outside the run's random stream, so the policy's own encoder draws the same weights as without rnn.
+        width = 0  # a core of none is the identity of any width
+        if cfg.rnn != "none":
+            with torch.random.fork_rng(devices=[]):
+                width = make_encoder(obs_space, cfg.encoder_config()).features
+        self.actor_core = Core(cfg.rnn, width, cfg.rnn_hidden).to(device)
+        self.critic_core = Core(cfg.rnn, width, cfg.rnn_hidden).to(device)
+        self.recurrent = self.actor_core.recurrent
+        head_in = self.actor_core.out_dim if self.recurrent else None
+        self.policy = Policy(obs_space, act_space, cfg.policy_config(), in_dim=head_in).to(device)
         # Running statistics of the float boxes (per key for Dict observations; none for images or indices).
         norm = make_obs_norm(obs_space)
         self.obs_norm: nn.Module = (nn.Identity() if norm is None else norm).to(device)
         self.normalizes_obs = bool(cfg.normalize_obs) and norm is not None
         self.reward_scaler = RewardScaler(num_envs, cfg.gamma).to(device)
         self.modules = {"policy": self.policy, "obs_norm": self.obs_norm, "reward_scaler": self.reward_scaler}
+        if self.recurrent:
+            states = {"actor": self.actor_core.state_dim, "critic": self.critic_core.state_dim}
+            self.memory = CarriedState(states, num_envs).to(device)
+            self.modules.update(actor_core=self.actor_core, critic_core=self.critic_core, memory=self.memory)
         self.rollout = Rollout()
 
     def make_encoder(self) -> nn.Module:
@@ -116,8 +142,18 @@ class OnPolicyAgent(Agent):
     @torch.no_grad()
     def explore(self, obs: Tensor, env_steps: int) -> Decision:
         obs = self._normalize(to_device(obs, self.device), update=True)
-        raw, action, log_prob = self.policy.sample(obs)
-        return Decision(env_steps, action, {"obs": obs, "raw": raw, "action": action, "log_prob": log_prob})
+        if not self.recurrent:
+            raw, action, log_prob = self.policy.sample(obs)
+            return Decision(env_steps, action, {"obs": obs, "raw": raw, "action": action, "log_prob": log_prob})
+        states = self.memory.current()  # [N, S] each, zeroed where an episode starts
+        encoded = self.policy.encode(obs)
+        features, actor_next = self.actor_core.step(encoded, states["actor"])
+        _, critic_next = self.critic_core.step(self.critic_encode(obs, encoded), states["critic"])
+        raw, action, log_prob = self.policy.sample(obs, features)
+        record = {"obs": obs, "raw": raw, "action": action, "log_prob": log_prob, "start": self.memory.starts.clone()}
+        record.update(actor_state=states["actor"], critic_state=states["critic"])
+        self.memory.carry({"actor": actor_next, "critic": critic_next})
+        return Decision(env_steps, action, record)
 
     def observe(
         self, decision: Decision, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor
@@ -136,9 +172,59 @@ class OnPolicyAgent(Agent):
             truncated=truncated,
             next_obs=self._normalize(to_device(next_obs, self.device)),
         )
+        if self.recurrent:
+            self.memory.episodes_ended(terminated | truncated)
 
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        if self.recurrent:
+            raise TypeError("a recurrent policy acts with its state: use act_step(obs, state) (see initial_state)")
         return self.policy.act(self._normalize(to_device(obs, self.device)), deterministic)
 
     def deployable(self) -> DeployedPolicy:
+        if self.recurrent:
+            raise UserError(
+                f"export of recurrent policies is not supported yet (this run has rnn={self.cfg.rnn}); "
+                "evaluate it with duetrl eval, or act with duetrl.load(run).act(obs, state)"
+            )
         return DeployedPolicy(self.policy, self.obs_norm if self.normalizes_obs else None)
+
+    # ------------------------------------------------------------------------------------------ memory
+    def initial_state(self, n: int) -> Tensor:
+        """The actor core's state of ``n`` envs at an episode start (zeros ``[n, S]``); ``[n, 0]`` without rnn."""
+        return self.actor_core.initial_state(n, self.device)
+
+    @torch.no_grad()
+    def act_step(self, obs: Obs, state: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """(env actions, next state) for a batch of observations ``[B, ...]`` seen with ``state [B, S]``."""
+        obs = self._normalize(to_device(obs, self.device))
+        features, state = self.actor_core.step(self.policy.encode(obs), state.to(self.device))
+        return self.policy.act(obs, deterministic, features), state
+
+    def critic_encode(self, obs: Obs, actor_encoded: Tensor | None = None) -> Tensor:
+        """What the critic's core reads: the policy's encoder features (PPO's critic shares the encoder;
+        ``actor_encoded`` is ``policy.encode(obs)`` when already computed). An agent whose critic has its own
+        encoder (ac) overrides this."""
+        return self.policy.encode(obs) if actor_encoded is None else actor_encoded
+
+    def actor_features(self, seq: dict[str, Any]) -> Tensor:
+        """What the actor's heads see at each step of sequences ``seq["obs"] [T, B, ...]``: the encoder's
+        features, and with a core those replayed from their recorded first state (``seq["actor_state"][0]``) with
+        the rollout's resets: ``[T, B, features]``."""
+        encoded = self.policy.encode(seq["obs"])
+        if not self.recurrent:
+            return encoded
+        return self.actor_core.sequence(encoded, seq["actor_state"][0], seq["start"])[0]
+
+    def critic_features(self, seq: dict[str, Any], with_next: bool = False) -> tuple[Tensor, Tensor | None]:
+        """What the critic's head sees at each step ``[T, B, features]`` (as :meth:`actor_features`) and, if
+        ``with_next``, at each step's next observation: the state after the step carried on, not reset, so an
+        episode cut by a time limit is bootstrapped from its final observation seen with its own memory."""
+        encoded = self.critic_encode(seq["obs"])
+        if not self.recurrent:
+            return encoded, self.critic_encode(seq["next_obs"]) if with_next else None
+        features, after = self.critic_core.sequence(encoded, seq["critic_state"][0], seq["start"])
+        if not with_next:
+            return features, None
+        next_encoded = self.critic_encode(seq["next_obs"]).flatten(0, 1)
+        next_features, _ = self.critic_core.step(next_encoded, after.flatten(0, 1))
+        return features, next_features.view(*features.shape)

@@ -11,6 +11,7 @@ where ratio = pi(a|s) / pi_old(a|s). The value term carries CleanRL's 0.5; Stabl
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +21,17 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from duetrl.algos.base import anneal_lr, clip_and_step
-from duetrl.algos.onpolicy import OnPolicyAgent, ignored_policy_settings, policy_config_of, validate_policy
+from duetrl.algos.onpolicy import (
+    OnPolicyAgent,
+    ignored_policy_settings,
+    policy_config_of,
+    validate_memory,
+    validate_policy,
+)
 from duetrl.config import RunConfig
+from duetrl.cores import chunk
 from duetrl.encoders import EncoderKeys, select, tree_map
+from duetrl.errors import UserError
 from duetrl.nets import ValueCritic, orthogonal_init
 from duetrl.optim import adam
 from duetrl.policy import Policy, PolicyConfig
@@ -59,6 +68,9 @@ class PPOConfig(EncoderKeys):
     log_std_max: float = 2.0
     squash: str = "clip"  # clip | tanh
     ortho_init: bool = True
+    rnn: str = "none"  # memory: none, lstm or gru (a recurrent core for the actor and one for the critic)
+    rnn_hidden: int = 64  # width of each recurrent core (rnn=lstm or gru)
+    rnn_seq_len: int = 0  # minibatches of whole sequences this many steps long (0 = num_steps: whole rollouts)
 
     def validate(self) -> None:
         check_range("gamma", self.gamma, 0.0, 1.0)
@@ -73,8 +85,19 @@ class PPOConfig(EncoderKeys):
         check_range("vf_coef", self.vf_coef, 0.0)
         check_range("max_grad_norm", self.max_grad_norm, 0.0)
         check_range("target_kl", self.target_kl, 0.0)
+        check_range("rnn_seq_len", self.rnn_seq_len, 0)
         self.validate_encoder()
         validate_policy(self.policy_config())
+        validate_memory(self)
+        if self.rnn != "none" and self.num_steps % self.sequence_length():
+            raise UserError(
+                f"rnn_seq_len={self.rnn_seq_len} does not divide num_steps={self.num_steps}: the rollout is cut into "
+                "sequences of rnn_seq_len steps; choose a divisor of num_steps (or 0 for whole rollouts)"
+            )
+
+    def sequence_length(self) -> int:
+        """Steps of each minibatch sequence with a recurrent core."""
+        return self.rnn_seq_len or self.num_steps
 
     def policy_config(self) -> PolicyConfig:
         """The policy's settings, passed whole to :class:`~duetrl.policy.Policy`."""
@@ -82,7 +105,11 @@ class PPOConfig(EncoderKeys):
 
     def ignored_settings(self) -> dict[str, str]:
         """Keys that the other settings make ignored: key -> why (see config.ignored_settings_warnings)."""
-        return ignored_policy_settings(self.policy_config())
+        ignored = ignored_policy_settings(self.policy_config())
+        if self.rnn == "none":
+            for key in ("rnn_hidden", "rnn_seq_len"):
+                ignored[key] = "it applies only with a recurrent core, and rnn=none"
+        return ignored
 
     def budget_warnings(self, run: RunConfig) -> list[str]:
         """No update within the run, or minibatches larger than a rollout (see config.budget_warnings)."""
@@ -107,12 +134,14 @@ class PPO(OnPolicyAgent):
     def __init__(self, cfg: PPOConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
         # The critic reads the policy's features (one encoder, trained by both losses, encoded once per minibatch;
-        # a flat box's features are the observation itself).
-        self.critic = ValueCritic(self.policy.features, hidden=cfg.hidden, activation=cfg.activation).to(device)
+        # a flat box's features are the observation itself), through its own core with rnn.
+        width = self.critic_core.out_dim if self.recurrent else self.policy.features
+        self.critic = ValueCritic(width, hidden=cfg.hidden, activation=cfg.activation).to(device)
         if cfg.ortho_init:
             orthogonal_init(self.critic, last_gain=1.0)
         self.modules["critic"] = self.critic
         params = list(self.policy.parameters()) + list(self.critic.parameters())
+        params += list(self.actor_core.parameters()) + list(self.critic_core.parameters())  # none without rnn
         self.optimizers = {"ppo": adam(params, lr=cfg.lr, eps=1e-5)}
 
     def ready(self) -> bool:
@@ -131,15 +160,7 @@ class PPO(OnPolicyAgent):
 
         # Advantages and returns with the critic as it was during the rollout.
         values, advantages, returns = self._advantages(batch)
-        flat = {
-            "obs": tree_map(lambda x: x.flatten(0, 1), batch["obs"]),  # [T * N, ...], per key for a Dict
-            "raw": batch["raw"].flatten(0, 1),
-            "log_prob": batch["log_prob"].flatten(0, 1),
-            "advantages": advantages.flatten(),
-            "returns": returns.flatten(),
-            "values": values.flatten(),
-        }
-        size = flat["returns"].shape[0]
+        samples = self._samples(batch, values, advantages, returns)
         stats: dict[str, list[Tensor]] = {
             k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
         }
@@ -148,13 +169,10 @@ class PPO(OnPolicyAgent):
                 # Andrychowicz et al. (2020), "What matters in on-policy RL": fresher critic, fresher advantages.
                 # The value clip keeps measuring from the rollout's values.
                 _, advantages, returns = self._advantages(batch)
-                flat["advantages"], flat["returns"] = advantages.flatten(), returns.flatten()
-            order = torch.randperm(size, device=self.device)
-            shuffled = {k: select(v, order) for k, v in flat.items()}  # one gather per epoch
-            for start in range(0, size, cfg.minibatch_size):
-                rows = slice(start, start + cfg.minibatch_size)
-                mb = {k: select(v, rows) for k, v in shuffled.items()}  # views
-                loss, terms, dist = ppo_loss(self.policy, self.critic, mb, cfg)
+                samples = self._samples(batch, values, advantages, returns)
+            for mb in self._minibatches(samples):
+                mb, actor_features, critic_features = self._replayed(mb)
+                loss, terms, dist = ppo_loss(self.policy, self.critic, mb, cfg, actor_features, critic_features)
                 clip_and_step(optimizer, loss, optimizer.param_groups[0]["params"], cfg.max_grad_norm)
                 for key, value_ in terms.items():
                     stats[key].append(value_.detach())
@@ -162,17 +180,60 @@ class PPO(OnPolicyAgent):
                 break
         metrics = {k: torch.stack(v).mean().item() for k, v in stats.items()}
         metrics["actor_loss"], metrics["critic_loss"] = metrics.pop("policy_loss"), metrics.pop("value_loss")
-        metrics["explained_variance"] = _explained_variance(flat["values"], flat["returns"])
+        metrics["explained_variance"] = _explained_variance(values.flatten(), returns.flatten())
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         if not self.policy.discrete:
             metrics["policy_std"] = dist.stddev.mean().item()
         return metrics
 
+    def _samples(self, batch: dict[str, Any], values: Tensor, advantages: Tensor, returns: Tensor) -> dict:
+        """What the minibatches are cut from: single steps ``[T * N, ...]``, or with a recurrent core sequences
+        ``[L, (T / L) * N, ...]`` that keep the state recorded before their first step and the episode starts."""
+        keys = ("obs", "raw", "log_prob")
+        if self.recurrent:
+            keys += ("start", "actor_state", "critic_state")
+        samples = {k: batch[k] for k in keys}
+        samples.update(advantages=advantages, returns=returns, values=values)
+        if self.recurrent:
+            length = self.cfg.sequence_length()
+            return {k: tree_map(lambda x: chunk(x, length), v) for k, v in samples.items()}
+        return {k: tree_map(lambda x: x.flatten(0, 1), v) for k, v in samples.items()}  # obs per key for a Dict
+
+    def _minibatches(self, samples: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """One epoch of shuffled minibatches of ``minibatch_size`` steps: single steps, or with a recurrent core
+        whole sequences (``minibatch_size // rnn_seq_len`` of them, at least one), each ``[L, B, ...]``."""
+        size = self.cfg.minibatch_size
+        if self.recurrent:
+            length, sequences = samples["log_prob"].shape[:2]
+            order = torch.randperm(sequences, device=self.device)
+            per_batch = max(1, size // length)
+            for start in range(0, sequences, per_batch):
+                columns = order[start : start + per_batch]
+                yield {k: select(v, (slice(None), columns)) for k, v in samples.items()}  # [L, B, ...]
+            return
+        order = torch.randperm(samples["log_prob"].shape[0], device=self.device)
+        shuffled = {k: select(v, order) for k, v in samples.items()}  # one gather per epoch
+        for start in range(0, len(order), size):
+            rows = slice(start, start + size)
+            yield {k: select(v, rows) for k, v in shuffled.items()}  # views
+
+    def _replayed(self, mb: dict[str, Any]) -> tuple[dict[str, Any], Tensor | None, Tensor | None]:
+        """A minibatch as :func:`ppo_loss` takes it: single steps as they are (the loss encodes them); sequences
+        replayed through the cores with the current weights, everything flattened to ``[L * B]`` and the heads'
+        features (actor's, critic's) given."""
+        if not self.recurrent:
+            return mb, None, None
+        actor_features = self.actor_features(mb).flatten(0, 1)
+        critic_features = self.critic_features(mb)[0].flatten(0, 1)
+        flat = {k: mb[k].flatten(0, 1) for k in ("raw", "log_prob", "advantages", "returns", "values")}
+        return flat, actor_features, critic_features
+
     @torch.no_grad()
-    def _advantages(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def _advantages(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """The critic's values, GAE(lambda) advantages and lambda-returns of a ``[T, N]`` rollout."""
-        values = self.critic(self.policy.encode(batch["obs"]))
-        next_values = self.critic(self.policy.encode(batch["next_obs"]))
+        features, next_features = self.critic_features(batch, with_next=True)
+        values = self.critic(features)
+        next_values = self.critic(next_features)
         cfg = self.cfg
         advantages = gae(
             batch["reward"], values, next_values, batch["terminated"], batch["truncated"], cfg.gamma, cfg.gae_lambda
@@ -181,24 +242,36 @@ class PPO(OnPolicyAgent):
 
 
 def ppo_loss(
-    policy: Policy, critic: ValueCritic, mb: dict[str, Tensor], cfg: Any
+    policy: Policy,
+    critic: ValueCritic,
+    mb: dict[str, Tensor],
+    cfg: Any,
+    actor_features: Tensor | None = None,
+    critic_features: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], Distribution]:
     """PPO's loss on one minibatch (flat ``[B]`` tensors: obs, raw, log_prob, advantages, returns, values), its
     terms (policy_loss, value_loss, entropy, approx_kl, clip_fraction) and the policy's distribution.
+
+    ``actor_features`` and ``critic_features`` ``[B, features]``: what the heads read, when computed before (a
+    recurrent core's replay of the minibatch's sequences; ``mb`` needs no obs then); None: the policy's encoder
+    features of ``mb["obs"]``, computed once, for both.
 
     A pure function of the networks and the batch: the ordinary update calls it, and a population
     (:mod:`duetrl.population`) calls it under ``torch.func.vmap`` with each member's weights and settings (``cfg``:
     anything with PPOConfig's loss fields; ``clip_coef``, ``ent_coef``, ``vf_coef`` may be 0-d tensors there;
     ``clip_vf`` is a branch, so a number)."""
-    features = policy.encode(mb["obs"])  # once: the critic reads the policy's features
-    log_prob, entropy, dist = policy.evaluate_actions(mb["obs"], mb["raw"], features)
+    if actor_features is None:
+        actor_features = policy.encode(mb["obs"])  # once: the critic reads the policy's features
+    if critic_features is None:
+        critic_features = actor_features
+    log_prob, entropy, dist = policy.evaluate_actions(mb.get("obs"), mb["raw"], actor_features)
     log_ratio = log_prob - mb["log_prob"]
     ratio = log_ratio.exp()
     adv = normalize(mb["advantages"]) if cfg.normalize_advantage else mb["advantages"]
 
     # Clipped surrogate: the pessimistic of the unclipped and clipped objectives.
     policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-    value = critic(features)
+    value = critic(critic_features)
     value_loss = (value - mb["returns"]).pow(2)
     if cfg.clip_vf > 0:
         clipped = mb["values"] + (value - mb["values"]).clamp(-cfg.clip_vf, cfg.clip_vf)

@@ -348,6 +348,9 @@ def _one_line(error: BaseException) -> str:
 #   MountainCarContinuous-v0   n=1: 17 / 46    n=8: 33 / 46     n=16: 51 / 46    n=32: 89 / 46
 # (PPO on Acrobot with 1 env took 31 s native against 12 s on Gymnasium: the Acrobot row.)
 NATIVE_MIN_ENVS = {"Pendulum-v1": 8, "CartPole-v1": 16, "Acrobot-v1": 17, "MountainCarContinuous-v0": 16}
+NATIVE_MIN_ENVS.update(  # the velocity-masked envs (envs/masked.py) cost what their unmasked base does
+    {"PendulumNoVel-v1": 8, "CartPoleNoVel-v1": 16, "MountainCarContinuousNoVel-v0": 16}
+)
 
 
 def auto_backend(env_id: EnvSource, num_envs: int, device: torch.device | str = "cpu") -> str:

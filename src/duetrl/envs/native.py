@@ -276,12 +276,34 @@ def _wrap(x: Tensor, low: float, high: float) -> Tensor:
     return torch.where(x < low, x + period * torch.ceil((low - x) / period), x)
 
 
+def velocity_masked(base: type[TorchBatchEnv], masked_id: str) -> type[TorchBatchEnv]:
+    """``base`` whose observations have their velocity entries zeroed, as Gymnasium's ``masked_id`` (envs/masked.py)."""
+    from duetrl.envs.masked import VELOCITY_INDICES
+
+    velocities = list(VELOCITY_INDICES[masked_id][1])
+
+    def _observe(self: TorchBatchEnv, state: Tensor) -> Tensor:
+        obs = base._observe(self, state).clone()
+        obs[:, velocities] = 0.0
+        return obs
+
+    name = masked_id.rsplit("-v", 1)[0]
+    return type(name, (base,), {"_observe": _observe, "__doc__": f"{masked_id}: {base.__name__}, velocities zeroed."})
+
+
 NATIVE_ENVS: dict[str, type[TorchBatchEnv]] = {
     "Pendulum-v1": Pendulum,
     "CartPole-v1": CartPole,
     "MountainCarContinuous-v0": MountainCarContinuous,
     "Acrobot-v1": Acrobot,
 }
+NATIVE_ENVS.update(
+    {
+        "PendulumNoVel-v1": velocity_masked(Pendulum, "PendulumNoVel-v1"),
+        "CartPoleNoVel-v1": velocity_masked(CartPole, "CartPoleNoVel-v1"),
+        "MountainCarContinuousNoVel-v0": velocity_masked(MountainCarContinuous, "MountainCarContinuousNoVel-v0"),
+    }
+)
 
 
 def make_native(env_id: str, num_envs: int, device: Any = "cpu", **env_kwargs: Any) -> TorchBatchEnv | None:

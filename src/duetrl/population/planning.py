@@ -50,6 +50,11 @@ def plan(configs: list[Config]) -> None:
     shared = configs[0].algo
     refusals = {
         "ppo": [
+            (
+                getattr(shared, "rnn", "none") != "none",
+                f"rnn={getattr(shared, 'rnn', 'none')} (memory: a recurrent core replayed over sequences) is not yet "
+                "trained per member",
+            ),
             (getattr(shared, "recompute_advantages", False), "recompute_advantages is not yet done per member"),
             (getattr(shared, "target_kl", 0) > 0, "target_kl stops a member's epochs early, not yet per member"),
         ],

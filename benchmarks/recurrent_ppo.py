@@ -1,0 +1,109 @@
+"""PendulumNoVel-v1: duetrl's recurrent PPO preset against sb3-contrib's RecurrentPPO with rl-baselines3-zoo's tuned
+``ppo_lstm`` settings, each a whole fresh process, scored on the same 100 held-out episodes (seeds 1,000,000 + k,
+deterministic actions, the LSTM state carried and reset per episode).
+
+Usage: python benchmarks/recurrent_ppo.py sb3 SEED        one sb3-contrib run: prints a JSON line
+       python benchmarks/recurrent_ppo.py compare SEEDS   duetrl's preset then sb3-contrib, for each seed (0,1,2)
+Needs sb3-contrib (pip install 'duetrl[bench]').
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+EVAL_SEED_BASE = 1_000_000
+EPISODES = 100
+STEPS = 100_000
+
+# rl-baselines3-zoo hyperparams/ppo_lstm.yml, PendulumNoVel-v1 (no VecNormalize in that entry; SB3's MlpLstmPolicy
+# defaults otherwise: one 256-unit LSTM each for actor and critic, 64x64 tanh heads).
+ZOO_PPO_LSTM = dict(
+    n_steps=1024,
+    gae_lambda=0.95,
+    gamma=0.9,
+    n_epochs=10,
+    ent_coef=0.0,
+    learning_rate=1e-3,
+    clip_range=0.2,
+    use_sde=True,
+    sde_sample_freq=4,
+)
+ZOO_N_ENVS = 4
+
+
+def run_sb3(seed: int) -> dict:
+    import gymnasium as gym
+    import numpy as np
+    import torch
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    import duetrl  # noqa: F401 - registers PendulumNoVel-v1 (the zoo's own registration, same masking)
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    env = make_vec_env("PendulumNoVel-v1", n_envs=ZOO_N_ENVS, seed=seed)
+    model = RecurrentPPO("MlpLstmPolicy", env, seed=seed, verbose=0, device="cpu", **ZOO_PPO_LSTM)
+    model.learn(total_timesteps=STEPS)
+    train_s = time.perf_counter() - start
+    returns = []
+    eval_env = gym.make("PendulumNoVel-v1")
+    for k in range(EPISODES):
+        obs, _ = eval_env.reset(seed=EVAL_SEED_BASE + k)
+        state, start_flag, total, done = None, np.ones((1,), dtype=bool), 0.0, False
+        while not done:
+            action, state = model.predict(obs, state=state, episode_start=start_flag, deterministic=True)
+            obs, reward, terminated, truncated, _ = eval_env.step(action)
+            start_flag = np.zeros((1,), dtype=bool)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    returns = np.array(returns)
+    return {
+        "library": "sb3-contrib RecurrentPPO (zoo ppo_lstm)",
+        "seed": seed,
+        "steps": int(model.num_timesteps),
+        "train_s": round(train_s, 1),
+        "mean_return": float(returns.mean()),
+        "median_return": float(np.median(returns)),
+        "min_return": float(returns.min()),
+    }
+
+
+def process(argv: list[str], env: dict | None = None) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=True)
+    return time.perf_counter() - start, done.stdout.strip().splitlines()[-1]
+
+
+def compare(seeds: list[int]) -> None:
+    python = sys.executable
+    for seed in seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            argv = [python, "-m", "duetrl.cli", "train", "PendulumNoVel-v1", "--algo", "ppo", "--seed", str(seed)]
+            argv += ["--quiet", "--run-dir", f"{tmp}/run", "--set", f"eval_episodes={EPISODES}"]
+            wall, line = process(argv, {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+            ours = json.loads(line)
+        print(json.dumps({"library": "duetrl", "seed": seed, "process_s": round(wall, 1), **_score(ours)}), flush=True)
+        wall, line = process([python, __file__, "sb3", str(seed)])
+        print(json.dumps({**json.loads(line), "process_s": round(wall, 1)}), flush=True)
+
+
+def _score(summary: dict) -> dict:
+    keys = ("env_steps", "mean_return", "median_return", "min_return")
+    return {k: summary[k] for k in keys}
+
+
+if __name__ == "__main__":
+    what = sys.argv[1]
+    if what == "sb3":
+        print(json.dumps(run_sb3(int(sys.argv[2]))))
+    elif what == "compare":
+        compare([int(s) for s in sys.argv[2].split(",")])
+    else:
+        raise SystemExit(__doc__)

@@ -1,0 +1,145 @@
+"""Memory: a recurrent *core* (none, LSTM or GRU) between the observation features and the actor/critic heads.
+
+A core maps features ``[B, in_dim]`` and a state ``[B, state_dim]`` to features ``[B, out_dim]`` for the heads and
+the next state. The state is one flat tensor per env whatever the cell (an LSTM's ``(h, c)`` side by side, a GRU's
+``h``; empty for ``none``), so rollouts, replay and checkpoints store it as any other tensor. A state of zeros is
+the start of an episode: the agent zeroes an env's state at every episode start, after a termination and after a
+truncation alike.
+
+The actor and the critic each have their own core (as Stable-Baselines3's RecurrentPPO by default): they learn
+from different losses -- in ``ac`` with different optimisers and learning rates -- and a shared core would let the
+critic's value error, usually the larger gradient, reshape the actor's memory. It costs a second cell per step.
+
+The update replays the rollout exactly: a sequence of steps starts from the state the rollout recorded before its
+first step and resets where the rollout did (:meth:`Core.sequence`), so with the same weights it computes what the
+rollout computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from duetrl.encoders import Obs, batch_size
+
+RNN_KINDS = ("none", "lstm", "gru")
+
+
+class Core(nn.Module):
+    """The recurrent core of one network (the actor's or the critic's): ``none`` passes features through."""
+
+    def __init__(self, kind: str, in_dim: int, hidden: int):
+        super().__init__()
+        self.kind = kind
+        self.recurrent = kind != "none"
+        self.out_dim = hidden if self.recurrent else in_dim
+        self.state_dim = {"none": 0, "gru": hidden, "lstm": 2 * hidden}[kind]
+        self.cell: nn.Module | None = {"none": None, "gru": nn.GRUCell, "lstm": nn.LSTMCell}[kind]
+        if self.cell is not None:
+            self.cell = self.cell(in_dim, hidden)
+
+    def initial_state(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        """The state of ``n`` envs at the start of an episode: zeros ``[n, state_dim]``."""
+        return torch.zeros(n, self.state_dim, device=device)
+
+    def step(self, features: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """One step of every row: (features for the heads ``[B, out_dim]``, next state ``[B, state_dim]``)."""
+        if self.kind == "none":
+            return features, state
+        if self.kind == "gru":
+            hidden = self.cell(features, state)
+            return hidden, hidden
+        hidden, cell = self.cell(features, tuple(state.chunk(2, dim=-1)))
+        return hidden, torch.cat([hidden, cell], dim=-1)
+
+    def sequence(self, features: Tensor, state: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
+        """``T`` steps of ``B`` sequences: ``features [T, B, in_dim]`` from ``state [B, state_dim]``, the state
+        zeroed before step ``t`` where ``starts[t]`` (a new episode). Returns the features ``[T, B, out_dim]`` and
+        the state after each step ``[T, B, state_dim]`` (what the next observation of that step is seen with)."""
+        if not self.recurrent:
+            return features, state.new_zeros(*features.shape[:2], 0)
+        outputs, states = [], []
+        for t in range(features.shape[0]):
+            out, state = self.step(features[t], reset(state, starts[t]))
+            outputs.append(out)
+            states.append(state)
+        return torch.stack(outputs), torch.stack(states)
+
+
+def reset(state: Tensor, starts: Tensor) -> Tensor:
+    """``state [B, S]`` with the rows of envs starting an episode (``starts [B]``) set to zeros."""
+    return torch.where(starts.unsqueeze(-1), torch.zeros((), device=state.device), state)
+
+
+class CarriedState(nn.Module):
+    """The states an agent carries from one step of its envs to the next, one per core (``[num_envs, S]`` each),
+    and which envs start an episode at the next step. Buffers, so checkpoints hold them and a resume is exact."""
+
+    def __init__(self, state_dims: dict[str, int], num_envs: int):
+        super().__init__()
+        self.names = list(state_dims)
+        for name, dim in state_dims.items():
+            self.register_buffer(name, torch.zeros(num_envs, dim))
+        self.register_buffer("starts", torch.ones(num_envs, dtype=torch.bool))  # the first step starts episodes
+
+    def current(self) -> dict[str, Tensor]:
+        """Each core's state for the coming step, zeroed where an episode starts."""
+        return {name: reset(getattr(self, name), self.starts) for name in self.names}
+
+    def carry(self, next_states: dict[str, Tensor]) -> None:
+        """Keep the states after this step; nothing starts until :meth:`episodes_ended` says so."""
+        for name, state in next_states.items():
+            getattr(self, name).copy_(state)
+        self.starts.zero_()
+
+    def episodes_ended(self, done: Tensor) -> None:
+        """Envs whose episode ended (terminated or truncated) start a new one at the next step."""
+        self.starts.copy_(done.to(self.starts.device, torch.bool))
+
+
+def chunk(tensor: Tensor, length: int) -> Tensor:
+    """A rollout ``[T, N, ...]`` cut into ``T // length`` sequences per env, each ``length`` steps in time order:
+    ``[length, (T // length) * N, ...]`` (``T`` a multiple of ``length``)."""
+    steps, envs = tensor.shape[:2]
+    pieces = tensor.reshape(steps // length, length, envs, *tensor.shape[2:])  # [P, L, N, ...]
+    return pieces.transpose(0, 1).reshape(length, (steps // length) * envs, *tensor.shape[2:])
+
+
+class StatefulAct:
+    """An act function with memory for evaluation and video: called on a batch of observations, it carries each
+    env's state; ``reset(done)`` zeroes the states of envs that start a new episode (all of them, at the first call
+    with a new batch size). ``step(obs, state) -> (action, next_state)`` is the agent's."""
+
+    def __init__(self, step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], initial: Callable[[int], Tensor]):
+        self.step, self.initial = step, initial
+        self.state: Tensor | None = None
+
+    def reset(self, done: Tensor) -> None:
+        done = torch.as_tensor(done, dtype=torch.bool)
+        if self.state is None or len(self.state) != len(done):
+            self.state = self.initial(len(done))
+        else:
+            self.state = reset(self.state, done.to(self.state.device))
+
+    def __call__(self, obs: Obs) -> Tensor:
+        rows = batch_size(obs)  # a Dict or Tuple observation: the batch of its leaves
+        if self.state is None or len(self.state) != rows:
+            self.state = self.initial(rows)
+        action, self.state = self.step(obs, self.state)
+        return action
+
+
+def acting(agent: Any, deterministic: bool) -> Callable[[Tensor], Tensor]:
+    """The act function that evaluation and video call on batches of observations (actions on the CPU): the
+    agent's ``act``, or for a recurrent agent a :class:`StatefulAct` over its ``act_step``."""
+    if not getattr(agent, "recurrent", False):
+        return lambda obs: agent.act(obs, deterministic=deterministic).to("cpu")
+
+    def step(obs: Obs, state: Tensor) -> tuple[Tensor, Tensor]:
+        action, state = agent.act_step(obs, state, deterministic)
+        return action.to("cpu"), state
+
+    return StatefulAct(step, agent.initial_state)
