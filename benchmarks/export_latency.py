@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
@@ -46,7 +47,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print("| run | algo | hidden | duetrl.load().act | onnxruntime (ExportedPolicy.act) | onnxruntime session.run | pt2 |")
+    print(
+        "| run | algo | hidden | duetrl.load().act | onnxruntime (ExportedPolicy.act) | onnxruntime session.run | pt2 |"
+    )
     print("|---|---|---|---|---|---|---|")
     for run in args.runs:
         loaded = duetrl.load(run)
@@ -64,10 +67,10 @@ def main() -> None:
             session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
             batch = obs[None]
             cells = [
-                per_call_us(lambda: loaded.act(obs, deterministic=True), args.calls, args.repeats),
-                per_call_us(lambda: onnx_policy.act(obs), args.calls, args.repeats),
-                per_call_us(lambda: session.run(["action"], {"obs": batch}), args.calls, args.repeats),
-                per_call_us(lambda: pt2_policy.act(obs), args.calls, args.repeats),
+                per_call_us(partial(loaded.act, obs, deterministic=True), args.calls, args.repeats),
+                per_call_us(partial(onnx_policy.act, obs), args.calls, args.repeats),
+                per_call_us(partial(session.run, ["action"], {"obs": batch}), args.calls, args.repeats),
+                per_call_us(partial(pt2_policy.act, obs), args.calls, args.repeats),
             ]
         cfg = loaded.config.algo
         hidden = getattr(cfg, "hidden", None) or getattr(cfg, "actor_hidden", None)
