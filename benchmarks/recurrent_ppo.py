@@ -16,24 +16,17 @@ import sys
 import tempfile
 import time
 
-EVAL_SEED_BASE = 1_000_000
+from duetrl.bench_sb3 import ZOO
+from duetrl.evaluate import EVAL_SEED_BASE
+
 EPISODES = 100
 STEPS = 100_000
 
-# rl-baselines3-zoo hyperparams/ppo_lstm.yml, PendulumNoVel-v1 (no VecNormalize in that entry; SB3's MlpLstmPolicy
-# defaults otherwise: one 256-unit LSTM each for actor and critic, 64x64 tanh heads).
-ZOO_PPO_LSTM = dict(
-    n_steps=1024,
-    gae_lambda=0.95,
-    gamma=0.9,
-    n_epochs=10,
-    ent_coef=0.0,
-    learning_rate=1e-3,
-    clip_range=0.2,
-    use_sde=True,
-    sde_sample_freq=4,
-)
-ZOO_N_ENVS = 4
+# rl-baselines3-zoo hyperparams/ppo_lstm.yml's PendulumNoVel-v1 entry has the values of its ppo.yml Pendulum-v1 entry
+# (no VecNormalize; SB3's MlpLstmPolicy defaults otherwise: one 256-unit LSTM each for actor and critic, 64x64 tanh
+# heads), so the settings are read from there rather than copied.
+ZOO_PPO_LSTM = ZOO["Pendulum-v1"]["ppo"]["kwargs"]
+ZOO_N_ENVS = ZOO["Pendulum-v1"]["ppo"]["n_envs"]
 
 
 def run_sb3(seed: int) -> dict:
