@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-EVAL_SEED_BASE = 1_000_000
 EPISODES = 20
 MAX_STEPS = 10_000  # duetrl's eval_max_steps: an episode of a never-missing Breakout agent is cut here
 
@@ -71,17 +70,10 @@ def sb3_run(kind: str, steps: int, seed: int) -> dict:
 
 
 def held_out(act, make_env, episodes: int = EPISODES) -> float:
-    env = make_env()
-    returns = []
-    for k in range(episodes):
-        obs, _ = env.reset(seed=EVAL_SEED_BASE + k)
-        total, done, length = 0.0, False, 0
-        while not done and length < MAX_STEPS:
-            obs, reward, terminated, truncated, _ = env.step(act(obs))
-            total, length, done = total + float(reward), length + 1, terminated or truncated
-        returns.append(total)
-    env.close()
-    return float(np.mean(returns))
+    """SB3's mean return on the held-out episodes, by duetrl's own evaluation seeds and step cap."""
+    from duetrl.bench_sb3 import episode_returns
+
+    return float(episode_returns(act, episodes, make_env, MAX_STEPS).mean())
 
 
 def sb3_minatar(steps: int, seed: int) -> dict:

@@ -11,6 +11,7 @@ mean reaches it: ``train_s`` is then SB3's training time to that first success."
 import json
 import sys
 import time
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -109,18 +110,19 @@ ZOO["Hopper-v5"] = _mujoco(
 CLASSES = {"ppo": PPO, "sac": SAC, "td3": TD3, "a2c": A2C}
 
 
-def episode_returns(act, episodes: int, env_id: str) -> np.ndarray:
-    """The return of ``act(obs) -> action`` on each held-out episode (seeds EVAL_SEED_BASE + k)."""
+def episode_returns(act, episodes: int, env: str | Callable[[], gym.Env], max_steps: int | None = None) -> np.ndarray:
+    """The return of ``act(obs) -> action`` on each held-out episode (seeds EVAL_SEED_BASE + k). ``env``: an id, or
+    a factory for an env that needs wrapping; ``max_steps``: a cap for envs whose episodes may never end."""
     returns = []
-    env = gym.make(env_id)
+    env = gym.make(env) if isinstance(env, str) else env()
     for k in range(episodes):
         obs, _ = env.reset(seed=EVAL_SEED_BASE + k)
-        total, done = 0.0, False
-        while not done:
+        total, done, length = 0.0, False, 0
+        while not done and (max_steps is None or length < max_steps):
             obs, reward, terminated, truncated, _ = env.step(act(obs))
-            total += float(reward)
-            done = terminated or truncated
+            total, length, done = total + float(reward), length + 1, terminated or truncated
         returns.append(total)
+    env.close()
     return np.array(returns)
 
 
