@@ -22,7 +22,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import VecNormalize
 
-EVAL_SEED_BASE = 1_000_000  # duetrl's held-out evaluation seeds: both libraries are scored on the same episodes
+from duetrl.evaluate import EVAL_SEED_BASE  # both libraries are scored on the same held-out episodes
 
 # rl-zoo3 hyperparams/*.yml: the Pendulum-v1 entries, and the MuJoCo ones (zoo's -v4 tuning, run on -v5).
 ZOO: dict[str, dict[str, dict]] = {}
