@@ -12,7 +12,8 @@ from duetrl.algos import ALGOS
 from duetrl.config import RunConfig
 from duetrl.params import HELP, describe, field_comments, rows
 
-CONFIG_CLASSES = [RunConfig, *{spec.config_cls for spec in ALGOS.values()}]
+# dict.fromkeys, not a set: the order must be the same in every process (pytest-xdist's workers collect separately).
+CONFIG_CLASSES = [RunConfig, *dict.fromkeys(spec.config_cls for spec in ALGOS.values())]
 
 
 @pytest.mark.parametrize("cls", CONFIG_CLASSES, ids=lambda c: c.__name__)
