@@ -84,6 +84,34 @@ def squashed_sample(
     return torch.tanh(u), log_prob
 
 
+def soft_next_value(
+    actor: GaussianActor, critic_target: nn.Module, next_obs: Tensor, alpha: Tensor, noise: Tensor | None = None
+) -> Tensor:
+    """The soft value min_i Q_targ_i(s', a') - alpha * log pi(a'|s') ``[B]`` at a fresh action a' ~ pi(s') (drawn
+    with ``noise``, white unless given): what SAC's critic target bootstraps from."""
+    next_action, next_log_prob = squashed_sample(actor, next_obs, noise=noise)
+    return critic_target(next_obs, next_action).min(0).values - alpha * next_log_prob
+
+
+def sac_actor_loss(
+    actor: GaussianActor, critic: nn.Module, alpha: Tensor, obs: Tensor, noise: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The actor's loss mean(alpha * log pi(a|s) - min_i Q_i(s, a)) at its reparameterised actions a ~ pi(s), and
+    log pi(a|s) ``[B]`` (for the temperature). Only the actor gets a gradient from the optimiser stepped with it.
+
+    Pure functions of the networks and the batch (this, :func:`soft_next_value`, :func:`temperature_loss`): the
+    ordinary update calls them, and a population (:mod:`duetrl.population`) calls them under ``torch.func.vmap``."""
+    action, log_prob = squashed_sample(actor, obs, noise=noise)
+    q_pi = critic(obs, action).min(0).values
+    return (alpha * log_prob - q_pi).mean(), log_prob
+
+
+def temperature_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: Tensor | float) -> Tensor:
+    """-mean(log_alpha * (log pi + target_entropy)): its gradient raises alpha when the policy's entropy (-log pi)
+    falls below the target, and lowers it above."""
+    return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+
+
 class SAC(OffPolicyAgent):
     name = "sac"
 
@@ -125,8 +153,7 @@ class SAC(OffPolicyAgent):
 
     def next_value(self, next_obs: Tensor) -> Tensor:
         """The soft value min_i Q_targ_i(s', a') - alpha * log pi(a'|s') at a fresh action a' ~ pi(s')."""
-        next_action, next_log_prob = squashed_sample(self.actor, next_obs)
-        return self.critic_target(next_obs, next_action).min(0).values - self.log_alpha.exp() * next_log_prob
+        return soft_next_value(self.actor, self.critic_target, next_obs, self.log_alpha.exp())
 
     def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         metrics = self.critic_step(batch)
@@ -141,12 +168,10 @@ class SAC(OffPolicyAgent):
         alpha = self.log_alpha.exp().detach()
         # Actor: maximise the soft Q (of the just-updated critic) of its own reparameterised actions. Only the
         # actor's weights get a gradient, not the critic's.
-        action, log_prob = squashed_sample(self.actor, obs)
-        q_pi = self.critic(obs, action).min(0).values
-        actor_loss = (alpha * log_prob - q_pi).mean()
+        actor_loss, log_prob = sac_actor_loss(self.actor, self.critic, alpha, obs)
         clip_and_step(self.optimizers["actor"], actor_loss, self.actor_params, cfg.max_grad_norm)
         if cfg.autotune_alpha:
             # Alpha: raise it when the policy's entropy (-log_prob) falls below the target, lower it above.
-            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
             clip_and_step(self.optimizers["alpha"], alpha_loss, [self.log_alpha], 0.0)
         return {"actor_loss": actor_loss.detach(), "entropy": -log_prob.detach().mean(), "alpha": alpha}
