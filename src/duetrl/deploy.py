@@ -165,7 +165,7 @@ def export(loaded: LoadedAgent, output: Path, format: str) -> ExportResult:
 class Leaf:
     """One observation leaf as an input of the file."""
 
-    name: str  # the input's name: "obs" and the key path ("obs.goal", "obs.sensors.lidar", "obs.0"), or "obs"
+    name: str  # the input's name: "obs", or "obs." and the key path ("obs.goal", "obs.sensors.lidar", "obs.0")
     key: tuple[str | int, ...]  # where it sits in an observation: Dict keys and Tuple indices, () for the whole
     shape: tuple[int, ...]  # one observation's, without the batch dimension
     dtype: torch.dtype  # what the file takes: float32 for a whole Box, the storage dtype for a Dict or Tuple leaf
