@@ -24,6 +24,12 @@ RUNS = {
     "sac-tanh": ("Pendulum-v1", "sac", {"steps": 400, "learning_starts": 200, "batch_size": 64}),
     "cartpole-discrete": ("CartPole-v1", "ppo", {"steps": 1024, "num_envs": 8}),
     "td3-deterministic": ("Pendulum-v1", "td3", {"steps": 300, "learning_starts": 100, "batch_size": 64}),
+    # The file takes the wrapped, stacked observations [2, 4]: its sidecar says how to wrap the env to get them.
+    "wrapped-stacked": (
+        "Pendulum-v1",
+        "ppo",
+        {"steps": 512, "num_envs": 4, "wrappers": ["gymnasium.wrappers:TimeAwareObservation"], "frame_stack": 2},
+    ),
 }
 
 
@@ -49,7 +55,7 @@ def _without_torch(*argv: str) -> dict:
     return json.loads(done.stdout)
 
 
-@pytest.mark.parametrize("name", ["ppo-normalised", "sac-tanh", "cartpole-discrete"])
+@pytest.mark.parametrize("name", ["ppo-normalised", "sac-tanh", "cartpole-discrete", "wrapped-stacked"])
 def test_the_exported_file_without_torch_scores_as_duetrl_eval(runs, name, tmp_path, capsys):
     policy = tmp_path / "policy.onnx"
     code, out, err = run(capsys, "export", runs[name], "-o", policy)

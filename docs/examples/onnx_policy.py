@@ -19,13 +19,21 @@ import numpy as np
 import onnxruntime as ort
 
 
-def make_env(env_id: str, env_kwargs: dict) -> gym.Env:
-    """A registered id (``Pendulum-v1``, ``my_pkg:MyEnv-v0``), or ``module:Class`` for an env class."""
-    module, _, name = env_id.partition(":")
+def make_env(info: dict) -> gym.Env:
+    """The env as the run made it: a registered id (``Pendulum-v1``, ``my_pkg:MyEnv-v0``) or ``module:Class`` for an
+    env class, then the run's wrappers (``module:Name``) in order, then its frame stacking."""
+    module, _, name = info["env_id"].partition(":")
     target = getattr(importlib.import_module(module), name, None) if name else None
     if isinstance(target, type) and issubclass(target, gym.Env):
-        return target(**env_kwargs)
-    return gym.make(env_id, **env_kwargs)
+        env = target(**info["env_kwargs"])
+    else:
+        env = gym.make(info["env_id"], **info["env_kwargs"])
+    for wrapper in info.get("wrappers", []):
+        module, _, name = wrapper.partition(":")
+        env = getattr(importlib.import_module(module), name)(env)
+    if info.get("frame_stack", 1) > 1:
+        env = gym.wrappers.FrameStackObservation(env, info["frame_stack"])
+    return env
 
 
 def leaf(obs, key):
@@ -50,7 +58,7 @@ def main() -> None:
     observation_inputs = [i for i in info["inputs"] if state is None or i["name"] != state["input"]]
     outputs = [info["outputs"][0]["name"]] + ([state["output"]] if state else [])
 
-    env = make_env(info["env_id"], info["env_kwargs"])
+    env = make_env(info)
     has_limit = env.spec is not None and env.spec.max_episode_steps is not None
     max_steps = None if has_limit else info["evaluation"]["max_steps"]  # duetrl eval's cap, without a time limit
     returns = []

@@ -134,7 +134,7 @@ def export(loaded: LoadedAgent, output: Path, format: str) -> ExportResult:
     except NotImplementedError as e:
         raise UserError(f"{loaded.config.run.algo} policies cannot be exported yet: {e}") from None
     graph = PolicyGraph(policy, loaded.agent.obs_space).eval()
-    check = ParityEnvs(loaded.env, loaded.config.run.env_kwargs)
+    check = ParityEnvs(loaded.env, loaded.config.run.env_kwargs, wrapping(loaded.config.to_dict()))
     example = graph.inputs(check.first_observations(2), graph.initial_state(2))
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -317,14 +317,20 @@ def _first_line(error: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------- parity
 
 
+def wrapping(run: dict[str, Any]) -> dict[str, Any]:
+    """The run's wrappers and frame stacking (``wrappers``, ``frame_stack``) of a run config as a dict: the file
+    takes the observations they give, so every env it acts in is wrapped as in training."""
+    return {"wrappers": list(run.get("wrappers", [])), "frame_stack": int(run.get("frame_stack", 1))}
+
+
 class ParityEnvs:
     """The parity check's episodes: ``PARITY_ENVS`` envs of the run's env (seeds from ``PARITY_SEED``), in which
     the torch policy and the file each act from their own carried state for ``PARITY_STEPS`` steps."""
 
-    def __init__(self, env: Any, env_kwargs: dict[str, Any]):
+    def __init__(self, env: Any, env_kwargs: dict[str, Any], wrapped: dict[str, Any]):
         from duetrl.envs.make import env_factory
 
-        self.factory = env_factory(env, **env_kwargs)
+        self.factory = env_factory(env, **wrapped, **env_kwargs)
 
     def _vector(self) -> gym.vector.SyncVectorEnv:
         return gym.vector.SyncVectorEnv([self.factory] * PARITY_ENVS, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -479,6 +485,7 @@ def describe(
         "env_id": run.env_id,
         "env_kwargs": run.env_kwargs,
         "imports": list(run.imports),
+        **wrapping(loaded.config.to_dict()),  # wrappers, then frame stacking, around every env the file acts in
         "algo": run.algo,
         "observation_space": space_json(agent.obs_space),
         "action_space": space_json(agent.act_space),
@@ -640,10 +647,11 @@ class ExportedPolicy:
 
 
 def check_env_fits(policy: ExportedPolicy, env: Any, env_kwargs: dict[str, Any]) -> None:
-    """A UserError, before any episode, when the env's observations or actions are not the policy's."""
+    """A UserError, before any episode, when the env's observations or actions (wrapped as the run's were) are not
+    the policy's."""
     from duetrl.envs.make import env_factory
 
-    made = env_factory(env, **env_kwargs)()
+    made = env_factory(env, **wrapping(policy.info), **env_kwargs)()
     try:
         obs_space, act_space = made.observation_space, made.action_space
     finally:
@@ -698,10 +706,12 @@ def evaluate_exported(
         act: Any = StatefulAct(step, lambda n: torch.as_tensor(policy.initial_state(n)))
     else:
         act = lambda obs: torch.as_tensor(policy.act(_numpy(obs)))  # noqa: E731
+    wrapped = wrapping(policy.info)  # as the run's own evaluation
     if render is not None or video is not None:
-        result = render_episodes(act, source, kwargs, episodes, seed, render or "human", video, max_steps=max_steps)
+        mode = render or "human"
+        result = render_episodes(act, source, kwargs, episodes, seed, mode, video, max_steps=max_steps, **wrapped)
     else:
-        result = evaluate_policy(act, source, kwargs, episodes, seed, max_steps=max_steps)
+        result = evaluate_policy(act, source, kwargs, episodes, seed, max_steps=max_steps, **wrapped)
     result.deterministic = True
     return result
 
