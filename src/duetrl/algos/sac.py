@@ -8,6 +8,11 @@ Per gradient step, from a replayed batch:
   targets: Polyak averaging with ``tau``.
 With ``utd`` > 1 (several gradient steps per env step), LayerNorm/dropout in the critics keep it stable.
 Exploration samples the policy with white noise, or with coloured noise (``noise_beta`` > 0, see noise.py).
+
+On a ``Discrete`` action space ``--algo sac`` is discrete SAC (Christodoulou 2019; :class:`DiscreteSAC`): a
+categorical actor, critics Q(s, .) with one output per action, and every expectation over the actions taken exactly
+(the soft target, the actor loss, the entropy), so nothing is sampled or reparameterised in the update. Its entropy
+target is ``target_entropy_scale * log|A|`` (0.89, CleanRL's, by default).
 """
 
 from __future__ import annotations
