@@ -243,3 +243,10 @@ def test_td3_and_ddpg_still_refuse_discrete_actions():
     for name in ("td3", "ddpg"):
         assert not get_algo(name).discrete
     assert get_algo("sac").discrete and get_algo("sac").continuous
+
+
+def test_a_population_of_discrete_sac_is_refused_in_one_line(capsys, tmp_path):
+    argv = ["train", "CartPole-v1", "--algo", "sac", "--seeds", "0", "1", "--steps", "64", "--quiet"]
+    out = assert_user_error(*run(capsys, *argv, "--run-dir", tmp_path / "bad"), match="population trains sac on Box")
+    assert "duetrl sweep" in out
+    assert not (tmp_path / "bad").exists()
