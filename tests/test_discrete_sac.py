@@ -217,7 +217,9 @@ def test_actions_are_integers_of_the_space_from_its_start():
 def test_sac_trains_on_cartpole_and_its_checkpoint_acts(tmp_path):
     run_dir = tmp_path / "run"
     settings = dict(steps=400, learning_starts=200, actor_hidden=[16], critic_hidden=[16], batch_size=32)
-    result = duetrl.train("CartPole-v1", "sac", run_dir=run_dir, eval_every=0, eval_episodes=1, quiet=True, **settings)
+    result = duetrl.train(
+        "CartPole-v1", "sac", run_dir=run_dir, preset="none", eval_every=0, eval_episodes=1, quiet=True, **settings
+    )
     assert result.env_steps == 400 and math.isfinite(result.final_eval.mean)
     state = ckpt.load(ckpt.latest_checkpoint(run_dir))
     assert state["agent"]["counters"]["gradient_steps"] == 201
