@@ -131,6 +131,11 @@ class PopulationTrainer:
                 spaces = env.single_observation_space, env.single_action_space
                 if not self.members:
                     check_spaces(*spaces)
+                    if run.algo == "sac" and isinstance(spaces[1], gym.spaces.Discrete):
+                        raise UserError(
+                            "a population trains sac on Box actions only; discrete SAC trains the seeds as separate "
+                            "runs (duetrl sweep ENV --algo sac --seeds 0 1 2 ...)"
+                        )
                     obs_dim = int(np.prod(spaces[0].shape))
                     act_dim = int(getattr(spaces[1], "n", None) or np.prod(spaces[1].shape))
                     check_memory(cfg, len(configs), obs_dim, act_dim, self.device)
