@@ -85,6 +85,24 @@ def test_perturbing_one_member_leaves_another_bit_identical():
     assert three_a != three_b  # the perturbation did change member 3
 
 
+def test_members_passed_through_the_update_in_groups_get_the_numbers_of_one_pass(monkeypatch):
+    """A large population's minibatch passes run a cache-sized group of members at a time: the grouping changes no
+    member's numbers (here 6 members in groups of 2 against one pass of 6)."""
+    import duetrl.population.ppo as population_ppo
+
+    seeds = [0, 1, 2, 3, 4, 5]
+    runs = []
+    for group_bytes in (population_ppo.ACTIVATION_BYTES, 2 * 16 * 16 * 4):  # minibatch 16 x width 16, 2 members
+        monkeypatch.setattr(population_ppo, "ACTIVATION_BYTES", group_bytes)
+        agents, configs, generators, envs = members(seeds)
+        population = PPOPopulation(agents, configs, generators)
+        runs.append((len(population.member_groups()), rollout_and_update(population, envs, seeds), population.params))
+    (one_pass, metrics_a, params_a), (groups, metrics_b, params_b) = runs
+    assert (one_pass, groups) == (1, 3)
+    assert metrics_a == metrics_b
+    assert all(torch.equal(a, b) for a, b in zip(params_a, params_b, strict=True))
+
+
 def test_a_population_of_one_acts_as_its_solo_run_and_updates_to_float_rounding():
     """The member draws the solo run's random numbers (its generator continues the solo run's global stream), and
     its actions and update agree with the solo run's to float32 rounding only: vmap turns each matmul into a
