@@ -31,6 +31,9 @@ class PPOPopulation:
     Built from ordinary :class:`~duetrl.algos.ppo.PPO` agents (new or restored from checkpoints) and written back
     into them (:meth:`write_back`) for checkpoints and evaluation, so a member's saved state is an ordinary run's."""
 
+    settings_keys: tuple[str, ...] = ("lr", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef", "max_grad_norm")
+    optimized: dict[str, tuple[str, ...]] = {"ppo": ("policy", "critic")}  # optimiser -> the networks it steps
+
     def __init__(self, agents: list[PPO], configs: list[Config], generators: list[torch.Generator]):
         self.agents, self.configs, self.generators = agents, configs, generators
         self.cfg = configs[0].algo  # the shared settings
@@ -42,21 +45,31 @@ class PPOPopulation:
         self.names = list(params)
         self.params = [params[name] for name in self.names]
         self.template = copy.deepcopy(nets[0]).to("meta")
-        self.adam = StackedAdam(
-            self.params, [a.optimizers["ppo"].state_dict() for a in agents], betas=(0.9, 0.999), eps=1e-5
-        )
+        self.adams = {}
+        for name in self.optimized:
+            group = agents[0].optimizers[name].param_groups[0]
+            states = [a.optimizers[name].state_dict() for a in agents]
+            self.adams[name] = StackedAdam(self.weights(name), states, betas=group["betas"], eps=group["eps"])
         self.obs_norm = StackedNorm([a.obs_norm for a in agents])
         self.reward_norm = StackedNorm([a.reward_scaler.stats for a in agents])
         self.discounted = torch.stack([a.reward_scaler.returns for a in agents])  # [M, N] float64
         self.settings = {
-            key: torch.tensor([getattr(c.algo, key) for c in configs], dtype=torch.float64)
-            for key in ("lr", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef", "max_grad_norm")
+            key: torch.tensor([float(getattr(c.algo, key)) for c in configs], dtype=torch.float64)
+            for key in self.settings_keys
         }
-        self.lr = torch.tensor([a.optimizers["ppo"].param_groups[0]["lr"] for a in agents], dtype=torch.float64)
+        self.lrs = {  # each optimiser's current rate per member, float64 as a solo run's Python float
+            name: torch.tensor([a.optimizers[name].param_groups[0]["lr"] for a in agents], dtype=torch.float64)
+            for name in self.optimized
+        }
         self.rollout: list[dict[str, Tensor]] = []
 
     def __len__(self) -> int:
         return len(self.agents)
+
+    def weights(self, optimizer: str) -> list[Tensor]:
+        """The stacked weights an optimiser steps, in its ``parameters()`` order."""
+        prefixes = tuple(network + "." for network in self.optimized[optimizer])
+        return [p for n, p in zip(self.names, self.params, strict=True) if n.startswith(prefixes)]
 
     # ------------------------------------------------------------------------------------------ vmapped calls
     def _vmap(
@@ -165,7 +178,7 @@ class PPOPopulation:
 
     def set_progress(self, fraction: float) -> None:
         if self.cfg.anneal_lr:
-            self.lr = linear_schedule(self.settings["lr"], 0.0, fraction)  # float64, as a solo run's Python float
+            self.lrs["ppo"] = linear_schedule(self.settings["lr"], 0.0, fraction)
 
     def update(self) -> list[dict[str, float]]:
         """PPO's update (:meth:`duetrl.algos.ppo.PPO.update`) for every member at once; each member's metrics."""
@@ -212,7 +225,7 @@ class PPOPopulation:
                 std = torch.cat([part[2] for part in parts])
                 if cfg.max_grad_norm > 0:
                     clip_per_member(grads, self.settings["max_grad_norm"])
-                self.adam.step(grads, self.lr)
+                self.adams["ppo"].step(grads, self.lrs["ppo"])
                 stats.append({k: v.detach() for k, v in terms.items()})
                 stds.append(std.detach())
         means = {k: torch.stack([s[k] for s in stats]).mean(0).tolist() for k in stats[0]}
@@ -222,7 +235,7 @@ class PPOPopulation:
             metrics = {k: means[k][m] for k in means}
             metrics["actor_loss"], metrics["critic_loss"] = metrics.pop("policy_loss"), metrics.pop("value_loss")
             metrics["explained_variance"] = _explained_variance(flat["values"][m], flat["returns"][m])
-            metrics["lr"] = float(self.lr[m])
+            metrics["lr"] = float(self.lrs["ppo"][m])
             if continuous:
                 metrics["policy_std"] = std_mean[m]
             out.append(metrics)
@@ -256,14 +269,15 @@ class PPOPopulation:
         idx = torch.tensor(index, dtype=torch.long)
         with torch.no_grad():
             self.params = [p[idx].detach().requires_grad_(True) for p in self.params]
-        self.adam.params = self.params
         self.buffers = {k: v[idx] for k, v in self.buffers.items()}
-        self.adam.keep(idx)
+        for name, adam_ in self.adams.items():
+            adam_.params = self.weights(name)
+            adam_.keep(idx)
         self.obs_norm.keep(idx)
         self.reward_norm.keep(idx)
         self.discounted = self.discounted[idx]
         self.settings = {k: v[idx] for k, v in self.settings.items()}
-        self.lr = self.lr[idx]
+        self.lrs = {k: v[idx] for k, v in self.lrs.items()}
         self.agents = [self.agents[i] for i in index]
         self.configs = [self.configs[i] for i in index]
         self.generators = [self.generators[i] for i in index]
@@ -280,6 +294,7 @@ class PPOPopulation:
         self.obs_norm.write(m, agent.obs_norm)
         self.reward_norm.write(m, agent.reward_scaler.stats)
         agent.reward_scaler.returns.copy_(self.discounted[m])
-        optimizer = agent.optimizers["ppo"]
-        optimizer.load_state_dict(self.adam.member_state(m, optimizer.state_dict(), float(self.lr[m])))
+        for name, adam_ in self.adams.items():
+            optimizer = agent.optimizers[name]
+            optimizer.load_state_dict(adam_.member_state(m, optimizer.state_dict(), float(self.lrs[name][m])))
         return agent
