@@ -36,12 +36,20 @@ from duetrl.loop import (
     seed_everything,
     stop_on_signals,
 )
+from duetrl.population.ac import ACPopulation
 from duetrl.population.offpolicy import OffPolicyPopulation, SACPopulation, TD3Population
 from duetrl.population.planning import POPULATION_FILE, check_memory, member_dir, plan
 from duetrl.population.ppo import PPOPopulation
 from duetrl.population.summary import summarize_members
 
-POPULATIONS = {"ppo": PPOPopulation, "sac": SACPopulation, "td3": TD3Population, "ddpg": TD3Population}
+POPULATIONS = {
+    "ac": ACPopulation,
+    "a2c": ACPopulation,
+    "ppo": PPOPopulation,
+    "sac": SACPopulation,
+    "td3": TD3Population,
+    "ddpg": TD3Population,
+}
 
 
 # ---------------------------------------------------------------------------------------------- the driver
