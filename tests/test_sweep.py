@@ -168,12 +168,12 @@ def test_a_vectorized_population_writes_the_sweeps_own_trial_directories(tmp_pat
     assert sorted(m["run_dir"] for m in record["members"])[0] == "../../trials/gamma=0.9,hidden=_8,_8_/seed_0"
 
 
-def test_vectorize_refuses_an_algorithm_without_populations_in_one_line(tmp_path, capsys):
+def test_vectorize_refuses_trials_that_cannot_be_one_population_in_one_line(tmp_path, capsys):
     from helpers import assert_user_error
 
     from duetrl.cli import main
 
-    argv = ["sweep", "Pendulum-v1", "--algo", "ac", "--seeds", "0", "1", "--run-dir", str(tmp_path / "s")]
-    code = main([*argv, "--vectorize", "--steps", "64"])
-    assert_user_error(code, *capsys.readouterr(), match="--vectorize packs trials into populations")
+    argv = ["sweep", "Pendulum-v1", "--algo", "ac", "--preset", "none", "--seeds", "0", "1", "--run-dir"]
+    code = main([*argv, str(tmp_path / "s"), "--vectorize", "--steps", "64"])  # ac's default: an update per episode
+    assert_user_error(code, *capsys.readouterr(), match="update_every=0 .* use duetrl sweep .without --vectorize.")
     assert not (tmp_path / "s").exists()  # refused before anything was written or Ray started

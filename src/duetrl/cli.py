@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vectorize",
         action="store_true",
         help="train the trials that differ only in per-member settings (seeds, lr, gamma, ...) as one population "
-        "each, one Ray trial per population (ppo, sac, td3, ddpg)",
+        "each, one Ray trial per population",
     )
 
     pl = sub.add_parser("plot", help="learning curves of runs and sweeps")

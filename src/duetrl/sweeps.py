@@ -151,7 +151,10 @@ class SweepSpec:
             shared = {k: v for k, v in trial["values"].items() if k not in PER_MEMBER[algo]}
             groups.setdefault(config_label(shared), []).append(i)
         for indices in groups.values():
-            plan([self.trial_config(self.trials[i]) for i in indices])
+            try:
+                plan([self.trial_config(self.trials[i]) for i in indices])
+            except UserError as e:
+                raise UserError(f"{e} (without --vectorize)") from None
         return list(groups.values())
 
 
