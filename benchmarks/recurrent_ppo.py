@@ -4,6 +4,8 @@ deterministic actions, the LSTM state carried and reset per episode).
 
 Usage: python benchmarks/recurrent_ppo.py sb3 SEED        one sb3-contrib run: prints a JSON line
        python benchmarks/recurrent_ppo.py compare SEEDS   duetrl's preset then sb3-contrib, for each seed (0,1,2)
+       python benchmarks/recurrent_ppo.py update [RNN]    ms per PPO update of the preset's rollout (rnn=gru by
+                                                          default; none, lstm, gru), one thread: a JSON line
 Needs sb3-contrib (pip install 'duetrl[bench]').
 """
 
@@ -87,6 +89,47 @@ def compare(seeds: list[int]) -> None:
         print(json.dumps({**json.loads(line), "process_s": round(wall, 1)}), flush=True)
 
 
+def update_ms(rnn: str = "gru", repeats: int = 20) -> dict:
+    """Per ``update()`` of the PendulumNoVel-v1 preset's agent on one rollout (its num_envs x num_steps): the
+    median over ``repeats`` updates of the same rollout, in wall ms and in CPU ms of this one-thread process (less
+    moved by other processes on a shared machine); and the same for collecting the rollout."""
+    import statistics
+
+    import torch
+
+    import duetrl
+    from duetrl.algos import ALGOS
+    from duetrl.envs import make
+
+    torch.set_num_threads(1)
+    cfg, _ = duetrl.resolve("PendulumNoVel-v1", "ppo", overrides={"rnn": rnn})
+    env = make("PendulumNoVel-v1", cfg.run.num_envs, backend="torch")
+    torch.manual_seed(0)
+    agent = ALGOS["ppo"].agent_cls(cfg.algo, env.single_observation_space, env.single_action_space, env.num_envs, "cpu")
+    obs, _ = env.reset(seed=0)
+    collect = []
+    for t in range(cfg.algo.num_steps):
+        start = (time.perf_counter(), time.process_time())
+        decision = agent.explore(obs, t)
+        obs, reward, terminated, truncated, info = env.step(decision.action)
+        agent.observe(decision, reward, terminated, truncated, info["final_obs"])
+        collect.append((time.perf_counter() - start[0], time.process_time() - start[1]))
+    steps = list(agent.rollout.steps)
+    update = []
+    for _ in range(repeats):
+        agent.rollout.steps = list(steps)
+        start = (time.perf_counter(), time.process_time())
+        agent.update()
+        update.append((time.perf_counter() - start[0], time.process_time() - start[1]))
+
+    def ms(times: list[tuple[float, float]], scale: int) -> tuple[float, float]:
+        return tuple(round(statistics.median(t[i] for t in times) * scale * 1e3, 1) for i in (0, 1))
+
+    (update_wall, update_cpu), (collect_wall, collect_cpu) = ms(update, 1), ms(collect, len(collect))
+    return {"rnn": rnn, "update_ms": update_wall, "update_cpu_ms": update_cpu, "collect_ms": collect_wall,
+            "collect_cpu_ms": collect_cpu}  # fmt: skip
+
+
 def _score(summary: dict) -> dict:
     keys = ("env_steps", "mean_return", "median_return", "min_return")
     return {k: summary[k] for k in keys}
@@ -96,6 +139,8 @@ if __name__ == "__main__":
     what = sys.argv[1]
     if what == "sb3":
         print(json.dumps(run_sb3(int(sys.argv[2]))))
+    elif what == "update":
+        print(json.dumps(update_ms(*sys.argv[2:3])))
     elif what == "compare":
         compare([int(s) for s in sys.argv[2].split(",")])
     else:

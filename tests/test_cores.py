@@ -42,16 +42,81 @@ def test_sequence_is_the_steps_with_resets_at_episode_starts(kind):
     starts = torch.zeros(6, 3, dtype=torch.bool)
     starts[2, 0] = starts[4, 1] = True
     outputs, after = core.sequence(x, state, starts)
+    torch.testing.assert_close(core.replay(x, state, starts), outputs, rtol=0, atol=1e-6)
     expected = state
     for t in range(6):
         expected = torch.where(starts[t, :, None], torch.zeros(()), expected)
         out, expected = core.step(x[t], expected)
-        torch.testing.assert_close(outputs[t], out, rtol=0, atol=0)
-        torch.testing.assert_close(after[t], expected, rtol=0, atol=0)
+        # 1e-6, not 0: the fused layer projects the inputs of all steps in one matrix product, the step one at a time
+        torch.testing.assert_close(outputs[t], out, rtol=0, atol=1e-6)
+        torch.testing.assert_close(after[t], expected, rtol=0, atol=1e-6)
     # after a reset, env 0 computes what a fresh episode from a zero state computes
     fresh, _ = core.sequence(x[2:, :1], core.initial_state(1), torch.zeros(4, 1, dtype=torch.bool))
     torch.testing.assert_close(outputs[2:, :1], fresh, rtol=0, atol=1e-6)
     assert not torch.allclose(outputs[2:, 1:2], core.sequence(x[2:, 1:2], core.initial_state(1), starts[2:, 1:2])[0])
+
+
+def step_by_step(core, x, state, starts):
+    outputs = []
+    for t in range(len(x)):
+        out, state = core.step(x[t], reset(state, starts[t]))
+        outputs.append(out)
+    return torch.stack(outputs)
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+@pytest.mark.parametrize("pattern", ["none", "first", "late", "every", "random"])  # as is, padded x2, packed
+def test_fused_replay_is_the_steps_and_their_gradients(kind, pattern):
+    """The fused replay (segments split at episode starts, padded or packed) computes the outputs of stepping one
+    cell at a time with resets, and the same gradients for the weights, the inputs and the first states."""
+    torch.manual_seed(1)
+    core = Core(kind, in_dim=3, hidden=5)
+    steps, sequences = 9, 6
+    starts = {
+        "none": torch.zeros(steps, sequences, dtype=torch.bool),
+        "first": torch.zeros(steps, sequences, dtype=torch.bool).index_fill_(0, torch.tensor([0]), True),
+        "random": torch.rand(steps, sequences) < 0.3,
+        "late": torch.zeros(steps, sequences, dtype=torch.bool).index_fill_(0, torch.tensor([3]), True),
+        "every": torch.ones(steps, sequences, dtype=torch.bool),
+    }[pattern]
+    if pattern == "random":
+        starts[:, 0] = False  # one sequence without a reset, one with a reset at its last step only
+        starts[-1, 1], starts[:-1, 1] = True, False
+        assert starts[1:].any()
+    x = torch.randn(steps, sequences, 3, requires_grad=True)
+    state = torch.randn(sequences, core.state_dim, requires_grad=True)
+    weights = torch.randn(steps, sequences, 5)
+
+    def gradients(replay):
+        core.zero_grad()
+        x.grad = state.grad = None
+        outputs = replay(core, x, state, starts)
+        (outputs * weights).sum().backward()
+        return outputs.detach(), [x.grad, state.grad] + [p.grad for p in core.parameters()]
+
+    fused, fused_grads = gradients(Core.replay)
+    stepped, stepped_grads = gradients(step_by_step)
+    torch.testing.assert_close(fused, stepped, rtol=0, atol=1e-6)
+    for fused_grad, stepped_grad in zip(fused_grads, stepped_grads, strict=True):
+        torch.testing.assert_close(fused_grad, stepped_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind, cell", [("gru", torch.nn.GRUCell), ("lstm", torch.nn.LSTMCell)])
+def test_cores_load_the_weights_of_the_earlier_cells(kind, cell):
+    """Checkpoints of the cores that held an nn.GRUCell/nn.LSTMCell load into the fused layer, and it steps as that
+    cell did; a core draws the same initial weights as the cell did."""
+    torch.manual_seed(0)
+    old = cell(3, 4)
+    torch.manual_seed(0)
+    core = Core(kind, in_dim=3, hidden=4)
+    for old_p, new_p in zip(old.parameters(), core.parameters(), strict=True):
+        assert torch.equal(old_p, new_p)
+    torch.manual_seed(1)
+    old = cell(3, 4)
+    core.load_state_dict({f"cell.{k}": v for k, v in old.state_dict().items()})
+    x, state = torch.randn(5, 3), torch.randn(5, core.state_dim)
+    expected = old(x, state) if kind == "gru" else torch.cat(old(x, tuple(state.chunk(2, dim=-1))), dim=-1)
+    torch.testing.assert_close(core.step(x, state)[1], expected, rtol=0, atol=1e-6)
 
 
 def test_reset_and_chunk():

@@ -13,6 +13,14 @@ critic's value error, usually the larger gradient, reshape the actor's memory. I
 The update replays the rollout exactly: a sequence of steps starts from the state the rollout recorded before its
 first step and resets where the rollout did (:meth:`Core.sequence`), so with the same weights it computes what the
 rollout computed.
+
+One set of weights serves both: each core holds a one-layer ``nn.GRU``/``nn.LSTM`` and steps it with one time step
+while acting. A replay (:meth:`Core.replay`) runs that same layer fused over time instead of a Python loop of
+cells: the sequences are split at episode starts into segments, each from its own first state (the recorded one,
+or zeros at an episode start), padded to one length (or packed, when their lengths differ a lot) and run in one
+call, then put back in place; so the resets stay exact, and a sequence with no episode start inside runs as it is.
+Checkpoints of the earlier ``nn.GRUCell``/``nn.LSTMCell`` cores (keys ``cell.weight_ih`` ...) load unchanged: the
+keys are renamed on load (the parameters, their order and their initial draws are the same).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from duetrl.encoders import Obs, batch_size
 
@@ -29,7 +38,10 @@ RNN_KINDS = ("none", "lstm", "gru")
 
 
 class Core(nn.Module):
-    """The recurrent core of one network (the actor's or the critic's): ``none`` passes features through."""
+    """The recurrent core of one network (the actor's or the critic's): ``none`` passes features through.
+
+    ``cell`` is a one-layer ``nn.GRU`` or ``nn.LSTM`` (``[time, batch, features]``): one time step of it is the
+    cell's step, and a whole sequence of it the fused replay."""
 
     def __init__(self, kind: str, in_dim: int, hidden: int):
         super().__init__()
@@ -37,9 +49,9 @@ class Core(nn.Module):
         self.recurrent = kind != "none"
         self.out_dim = hidden if self.recurrent else in_dim
         self.state_dim = {"none": 0, "gru": hidden, "lstm": 2 * hidden}[kind]
-        self.cell: nn.Module | None = {"none": None, "gru": nn.GRUCell, "lstm": nn.LSTMCell}[kind]
+        self.cell: nn.Module | None = {"none": None, "gru": nn.GRU, "lstm": nn.LSTM}[kind]
         if self.cell is not None:
-            self.cell = self.cell(in_dim, hidden)
+            self.cell = self.cell(in_dim, hidden)  # the cells' parameters in the cells' order and initial draws
 
     def initial_state(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         """The state of ``n`` envs at the start of an episode: zeros ``[n, state_dim]``."""
@@ -49,24 +61,80 @@ class Core(nn.Module):
         """One step of every row: (features for the heads ``[B, out_dim]``, next state ``[B, state_dim]``)."""
         if self.kind == "none":
             return features, state
-        if self.kind == "gru":
-            hidden = self.cell(features, state)
-            return hidden, hidden
-        hidden, cell = self.cell(features, tuple(state.chunk(2, dim=-1)))
-        return hidden, torch.cat([hidden, cell], dim=-1)
+        outputs, last = self.cell(features.unsqueeze(0), self._layer_state(state))
+        return outputs[0], self._flat_state(last)
 
     def sequence(self, features: Tensor, state: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
         """``T`` steps of ``B`` sequences: ``features [T, B, in_dim]`` from ``state [B, state_dim]``, the state
         zeroed before step ``t`` where ``starts[t]`` (a new episode). Returns the features ``[T, B, out_dim]`` and
-        the state after each step ``[T, B, state_dim]`` (what the next observation of that step is seen with)."""
+        the state after each step ``[T, B, state_dim]`` (what the next observation of that step is seen with).
+
+        A GRU's state is its output, so it is replayed fused (:meth:`replay`); an LSTM's cell state is not an
+        output of the fused layer, so the LSTM steps one at a time here."""
         if not self.recurrent:
             return features, state.new_zeros(*features.shape[:2], 0)
+        if self.kind == "gru":
+            outputs = self.replay(features, state, starts)
+            return outputs, outputs
         outputs, states = [], []
         for t in range(features.shape[0]):
             out, state = self.step(features[t], reset(state, starts[t]))
             outputs.append(out)
             states.append(state)
         return torch.stack(outputs), torch.stack(states)
+
+    def replay(self, features: Tensor, state: Tensor, starts: Tensor) -> Tensor:
+        """The features of :meth:`sequence` alone (``[T, B, out_dim]``), computed by the fused layer over time:
+        each sequence split at its episode starts, every segment from its own first state, all segments run in one
+        call (padded to the longest, or packed when padding would more than double the work)."""
+        if not self.recurrent:
+            return features
+        state = reset(state, starts[0])
+        if not starts[1:].any():  # no episode starts inside: the sequences as they are
+            return self.cell(features, self._layer_state(state))[0]
+        steps, sequences = starts.shape
+        first = starts.clone()
+        first[0] = True  # segments begin at each sequence's first step and at every episode start
+        counts = first.sum(0)  # [B] segments per sequence
+        offsets = counts.cumsum(0) - counts  # [B] each sequence's first segment
+        segment = first.long().cumsum(0) - 1 + offsets  # [T, B] the segment of each step
+        time = torch.arange(steps, device=starts.device).unsqueeze(1).expand(steps, sequences)
+        position = time - torch.where(first, time, 0).cummax(0).values  # [T, B] step within its segment
+        num_segments, length = int(counts.sum()), int(position.max()) + 1
+        lengths = torch.zeros(num_segments, dtype=torch.long, device=starts.device)
+        lengths.index_add_(0, segment.flatten(), torch.ones_like(segment.flatten()))
+        slot = (position * num_segments + segment).flatten()  # [T * B] row of each step in [length, segments]
+        padded = features.new_zeros(length * num_segments, features.shape[-1])
+        padded = padded.index_copy(0, slot, features.flatten(0, 1)).view(length, num_segments, -1)
+        first_states = state.new_zeros(num_segments, self.state_dim).index_copy(0, offsets, state)  # zeros: starts
+        if length * num_segments <= 2 * steps * sequences:
+            # Padded after each segment's end: those steps' outputs are computed and dropped, and they come after
+            # every kept step of their segment, so they change neither the kept outputs nor their gradients. An
+            # unpacked LSTM runs oneDNN's fused kernel on CPU (a packed one does not): several times faster.
+            outputs = self.cell(padded, self._layer_state(first_states))[0]
+        else:  # segments of very unequal lengths (many short episodes): only the real steps
+            packed = pack_padded_sequence(padded, lengths.cpu(), enforce_sorted=False)
+            outputs = self.cell(packed, self._layer_state(first_states))[0]
+            outputs = pad_packed_sequence(outputs, total_length=length)[0]
+        return outputs.reshape(length * num_segments, -1)[slot].view(steps, sequences, -1)
+
+    def _layer_state(self, state: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """A flat state ``[B, state_dim]`` as the layer takes it: ``[1, B, hidden]`` (GRU) or a pair (LSTM)."""
+        if self.kind == "gru":
+            return state.unsqueeze(0)
+        hidden, cell = state.chunk(2, dim=-1)
+        return hidden.unsqueeze(0).contiguous(), cell.unsqueeze(0).contiguous()
+
+    def _flat_state(self, state: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        """The layer's final state as one flat ``[B, state_dim]`` tensor (an LSTM's ``h`` and ``c`` side by side)."""
+        return state[0] if self.kind == "gru" else torch.cat([state[0][0], state[1][0]], dim=-1)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints of the earlier cores held an nn.GRUCell/nn.LSTMCell: the same parameters under other names.
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            if f"{prefix}cell.{name}" in state_dict:
+                state_dict[f"{prefix}cell.{name}_l0"] = state_dict.pop(f"{prefix}cell.{name}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def reset(state: Tensor, starts: Tensor) -> Tensor:

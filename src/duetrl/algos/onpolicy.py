@@ -216,7 +216,7 @@ class OnPolicyAgent(Agent):
         encoded = self.policy.encode(seq["obs"])
         if not self.recurrent:
             return encoded
-        return self.actor_core.sequence(encoded, seq["actor_state"][0], seq["start"])[0]
+        return self.actor_core.replay(encoded, seq["actor_state"][0], seq["start"])
 
     def critic_features(self, seq: dict[str, Any], with_next: bool = False) -> tuple[Tensor, Tensor | None]:
         """What the critic's head sees at each step ``[T, B, features]`` (as :meth:`actor_features`) and, if
@@ -225,9 +225,9 @@ class OnPolicyAgent(Agent):
         encoded = self.critic_encode(seq["obs"])
         if not self.recurrent:
             return encoded, self.critic_encode(seq["next_obs"]) if with_next else None
+        if not with_next:  # the features alone: the fused replay
+            return self.critic_core.replay(encoded, seq["critic_state"][0], seq["start"]), None
         features, after = self.critic_core.sequence(encoded, seq["critic_state"][0], seq["start"])
-        if not with_next:
-            return features, None
         next_encoded = self.critic_encode(seq["next_obs"]).flatten(0, 1)
         next_features, _ = self.critic_core.step(next_encoded, after.flatten(0, 1))
         return features, next_features.view(*features.shape)
