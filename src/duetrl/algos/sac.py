@@ -8,6 +8,10 @@ Per gradient step, from a replayed batch:
   targets: Polyak averaging with ``tau``.
 With ``utd`` > 1 (several gradient steps per env step), LayerNorm/dropout in the critics keep it stable.
 Exploration samples the policy with white noise, or with coloured noise (``noise_beta`` > 0, see noise.py).
+The three losses are pure functions of per-row tensors (:func:`soft_value`, :func:`actor_loss`,
+:func:`temperature_loss`), so that the memoryless and the recurrent update (``rnn``, see
+:mod:`duetrl.algos.offpolicy`: the actor and the twin critics each read a recurrent body's features) run the
+same math on different inputs.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from duetrl.algos.base import clip_and_step, linear_schedule
-from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, averaged_tensors, frozen_copy, polyak
+from duetrl.algos.offpolicy import Inputs, OffPolicyAgent, OffPolicyConfig, averaged_tensors, frozen_copy, polyak
 from duetrl.errors import UserError
 from duetrl.nets import GaussianActor
 from duetrl.optim import adam
@@ -84,13 +88,30 @@ def squashed_sample(
     return torch.tanh(u), log_prob
 
 
+def soft_value(next_q: Tensor, next_log_prob: Tensor, alpha: Tensor) -> Tensor:
+    """The soft value of s' at a fresh action a' ~ pi(s'): min_i Q_targ_i(s', a') - alpha * log pi(a'|s').
+    ``next_q [E, B]``, ``next_log_prob [B]``."""
+    return next_q.min(0).values - alpha * next_log_prob
+
+
+def actor_loss(log_prob: Tensor, q: Tensor, alpha: Tensor) -> Tensor:
+    """mean(alpha * log pi(a|s) - min_i Q_i(s, a)) at the actor's reparameterised actions: ``q [E, B]``."""
+    return (alpha * log_prob - q.min(0).values).mean()
+
+
+def temperature_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: float) -> Tensor:
+    """-mean(log alpha * (log pi(a|s) + target)): its gradient raises alpha when the entropy (-log pi) is below
+    the target and lowers it above."""
+    return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+
+
 class SAC(OffPolicyAgent):
     name = "sac"
 
     def __init__(self, cfg: SACConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
-        encoder = self.make_encoder()
-        self.actor = gaussian_actor(encoder.features, self.act_dim, cfg.policy_config(), encoder).to(device)
+        width, encoder = self.actor_input()
+        self.actor = gaussian_actor(width, self.act_dim, cfg.policy_config(), encoder).to(device)
         self.critic = self.make_critic()
         self.critic_target = frozen_copy(self.critic)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.alpha), device=device))
@@ -102,13 +123,19 @@ class SAC(OffPolicyAgent):
             "critic_target": self.critic_target,
             "alpha": nn.ParameterList([self.log_alpha]),
         }
-        self.actor_params, self.critic_params = list(self.actor.parameters()), list(self.critic.parameters())
-        self.polyak_pairs = averaged_tensors(self.critic_target), averaged_tensors(self.critic)
+        bodies = self.target_bodies("critic_body")  # with memory: [critic_body_target, critic_body]
+        self.remember()
+        self.actor_params = list(self.actor.parameters()) + self.body_parameters("actor_body")
+        self.critic_params = list(self.critic.parameters()) + self.body_parameters("critic_body")
+        self.polyak_pairs = (
+            averaged_tensors(self.critic_target) + [t for b in bodies[0::2] for t in averaged_tensors(b)],
+            averaged_tensors(self.critic) + [t for b in bodies[1::2] for t in averaged_tensors(b)],
+        )
         if cfg.noise_beta > 0:
             self.noise = self.colored_noise(cfg.noise_beta)
         self.optimizers = {
-            "actor": adam(self.actor.parameters(), cfg.actor_lr),
-            "critic": adam(self.critic.parameters(), cfg.critic_lr),
+            "actor": adam(self.actor_params, cfg.actor_lr),
+            "critic": adam(self.critic_params, cfg.critic_lr),
             "alpha": adam([self.log_alpha], cfg.alpha_lr),
         }
 
@@ -123,30 +150,30 @@ class SAC(OffPolicyAgent):
     def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:
         return squashed_sample(self.actor, obs, deterministic)[0]
 
-    def next_value(self, next_obs: Tensor) -> Tensor:
+    def next_value(self, next_actor_in: Tensor, next_critic_in: Tensor) -> Tensor:
         """The soft value min_i Q_targ_i(s', a') - alpha * log pi(a'|s') at a fresh action a' ~ pi(s')."""
-        next_action, next_log_prob = squashed_sample(self.actor, next_obs)
-        return self.critic_target(next_obs, next_action).min(0).values - self.log_alpha.exp() * next_log_prob
+        next_action, next_log_prob = squashed_sample(self.actor, next_actor_in)
+        return soft_value(self.critic_target(next_critic_in, next_action), next_log_prob, self.log_alpha.exp())
 
-    def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        metrics = self.critic_step(batch)
+    def gradient_step(self, batch: dict[str, Tensor], inputs: Inputs | None = None) -> dict[str, Tensor]:
+        inputs = Inputs.of_observations(batch) if inputs is None else inputs
+        metrics = self.critic_step(batch, inputs)
         if self.gradient_steps % self.cfg.policy_delay == 0:
-            metrics.update(self.actor_step(batch["obs"]))
+            metrics.update(self.actor_step(inputs.actor, inputs.critic_for_actor))
         polyak(*self.polyak_pairs, self.cfg.tau)
         return metrics
 
-    def actor_step(self, obs: Tensor) -> dict[str, Tensor]:
-        """The actor, then the temperature: one plain step each, from one sample of the policy."""
+    def actor_step(self, obs: Tensor, critic_in: Tensor | None = None) -> dict[str, Tensor]:
+        """The actor, then the temperature: one plain step each, from one sample of the policy. ``obs`` is what
+        the actor reads and ``critic_in`` what the critic reads (both the observations without memory)."""
         cfg = self.cfg
         alpha = self.log_alpha.exp().detach()
         # Actor: maximise the soft Q (of the just-updated critic) of its own reparameterised actions. Only the
         # actor's weights get a gradient, not the critic's.
         action, log_prob = squashed_sample(self.actor, obs)
-        q_pi = self.critic(obs, action).min(0).values
-        actor_loss = (alpha * log_prob - q_pi).mean()
-        clip_and_step(self.optimizers["actor"], actor_loss, self.actor_params, cfg.max_grad_norm)
+        loss = actor_loss(log_prob, self.critic(obs if critic_in is None else critic_in, action), alpha)
+        clip_and_step(self.optimizers["actor"], loss, self.actor_params, cfg.max_grad_norm)
         if cfg.autotune_alpha:
-            # Alpha: raise it when the policy's entropy (-log_prob) falls below the target, lower it above.
-            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
             clip_and_step(self.optimizers["alpha"], alpha_loss, [self.log_alpha], 0.0)
-        return {"actor_loss": actor_loss.detach(), "entropy": -log_prob.detach().mean(), "alpha": alpha}
+        return {"actor_loss": loss.detach(), "entropy": -log_prob.detach().mean(), "alpha": alpha}
