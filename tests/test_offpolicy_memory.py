@@ -182,3 +182,10 @@ def test_export_of_recurrent_sac_is_refused(capsys, tmp_path):
     assert code == 0, err
     code, out, err = run(capsys, "export", tmp_path / "r", "--out", tmp_path / "p.onnx")
     assert_user_error(code, out, err, "export of recurrent policies is not supported yet")
+
+
+def test_pendulum_novel_picks_the_recurrent_sac_preset():
+    cfg, preset_id = duetrl.resolve("PendulumNoVel-v1", "sac")
+    assert preset_id == "PendulumNoVel-v1/sac/default"
+    assert cfg.algo.rnn == "gru" and cfg.run.steps == 10_000
+    assert cfg.algo.sequences_per_batch() == 16 and cfg.algo.buffer_size // cfg.run.num_envs >= 12

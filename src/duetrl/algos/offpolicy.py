@@ -236,6 +236,7 @@ class OffPolicyAgent(Agent):
     critic_params: list[Tensor]  # what the critic's optimizer (``optimizers["critic"]``) steps
     actor_body: Recurrent  # with memory: the actor's encoder and core (``actor_input``)
     critic_body: Recurrent  # with memory: the critics' shared encoder and core (``make_critic``)
+    next_actor_body = "actor_body"  # with memory: the body of the actor that picks a' (TD3: its target's)
 
     def __init__(self, cfg: Any, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
@@ -247,7 +248,7 @@ class OffPolicyAgent(Agent):
         self.high = torch.as_tensor(act_space.high, dtype=torch.float32, device=device).reshape(-1)
         if not (torch.isfinite(self.low).all() and torch.isfinite(self.high).all()):
             raise UserError(f"--algo {self.name} needs a bounded action space, not {act_space}")
-        self.recurrent = getattr(cfg, "rnn", "none") != "none"
+        self.recurrent = cfg.rnn != "none"
         # With memory the buffer of sequences comes in remember(), once the cores' state widths are known.
         self.buffer: ReplayBuffer | SequenceReplay | None = (
             None if self.recurrent else ReplayBuffer(cfg.buffer_size, obs_space, self.act_dim, device)
@@ -438,8 +439,6 @@ class OffPolicyAgent(Agent):
         """One update of every network from one sampled batch of rows (the critic's by :meth:`critic_step`, then
         the algorithm's own), its networks reading ``inputs`` (the observations when None); returns metrics as 0-d
         tensors."""
-
-    next_actor_body = "actor_body"  # with memory: the body of the actor that picks a' (TD3: its target's)
 
     def replayed(self, seq: dict[str, Any]) -> tuple[dict[str, Tensor], Inputs]:
         """Sequences ``[L, B, ...]`` replayed through the bodies (see :meth:`Recurrent.unroll`), then the steps a
