@@ -156,3 +156,20 @@ class TextObs(gym.Env):
 
     def step(self, action):
         return "a", 0.0, False, True, {}
+
+
+class NestedReach(GoalReach):
+    """GoalReach observed as a Tuple with a Dict inside, ``(position, {"goal": goal, "steps": Discrete(26)})``: the
+    export test's nested key paths (``obs.0``, ``obs.1.goal``) and an index leaf."""
+
+    def __init__(self, length: int = 25):
+        super().__init__(length=length)
+        self.observation_space = spaces.Tuple(
+            (
+                spaces.Box(-1, 1, (2,), np.float32),
+                spaces.Dict({"goal": spaces.Box(-1, 1, (2,), np.float32), "steps": spaces.Discrete(length + 1)}),
+            )
+        )
+
+    def _obs(self) -> tuple:
+        return (self.position.copy(), {"goal": self.goal.copy(), "steps": self.t})

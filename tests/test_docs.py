@@ -5,8 +5,11 @@ A fenced ``bash`` or ``python`` block runs unless the line before it is ``<!-- d
 list of such blocks is short and each says why (installing, hours of benchmarks, a script shown in full that
 another test runs). In a bash block each line is one command: ``duetrl ...`` runs in this process, ``python ...``
 in a child. To take seconds rather than minutes, step counts above ``MAX_STEPS`` (``MAX_OFF_POLICY_STEPS`` for
-sac, td3 and ddpg) are cut to it (``--steps N``, ``steps=N``), a ``duetrl train`` without ``--steps`` gets it, its
-evaluations play ``EVAL_EPISODES`` episodes, and a sweep runs its first two seeds; the rest runs as written.
+sac, td3 and ddpg, ``MAX_PIXEL_STEPS`` for Atari) are cut to it (``--steps N``, ``steps=N``), a ``duetrl train`` or
+``duetrl sweep`` without ``--steps`` gets it (a sweep's trials otherwise run the preset's full length), their
+evaluations play ``EVAL_EPISODES`` episodes cut at ``EVAL_MAX_STEPS`` steps where the env has no time limit of its
+own (an untrained Breakout agent that never fires would play 10,000), and a sweep runs its first two seeds; the
+rest runs as written.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from helpers import run
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 MAX_STEPS = 4096
-MAX_OFF_POLICY_STEPS = 1000
+MAX_OFF_POLICY_STEPS = 1000  # a gradient step per env step: fewer (not below the Pendulum presets' warm-up of 500)
+MAX_PIXEL_STEPS = 1024  # an Atari step is a Nature-CNN pass: still a whole rollout of the Pong preset (8 x 128)
 EVAL_EPISODES = 2  # per evaluation of a duetrl train command (duetrl eval runs as written)
+EVAL_MAX_STEPS = 500  # their step cap on an env without a time limit (Atari's): eval_max_steps
 FENCE = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 SKIP = re.compile(r"<!-- docs-test: skip \((.+)\) -->\s*$")
 
@@ -61,15 +66,16 @@ def commands(code: str) -> list[list[str]]:
 
 def run_command(argv: list[str], capsys: pytest.CaptureFixture, where: str) -> None:
     if argv[0] == "duetrl":
-        if argv[1] == "train" and "--resume" not in argv:
+        if argv[1] in ("train", "sweep") and "--resume" not in argv:
             off_policy = any(a in argv for a in ("sac", "td3", "ddpg"))  # a gradient step per env step: fewer
-            cap = MAX_OFF_POLICY_STEPS if off_policy else MAX_STEPS
+            pixels = any(a.startswith("ALE/") for a in argv)
+            cap = MAX_PIXEL_STEPS if pixels else MAX_OFF_POLICY_STEPS if off_policy else MAX_STEPS
             if "--steps" in argv:
                 at = argv.index("--steps") + 1
                 argv[at] = str(min(int(float(argv[at])), cap))
             else:
                 argv = [*argv, "--steps", str(cap)]
-            argv = [*argv, "--set", f"eval_episodes={EVAL_EPISODES}"]
+            argv = [*argv, "--set", f"eval_episodes={EVAL_EPISODES}", f"eval_max_steps={EVAL_MAX_STEPS}"]
         if argv[1] == "sweep" and "--seeds" in argv:  # two seeds show a band; Ray's start-up is the rest
             at = argv.index("--seeds") + 1
             end = next((i for i in range(at, len(argv)) if argv[i].startswith("-")), len(argv))

@@ -107,21 +107,16 @@ class Agent(ABC):
 
 class Deployable(nn.Module):
     """A trained policy as one deterministic module, raw env observations in and env actions out, with everything
-    between bundled inside (observation normaliser, action scaling, clipping or tanh squash, argmax): what
+    between bundled inside (observation normaliser, encoder, action scaling, clipping or tanh squash, argmax): what
     ``duetrl export`` traces with ``torch.export``. Each agent family gives one (:meth:`Agent.deployable`).
 
-    ``forward(*inputs)`` takes the tensors named ``input_names`` and returns those named ``output_names``, each
-    with a leading batch dimension (exported as dynamic). A policy with more inputs than the observation (an image
-    and a vector of a Dict observation; a recurrent core's state, returned updated as an output) names them here
-    and makes examples of them in :meth:`example_inputs`; the exporter and its sidecar JSON follow these names."""
+    ``forward(obs)`` takes a batch of observations in their storage form (a tensor ``[B, ...]``, or a dict or
+    tuple of them for a Dict or Tuple space) and returns the env actions ``[B, ...]``. A policy with memory has
+    ``state_dim > 0`` and is ``forward(obs, state) -> (action, next_state)``, ``state [B, state_dim]`` the flat
+    per-env state of :mod:`duetrl.cores` (zeros at an episode start). The exporter (:mod:`duetrl.deploy`) names
+    the file's inputs and outputs: one per observation leaf, then the state."""
 
-    input_names: tuple[str, ...] = ("obs",)
-    output_names: tuple[str, ...] = ("action",)
-
-    def example_inputs(self, obs: Tensor) -> tuple[Tensor, ...]:
-        """The inputs of ``forward`` for a batch of observations ``[B, ...]`` (with a recurrent core: its initial
-        state for B envs as well)."""
-        return (obs,)
+    state_dim: int = 0  # the width of the carried state; 0 for a memoryless policy
 
 
 def linear_schedule(start: float, end: float, fraction: float) -> float:

@@ -155,6 +155,15 @@ def polyak(target: list[Tensor], source: list[Tensor], tau: float) -> None:
                 t.lerp_(s, tau)
 
 
+def critic_loss(critic: nn.Module, obs: Tensor, action: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Every Q critic's squared error to the Bellman target ``[B]``: (0.5 * sum_i mean_b (Q_i - target)^2, mean Q).
+
+    A pure function of the critic and the batch: :meth:`OffPolicyAgent.critic_step` calls it, and a population
+    (:mod:`duetrl.population`) calls it under ``torch.func.vmap`` with each member's weights."""
+    q = critic(obs, action)  # [E, B]
+    return 0.5 * (q - target).pow(2).mean(1).sum(), q.detach().mean()
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A target network: a copy that no optimiser touches."""
     import copy
@@ -213,11 +222,6 @@ class Inputs:
     @staticmethod
     def of_observations(batch: dict[str, Any]) -> Inputs:
         return Inputs(batch["obs"], batch["obs"], batch["obs"], batch["next_obs"], batch["next_obs"])
-
-
-def q_loss(q: Tensor, target: Tensor) -> Tensor:
-    """Every Q critic's squared error to the Bellman target, summed over critics: q ``[E, B]``, target ``[B]``."""
-    return 0.5 * (q - target).pow(2).mean(1).sum()
 
 
 class OffPolicyAgent(Agent):
@@ -429,10 +433,9 @@ class OffPolicyAgent(Agent):
         with torch.no_grad():
             next_value = self.next_value(inputs.next_actor, inputs.next_critic)
             target = td_targets(batch["reward"], next_value, batch["terminated"], self.cfg.gamma)  # [B]
-        q = self.critic(inputs.critic, batch["action"])  # [E, B]
-        critic_loss = q_loss(q, target)
-        clip_and_step(self.optimizers["critic"], critic_loss, self.critic_params, self.cfg.max_grad_norm)
-        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+        loss, q_mean = critic_loss(self.critic, inputs.critic, batch["action"], target)
+        clip_and_step(self.optimizers["critic"], loss, self.critic_params, self.cfg.max_grad_norm)
+        return {"critic_loss": loss.detach(), "q_mean": q_mean}
 
     @abstractmethod
     def gradient_step(self, batch: dict[str, Tensor], inputs: Inputs | None = None) -> dict[str, Tensor]:

@@ -81,14 +81,21 @@ def ignored_policy_settings(policy: PolicyConfig) -> dict[str, str]:
 
 class DeployedPolicy(Deployable):
     """The on-policy agents' deterministic policy for export: raw observation -> (normaliser, when the run
-    normalised observations) -> the policy's mode in env units (argmax, or the mean clipped or squashed)."""
+    normalised observations) -> encoder -> (the actor's recurrent core, with ``rnn``) -> the policy's mode in env
+    units (argmax, or the mean clipped or squashed). With a core it is ``(obs, state) -> (action, next_state)``,
+    as :meth:`OnPolicyAgent.act_step` with ``deterministic=True``."""
 
-    def __init__(self, policy: Policy, obs_norm: nn.Module | None):
+    def __init__(self, policy: Policy, obs_norm: nn.Module | None, core: Core | None = None):
         super().__init__()
-        self.policy, self.obs_norm = policy, obs_norm
+        self.policy, self.obs_norm, self.core = policy, obs_norm, core
+        self.state_dim = core.state_dim if core is not None else 0
 
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.policy.mode(obs if self.obs_norm is None else self.obs_norm(obs))
+    def forward(self, obs: Obs, state: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        obs = obs if self.obs_norm is None else self.obs_norm(obs)
+        if self.core is None:
+            return self.policy.mode(obs)
+        features, next_state = self.core.step(self.policy.encode(obs), state)
+        return self.policy.mode(obs, features), next_state
 
 
 class OnPolicyAgent(Agent):
@@ -181,12 +188,8 @@ class OnPolicyAgent(Agent):
         return self.policy.act(self._normalize(to_device(obs, self.device)), deterministic)
 
     def deployable(self) -> DeployedPolicy:
-        if self.recurrent:
-            raise UserError(
-                f"export of recurrent policies is not supported yet (this run has rnn={self.cfg.rnn}); "
-                "evaluate it with duetrl eval, or act with duetrl.load(run).act(obs, state)"
-            )
-        return DeployedPolicy(self.policy, self.obs_norm if self.normalizes_obs else None)
+        norm = self.obs_norm if self.normalizes_obs else None
+        return DeployedPolicy(self.policy, norm, self.actor_core if self.recurrent else None)
 
     # ------------------------------------------------------------------------------------------ memory
     def initial_state(self, n: int) -> Tensor:

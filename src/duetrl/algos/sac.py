@@ -8,10 +8,9 @@ Per gradient step, from a replayed batch:
   targets: Polyak averaging with ``tau``.
 With ``utd`` > 1 (several gradient steps per env step), LayerNorm/dropout in the critics keep it stable.
 Exploration samples the policy with white noise, or with coloured noise (``noise_beta`` > 0, see noise.py).
-The three losses are pure functions of per-row tensors (:func:`soft_value`, :func:`actor_loss`,
-:func:`temperature_loss`), so that the memoryless and the recurrent update (``rnn``, see
-:mod:`duetrl.algos.offpolicy`: the actor and the twin critics each read a recurrent body's features) run the
-same math on different inputs.
+The losses are pure functions (:func:`soft_next_value`, :func:`sac_actor_loss`, :func:`temperature_loss`), so
+that the memoryless update, the population's and the recurrent one (``rnn``, see :mod:`duetrl.algos.offpolicy`:
+the actor and the twin critics each read a recurrent body's features) run the same math on different inputs.
 """
 
 from __future__ import annotations
@@ -88,20 +87,44 @@ def squashed_sample(
     return torch.tanh(u), log_prob
 
 
-def soft_value(next_q: Tensor, next_log_prob: Tensor, alpha: Tensor) -> Tensor:
-    """The soft value of s' at a fresh action a' ~ pi(s'): min_i Q_targ_i(s', a') - alpha * log pi(a'|s').
-    ``next_q [E, B]``, ``next_log_prob [B]``."""
-    return next_q.min(0).values - alpha * next_log_prob
+def soft_next_value(
+    actor: GaussianActor,
+    critic_target: nn.Module,
+    next_obs: Tensor,
+    alpha: Tensor,
+    noise: Tensor | None = None,
+    next_critic_in: Tensor | None = None,
+) -> Tensor:
+    """The soft value min_i Q_targ_i(s', a') - alpha * log pi(a'|s') ``[B]`` at a fresh action a' ~ pi(s') (drawn
+    with ``noise``, white unless given): what SAC's critic target bootstraps from. With memory the target critic
+    reads its own body's features ``next_critic_in`` and the actor ``next_obs``, its body's (both s' without)."""
+    next_action, next_log_prob = squashed_sample(actor, next_obs, noise=noise)
+    next_critic_in = next_obs if next_critic_in is None else next_critic_in
+    return critic_target(next_critic_in, next_action).min(0).values - alpha * next_log_prob
 
 
-def actor_loss(log_prob: Tensor, q: Tensor, alpha: Tensor) -> Tensor:
-    """mean(alpha * log pi(a|s) - min_i Q_i(s, a)) at the actor's reparameterised actions: ``q [E, B]``."""
-    return (alpha * log_prob - q.min(0).values).mean()
+def sac_actor_loss(
+    actor: GaussianActor,
+    critic: nn.Module,
+    alpha: Tensor,
+    obs: Tensor,
+    noise: Tensor | None = None,
+    critic_in: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The actor's loss mean(alpha * log pi(a|s) - min_i Q_i(s, a)) at its reparameterised actions a ~ pi(s), and
+    log pi(a|s) ``[B]`` (for the temperature). Only the actor gets a gradient from the optimiser stepped with it.
+    With memory the critic reads ``critic_in`` (its body's features) and the actor ``obs`` (its body's).
+
+    Pure functions of the networks and the batch (this, :func:`soft_next_value`, :func:`temperature_loss`): the
+    ordinary update calls them, and a population (:mod:`duetrl.population`) calls them under ``torch.func.vmap``."""
+    action, log_prob = squashed_sample(actor, obs, noise=noise)
+    q_pi = critic(obs if critic_in is None else critic_in, action).min(0).values
+    return (alpha * log_prob - q_pi).mean(), log_prob
 
 
-def temperature_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: float) -> Tensor:
-    """-mean(log alpha * (log pi(a|s) + target)): its gradient raises alpha when the entropy (-log pi) is below
-    the target and lowers it above."""
+def temperature_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: Tensor | float) -> Tensor:
+    """-mean(log_alpha * (log pi + target_entropy)): its gradient raises alpha when the policy's entropy (-log pi)
+    falls below the target, and lowers it above."""
     return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
 
 
@@ -152,8 +175,8 @@ class SAC(OffPolicyAgent):
 
     def next_value(self, next_actor_in: Tensor, next_critic_in: Tensor) -> Tensor:
         """The soft value min_i Q_targ_i(s', a') - alpha * log pi(a'|s') at a fresh action a' ~ pi(s')."""
-        next_action, next_log_prob = squashed_sample(self.actor, next_actor_in)
-        return soft_value(self.critic_target(next_critic_in, next_action), next_log_prob, self.log_alpha.exp())
+        alpha = self.log_alpha.exp()
+        return soft_next_value(self.actor, self.critic_target, next_actor_in, alpha, next_critic_in=next_critic_in)
 
     def gradient_step(self, batch: dict[str, Tensor], inputs: Inputs | None = None) -> dict[str, Tensor]:
         inputs = Inputs.of_observations(batch) if inputs is None else inputs
@@ -170,10 +193,10 @@ class SAC(OffPolicyAgent):
         alpha = self.log_alpha.exp().detach()
         # Actor: maximise the soft Q (of the just-updated critic) of its own reparameterised actions. Only the
         # actor's weights get a gradient, not the critic's.
-        action, log_prob = squashed_sample(self.actor, obs)
-        loss = actor_loss(log_prob, self.critic(obs if critic_in is None else critic_in, action), alpha)
-        clip_and_step(self.optimizers["actor"], loss, self.actor_params, cfg.max_grad_norm)
+        actor_loss, log_prob = sac_actor_loss(self.actor, self.critic, alpha, obs, critic_in=critic_in)
+        clip_and_step(self.optimizers["actor"], actor_loss, self.actor_params, cfg.max_grad_norm)
         if cfg.autotune_alpha:
+            # Alpha: raise it when the policy's entropy (-log_prob) falls below the target, lower it above.
             alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
             clip_and_step(self.optimizers["alpha"], alpha_loss, [self.log_alpha], 0.0)
-        return {"actor_loss": loss.detach(), "entropy": -log_prob.detach().mean(), "alpha": alpha}
+        return {"actor_loss": actor_loss.detach(), "entropy": -log_prob.detach().mean(), "alpha": alpha}

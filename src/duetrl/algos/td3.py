@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import gymnasium as gym
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from duetrl.algos.base import clip_and_step
 from duetrl.algos.offpolicy import Inputs, OffPolicyAgent, OffPolicyConfig, averaged_tensors, frozen_copy, polyak
@@ -59,6 +59,28 @@ class TD3Config(OffPolicyConfig):
         if self.target_noise == 0:
             ignored["target_noise_clip"] = "it clips the target policy smoothing, and target_noise=0 (none)"
         return ignored
+
+
+def smoothed_target_action(action: Tensor, noise: Tensor, target_noise: float, noise_clip: float) -> Tensor:
+    """Target policy smoothing: a' = clip(mu_targ(s') + clip(target_noise * noise, +-noise_clip), -1, 1), with
+    white ``noise`` of the action's shape."""
+    smoothing = (noise * target_noise).clamp(-noise_clip, noise_clip)
+    return (action + smoothing).clamp(-1.0, 1.0)
+
+
+def td3_actor_loss(
+    actor: DeterministicActor, critic: nn.Module, obs: Tensor, preact_penalty: float, critic_in: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """(the loss to step, the reported actor loss -mean Q_1(s, mu(s))): the first critic's Q at the actor's own
+    action, plus ``preact_penalty`` * mean(u^2) on its pre-tanh output u when positive. With memory the critic
+    reads ``critic_in`` (its body's features) and the actor ``obs`` (its body's).
+
+    Pure functions of the networks and the batch (this, :func:`smoothed_target_action`): the ordinary update calls
+    them, and a population (:mod:`duetrl.population`) calls them under ``torch.func.vmap``."""
+    preact = actor.pre_tanh(obs)  # u, the action before the squash: a = tanh(u)
+    actor_loss = -critic(obs if critic_in is None else critic_in, torch.tanh(preact))[0].mean()
+    loss = actor_loss + preact_penalty * preact.pow(2).mean() if preact_penalty > 0 else actor_loss
+    return loss, actor_loss.detach()
 
 
 class TD3(OffPolicyAgent):
@@ -118,10 +140,8 @@ class TD3(OffPolicyAgent):
         cfg = self.cfg
         next_action = self.actor_target(next_actor_in)
         if cfg.target_noise > 0:
-            smoothing = (torch.randn_like(next_action) * cfg.target_noise).clamp(
-                -cfg.target_noise_clip, cfg.target_noise_clip
-            )
-            next_action = (next_action + smoothing).clamp(-1.0, 1.0)
+            noise = torch.randn_like(next_action)
+            next_action = smoothed_target_action(next_action, noise, cfg.target_noise, cfg.target_noise_clip)
         return self.critic_target(next_critic_in, next_action).min(0).values
 
     def gradient_step(self, batch: dict[str, Tensor], inputs: Inputs | None = None) -> dict[str, Tensor]:
@@ -130,11 +150,11 @@ class TD3(OffPolicyAgent):
         metrics = self.critic_step(batch, inputs)
         # Actor (delayed): ascend the first critic's Q at its own action; then move the targets.
         if self.gradient_steps % cfg.policy_delay == 0:
-            preact = self.actor.pre_tanh(inputs.actor)  # u, the action before the squash: a = tanh(u)
-            actor_loss = -self.critic(inputs.critic_for_actor, torch.tanh(preact))[0].mean()
-            loss = actor_loss + cfg.preact_penalty * preact.pow(2).mean() if cfg.preact_penalty > 0 else actor_loss
+            loss, actor_loss = td3_actor_loss(
+                self.actor, self.critic, inputs.actor, cfg.preact_penalty, critic_in=inputs.critic_for_actor
+            )
             clip_and_step(self.optimizers["actor"], loss, self.actor_params, cfg.max_grad_norm)
-            metrics["actor_loss"] = actor_loss.detach()
+            metrics["actor_loss"] = actor_loss
             for target, source in self.polyak_pairs:
                 polyak(target, source, cfg.tau)
         return metrics

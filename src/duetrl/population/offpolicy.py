@@ -8,55 +8,19 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
 from duetrl.algos.base import linear_schedule
-from duetrl.algos.offpolicy import polyak
-from duetrl.algos.sac import SAC, squashed_sample
+from duetrl.algos.offpolicy import critic_loss, polyak
+from duetrl.algos.sac import SAC, sac_actor_loss, soft_next_value, squashed_sample, temperature_loss
+from duetrl.algos.td3 import smoothed_target_action, td3_actor_loss
 from duetrl.config import Config
 from duetrl.policy import rescale
 from duetrl.population.stacked import StackedAdam, _Nets, clip_per_member
 from duetrl.returns import td_targets
 
 # ---------------------------------------------------------------------------------------------- off-policy members
-
-
-def bellman_target(
-    critic_target: nn.Module,
-    batch: dict[str, Tensor],
-    next_action: Tensor,
-    gamma: Tensor,
-    entropy_bonus: Tensor | float = 0.0,
-) -> Tensor:
-    """r + gamma * (1 - terminated) * (min_i Q_targ_i(s', a') + bonus): ``OffPolicyAgent.critic_step``'s target
-    with the next value of SAC (bonus -alpha log pi(a'|s')) or TD3 (no bonus) at a given next action."""
-    next_value = critic_target(batch["next_obs"], next_action).min(0).values + entropy_bonus
-    return td_targets(batch["reward"], next_value, batch["terminated"], gamma)
-
-
-def critic_loss(critic: nn.Module, batch: dict[str, Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
-    """Every Q critic's squared error to the target, as ``OffPolicyAgent.critic_step``: (loss, mean Q)."""
-    q = critic(batch["obs"], batch["action"])  # [E, B]
-    return 0.5 * (q - target).pow(2).mean(1).sum(), q.detach().mean()
-
-
-def sac_actor_loss(
-    actor: nn.Module, critic: nn.Module, alpha: Tensor, obs: Tensor, noise: Tensor
-) -> tuple[Tensor, Tensor]:
-    """The actor's loss alpha log pi(a|s) - min_i Q_i(s, a) of its reparameterised actions, as
-    :meth:`duetrl.algos.sac.SAC.actor_step`; also log pi(a|s) ``[B]`` for the temperature."""
-    action, log_prob = squashed_sample(actor, obs, noise=noise)
-    q_pi = critic(obs, action).min(0).values
-    return (alpha * log_prob - q_pi).mean(), log_prob
-
-
-def td3_actor_loss(actor: nn.Module, critic: nn.Module, obs: Tensor, preact_penalty: float) -> tuple[Tensor, Tensor]:
-    """(the loss stepped, the reported actor loss -Q_1(s, mu(s))) as :meth:`duetrl.algos.td3.TD3.gradient_step`."""
-    preact = actor.pre_tanh(obs)
-    actor_loss = -critic(obs, torch.tanh(preact))[0].mean()
-    loss = actor_loss + preact_penalty * preact.pow(2).mean() if preact_penalty > 0 else actor_loss
-    return loss, actor_loss.detach()
 
 
 class OffPolicyPopulation:
@@ -197,7 +161,8 @@ class OffPolicyPopulation:
         return [{key: means[key][m] for key in means} for m in range(members)]
 
     def critic_step(self, target: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        losses, q_mean = self._vmap(lambda n, b, t: critic_loss(n.critic, b, t), batch, target)
+        """``OffPolicyAgent.critic_step`` for every member, towards its Bellman targets ``[M, B]``."""
+        losses, q_mean = self._vmap(lambda n, b, t: critic_loss(n.critic, b["obs"], b["action"], t), batch, target)
         self._step("critic", losses, self.weights("critic"))
         return {"critic_loss": losses.detach(), "q_mean": q_mean}
 
@@ -295,8 +260,8 @@ class SACPopulation(OffPolicyPopulation):
             noise = self._noise(cfg.batch_size, self.act_dim)
 
             def target(n: _Nets, b: dict[str, Tensor], z: Tensor, log_alpha: Tensor, g: Tensor) -> Tensor:
-                next_action, next_log_prob = squashed_sample(n.actor, b["next_obs"], noise=z)
-                return bellman_target(n.critic_target, b, next_action, g, -log_alpha.exp() * next_log_prob)
+                next_value = soft_next_value(n.actor, n.critic_target, b["next_obs"], log_alpha.exp(), noise=z)
+                return td_targets(b["reward"], next_value, b["terminated"], g)
 
             targets = self._vmap(target, batch, noise, self.log_alpha.detach(), gamma)
         metrics = self.critic_step(targets, batch)
@@ -308,8 +273,8 @@ class SACPopulation(OffPolicyPopulation):
             )
             self._step("actor", actor_losses, self.weights("actor"))
             if cfg.autotune_alpha:
-                entropy_gap = log_prob.detach() + self.target_entropy.float()[:, None]
-                self._step("alpha", -(self.log_alpha[:, None] * entropy_gap).mean(1), [self.log_alpha], clip=False)
+                alpha_losses = vmap(temperature_loss)(self.log_alpha, log_prob, self.target_entropy.float())
+                self._step("alpha", alpha_losses, [self.log_alpha], clip=False)
             metrics.update(actor_loss=actor_losses.detach(), entropy=-log_prob.detach().mean(1), alpha=alpha)
         self._polyak("critic_target", "critic")
         return metrics
@@ -353,11 +318,14 @@ class TD3Population(OffPolicyPopulation):
         with torch.no_grad():
             next_action = self._vmap(lambda n, o: n.actor_target(o), batch["next_obs"])
             if cfg.target_noise > 0:
-                smoothing = (self._noise(*next_action.shape[1:]) * cfg.target_noise).clamp(
-                    -cfg.target_noise_clip, cfg.target_noise_clip
-                )
-                next_action = (next_action + smoothing).clamp(-1.0, 1.0)
-            targets = self._vmap(lambda n, b, a, g: bellman_target(n.critic_target, b, a, g), batch, next_action, gamma)
+                noise = self._noise(*next_action.shape[1:])
+                next_action = smoothed_target_action(next_action, noise, cfg.target_noise, cfg.target_noise_clip)
+
+            def target(n: _Nets, b: dict[str, Tensor], a: Tensor, g: Tensor) -> Tensor:
+                next_value = n.critic_target(b["next_obs"], a).min(0).values  # clipped double-Q, as TD3.next_value
+                return td_targets(b["reward"], next_value, b["terminated"], g)
+
+            targets = self._vmap(target, batch, next_action, gamma)
         metrics = self.critic_step(targets, batch)
         if self.gradient_steps % cfg.policy_delay == 0:
             losses, actor_losses = self._vmap(
