@@ -4,6 +4,7 @@
     python scripts/bench_spaces.py minatar --steps 200000 --seeds 0 1 2    # MinAtar Breakout, PPO
     python scripts/bench_spaces.py goal --steps 5000 --seeds 0 1 2         # Dict-observation goal reach, SAC (+ PPO)
     python scripts/bench_spaces.py atari --steps 20000 --seeds 0           # Pong PPO throughput, 8 envs each
+    python scripts/bench_spaces.py minatar --src /tmp/old/src --no-sb3     # the same, timing another checkout
 
 Every training is a whole process, run one at a time and timed from outside (``wall_s``, including start-up and
 the final evaluation, the same for both libraries); returns are means over the same held-out episodes (seeds
@@ -30,8 +31,11 @@ EPISODES = 20
 MAX_STEPS = 10_000  # duetrl's eval_max_steps: an episode of a never-missing Breakout agent is cut here
 
 
+SRC = ROOT / "src"  # the duetrl timed: --src times another checkout's (a before/after table in one run)
+
+
 def env_vars() -> dict[str, str]:
-    paths = [str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
+    paths = [str(SRC), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "OMP_WAIT_POLICY": "PASSIVE"}
 
 
@@ -53,6 +57,7 @@ def duetrl_run(env_id: str, algo: str, steps: int, seed: int, *sets: str) -> dic
         wall, out = timed(cmd)
     return {
         "lib": "duetrl",
+        "src": str(SRC),
         "algo": algo,
         "seed": seed,
         "steps": steps,
@@ -219,7 +224,12 @@ def main() -> None:
     parser.add_argument("--steps", dest="budget", type=int, default=200_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sac-only", action="store_true")
+    parser.add_argument("--src", type=Path, help="duetrl's src directory to time (default: this checkout's)")
+    parser.add_argument("--no-sb3", action="store_true", help="duetrl's rows only")
     args = parser.parse_args()
+    if args.src is not None:
+        global SRC
+        SRC = args.src.resolve()
     if args.what == "sb3-minatar":
         print(json.dumps(sb3_minatar(args.steps, args.seed)))
         return
@@ -238,11 +248,14 @@ def main() -> None:
         if args.what == "atari":  # throughput: env steps per second of the whole process, no evaluation to speak of
             row = duetrl_run("ALE/Pong-v5", "ppo", args.budget, seed, "eval_episodes=1", "eval_max_steps=100")
             print(json.dumps({**row, "steps_per_s": round(args.budget / row["wall_s"], 1)}), flush=True)
-            row = sb3_run("atari", args.budget, seed)
-            print(json.dumps({**row, "steps_per_s": round(args.budget / row["wall_s"], 1)}), flush=True)
+            if not args.no_sb3:
+                row = sb3_run("atari", args.budget, seed)
+                print(json.dumps({**row, "steps_per_s": round(args.budget / row["wall_s"], 1)}), flush=True)
         elif args.what == "minatar":
-            print(json.dumps(duetrl_run("MinAtar/Breakout-v1", "ppo", args.budget, seed)), flush=True)
-            print(json.dumps(sb3_run("minatar", args.budget, seed)), flush=True)
+            row = duetrl_run("MinAtar/Breakout-v1", "ppo", args.budget, seed)
+            print(json.dumps(row), flush=True)
+            if not args.no_sb3:
+                print(json.dumps(sb3_run("minatar", args.budget, seed)), flush=True)
         else:
             env = "spaces_envs:GoalReach"
             print(json.dumps(duetrl_run(env, "sac", args.budget, seed, "learning_starts=500")), flush=True)

@@ -189,3 +189,9 @@ def test_pendulum_novel_picks_the_recurrent_sac_preset():
     assert preset_id == "PendulumNoVel-v1/sac/default"
     assert cfg.algo.rnn == "gru" and cfg.run.steps == 10_000
     assert cfg.algo.sequences_per_batch() == 16 and cfg.algo.buffer_size // cfg.run.num_envs >= 12
+
+
+def test_discrete_sac_with_rnn_is_refused_in_one_line(capsys, tmp_path):
+    argv = ["CartPole-v1", "--algo", "sac", "--preset", "none", "--steps", 64, "--run-dir", tmp_path / "r"]
+    code, out, err = run(capsys, "train", *argv, "--set", "rnn=gru")
+    assert_user_error(code, out, err, "discrete SAC has no recurrent core yet")

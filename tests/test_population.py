@@ -51,7 +51,7 @@ def members(seeds: list[int], **overrides):
 def rollout_and_update(population: PPOPopulation, envs: list, seeds: list[int], updates: int = 2) -> list[dict]:
     obs = torch.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)])
     metrics = []
-    for _ in range(updates * population.cfg.num_steps):
+    for _ in range(updates * (getattr(population.cfg, "num_steps", None) or population.cfg.update_every)):
         action, record = population.explore(obs)
         out = [env.step(a) for env, a in zip(envs, action, strict=True)]
         obs = torch.stack([o[0] for o in out])
@@ -83,6 +83,24 @@ def test_perturbing_one_member_leaves_another_bit_identical():
     assert all(torch.equal(a, b) for a, b in zip(params_a, params_b, strict=True))
     assert metrics_a == metrics_b
     assert three_a != three_b  # the perturbation did change member 3
+
+
+def test_members_passed_through_the_update_in_groups_get_the_numbers_of_one_pass(monkeypatch):
+    """A large population's minibatch passes run a cache-sized group of members at a time: the grouping changes no
+    member's numbers (here 6 members in groups of 2 against one pass of 6)."""
+    import duetrl.population.ppo as population_ppo
+
+    seeds = [0, 1, 2, 3, 4, 5]
+    runs = []
+    for group_bytes in (population_ppo.ACTIVATION_BYTES, 2 * 16 * 16 * 4):  # minibatch 16 x width 16, 2 members
+        monkeypatch.setattr(population_ppo, "ACTIVATION_BYTES", group_bytes)
+        agents, configs, generators, envs = members(seeds)
+        population = PPOPopulation(agents, configs, generators)
+        runs.append((len(population.member_groups()), rollout_and_update(population, envs, seeds), population.params))
+    (one_pass, metrics_a, params_a), (groups, metrics_b, params_b) = runs
+    assert (one_pass, groups) == (1, 3)
+    assert metrics_a == metrics_b
+    assert all(torch.equal(a, b) for a, b in zip(params_a, params_b, strict=True))
 
 
 def test_a_population_of_one_acts_as_its_solo_run_and_updates_to_float_rounding():
@@ -203,7 +221,8 @@ def test_a_grid_of_settings_times_seeds_is_one_population(capsys, tmp_path):
         (["--seeds", "1", "2", "1"], "seed 1 appears twice"),
         (["--seeds", "0", "1", "--set", "hidden=[64],[32]"], "hidden differs .* use duetrl sweep"),
         (["--seeds", "0", "1", "--set", "num_steps=8,16"], "num_steps differs .* use duetrl sweep"),
-        (["--seeds", "0", "--algo", "a2c"], "trains ppo, sac, td3, ddpg .* use duetrl sweep for a2c"),
+        (["--seeds", "0", "--algo", "a2c", "--set", "optimizer=rmsprop"], "optimizer=rmsprop is not yet stacked"),
+        (["--seeds", "0", "--algo", "ac", "--set", "critic=q"], "critic=q .* not yet trained per member"),
         (["--seeds", "0", "1", "--set", "rnn=lstm"], "rnn=lstm .* not yet trained per member .* use duetrl sweep"),
     ],
 )
@@ -414,3 +433,82 @@ def test_gymnasium_backend_and_discrete_actions(capsys, tmp_path, env_id, backen
     assert code == 0, err
     assert f"{backend} backend" in err
     assert json.loads(out.strip().splitlines()[-1])["summary"][0]["members"] == 2
+
+
+# ---------------------------------------------------------------------------------------------- ac and a2c members
+TINY_AC = {"num_envs": 4, "update_every": 8, "hidden": [16, 16], "steps": 512, "advantage": "gae", "optimizer": "adam"}
+
+
+def ac_members(algo: str, seeds: list[int]):
+    """Solo-built ac/a2c agents (reward and observation normalisation on, clipping on), as PopulationTrainer builds
+    them."""
+    agents, configs, generators, envs = [], [], [], []
+    for seed in seeds:
+        settings = {**TINY_AC, "normalize_obs": True, "normalize_reward": True, "max_grad_norm": 0.5, "seed": seed}
+        cfg, _ = resolve("Pendulum-v1", algo, "none", None, settings)
+        seed_everything(seed)
+        env = make_env(cfg, torch.device("cpu"))
+        agents.append(build_agent(cfg, env.single_observation_space, env.single_action_space, torch.device("cpu")))
+        generator = torch.Generator()
+        generator.set_state(torch.get_rng_state())
+        configs.append(cfg)
+        generators.append(generator)
+        envs.append(env)
+    return agents, configs, generators, envs
+
+
+@pytest.mark.parametrize("algo", ["ac", "a2c"])
+def test_ac_members_are_independent(algo):
+    from duetrl.population import ACPopulation
+
+    seeds = [0, 1, 2, 3, 4, 5]
+    runs = []
+    for perturb in (False, True):
+        agents, configs, generators, envs = ac_members(algo, seeds)
+        if perturb:  # member 3: other weights and another RNG stream
+            with torch.no_grad():
+                for p in agents[3].policy.parameters():
+                    p.add_(0.5)
+            generators[3].manual_seed(12345)
+        population = ACPopulation(agents, configs, generators)
+        metrics = rollout_and_update(population, envs, seeds, updates=3)
+        runs.append(([p[5].clone() for p in population.params], [m[5] for m in metrics], [m[3] for m in metrics]))
+    (params_a, metrics_a, three_a), (params_b, metrics_b, three_b) = runs
+    assert len(metrics_a) == 3 and {"actor_loss", "critic_loss", "actor_grad_norm"} <= set(metrics_a[0])
+    assert all(torch.equal(a, b) for a, b in zip(params_a, params_b, strict=True))
+    assert metrics_a == metrics_b
+    assert three_a != three_b  # the perturbation did change member 3
+
+
+@pytest.mark.parametrize("algo", ["ac", "a2c"])
+def test_an_ac_population_of_one_follows_its_solo_run_to_float_rounding(algo):
+    from duetrl.population import ACPopulation
+
+    agents, configs, generators, envs = ac_members(algo, [7])
+    solo = copy.deepcopy(agents[0])
+    population = ACPopulation(agents, configs, generators)
+    env, (solo_env,) = envs[0], ac_members(algo, [7])[3]
+    obs, solo_obs = env.reset(seed=7)[0], solo_env.reset(seed=7)[0]
+    torch.set_rng_state(generators[0].get_state())
+    for _ in range(2):
+        for _ in range(configs[0].algo.update_every):
+            action, record = population.explore(obs[None])
+            decision = solo.explore(solo_obs, 0)
+            assert torch.allclose(action[0], decision.action, atol=1e-5)
+            o, r, te, tr, info = env.step(decision.action)
+            solo_obs, *outcome = solo_env.step(decision.action)
+            population.observe(record, r[None], te[None], tr[None], info["final_obs"][None])
+            solo.observe(decision, outcome[0], outcome[1], outcome[2], outcome[3]["final_obs"])
+            obs = o
+        assert population.ready() and solo.ready()
+        population.set_progress(0.25)
+        solo.set_progress(0.25)
+        ours, theirs = population.update()[0], solo.update()
+        assert set(ours) == set(theirs)
+        for key, value in theirs.items():
+            assert ours[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    member = population.write_back(0)
+    for mine, solo_param in zip(member.policy.parameters(), solo.policy.parameters(), strict=True):
+        assert torch.allclose(mine, solo_param, atol=1e-6)
+    for mine, solo_param in zip(member.critic.parameters(), solo.critic.parameters(), strict=True):
+        assert torch.allclose(mine, solo_param, atol=1e-6)

@@ -71,3 +71,35 @@ def test_recompute_changes_the_result_with_several_epochs():
     torch.manual_seed(1)
     b.update()
     assert any(not torch.equal(x, y) for x, y in zip(params(a), params(b), strict=True))
+
+
+@pytest.mark.parametrize("image", [True, False], ids=["pixels", "vector"])
+def test_next_values_read_from_the_next_step_equal_a_second_encoding(image):
+    """Where an episode went on, V(s'_t) is V(s_{t+1}) of the same pass; only the last step and the ended episodes'
+    final observations are encoded again. Same values as encoding every next observation (up to float rounding)."""
+    import gymnasium as gym
+    import numpy as np
+
+    torch.manual_seed(0)
+    space = gym.spaces.Box(0, 255, (10, 10, 3), np.uint8) if image else gym.spaces.Box(-1, 1, (3,), np.float32)
+    cfg = PPOConfig(hidden=[16], num_steps=8, minibatch_size=8)
+    cfg.validate()
+    agent = PPO(cfg, space, gym.spaces.Discrete(2), 2, CPU)
+
+    def draw():
+        return torch.randint(0, 256, (2, 10, 10, 3), dtype=torch.uint8) if image else torch.rand(2, 3) * 2 - 1
+
+    obs = draw()
+    for t in range(8):
+        decision = agent.explore(obs, env_steps=2 * t)
+        terminated, truncated = torch.tensor([t == 2, False]), torch.tensor([False, t == 5])
+        following = draw()  # s_{t+1}: the reset observation where an episode ended
+        final = torch.where((terminated | truncated).view(-1, *[1] * (obs.dim() - 1)), draw(), following)
+        agent.observe(decision, torch.randn(2), terminated, truncated, final)
+        obs = following
+    batch = agent.rollout.stack()
+    values, next_values = agent._values_and_next(batch)
+    features, next_features = agent.critic_features(batch, with_next=True)
+    torch.testing.assert_close(values, agent.critic(features), rtol=0, atol=1e-6)
+    torch.testing.assert_close(next_values, agent.critic(next_features), rtol=0, atol=1e-6)
+    assert not torch.equal(next_values[2, 0], values[3, 0])  # an ended episode: its own final observation's value

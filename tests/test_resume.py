@@ -75,6 +75,7 @@ KILL_CASES = {
     "ppo-torch": ("Pendulum-v1", ["--algo", "ppo", "--backend", "torch", "--steps", 3072], PPO),
     "ac": ("Pendulum-v1", ["--algo", "ac", "--backend", "gymnasium", "--steps", 3072], ["update_every=16"]),
     "sac-saved-buffer": ("Pendulum-v1", ["--algo", "sac", "--backend", "gymnasium", "--steps", 1280], SAC),
+    "sac-discrete": ("CartPole-v1", ["--algo", "sac", "--backend", "gymnasium", "--steps", 1280], SAC),  # issue 19
     # Exploration with memory: the pink noise sequences and TD3's OU state must come back too.
     "sac-pink-noise": ("Pendulum-v1", ["--algo", "sac", "--backend", "torch", "--steps", 1280], [*SAC, "noise_beta=1"]),
     "td3-ou-noise": ("Pendulum-v1", ["--algo", "td3", "--backend", "torch", "--steps", 1280], [*SAC, "noise_type=ou"]),

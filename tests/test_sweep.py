@@ -128,3 +128,52 @@ def test_the_summary_flags_a_ci_over_two_seeds_as_wide_and_gives_none_for_one():
     assert "nan" not in one and "no confidence interval from one seed" in one
     three = format_summary([{**row, "seeds": 3, "final_ci95": 20.0, "best_ci95": 10.0}])
     assert "wide" not in three and "over 3 seeds (95% CI)" in three
+
+
+# ---------------------------------------------------------------------------------------------- --vectorize
+TINY_PPO = {"num_envs": 4, "steps": 64, "num_steps": 8, "minibatch_size": 16, "epochs": 1, "eval_every": 64}
+
+
+def vectorized_spec(algo: str = "ppo") -> SweepSpec:
+    grid = {"gamma": [0.9, 0.99], "hidden": [[8, 8], [16, 16]]}
+    base = {**TINY_PPO, "eval_episodes": 1} if algo == "ppo" else {"steps": 64}
+    spec = SweepSpec("Pendulum-v1", algo, "none", None, base, grid, [0, 1], vectorize=True)
+    spec.check()
+    spec.expand()
+    return spec
+
+
+def test_vectorize_packs_per_member_settings_into_one_population_per_shape():
+    spec = vectorized_spec()
+    groups = spec.populations()
+    assert sorted(len(g) for g in groups) == [4, 4]  # 2 gammas x 2 seeds in each; hidden keeps them apart
+    for group in groups:
+        assert len({str(spec.trials[i]["values"]["hidden"]) for i in group}) == 1
+        assert {(spec.trials[i]["values"]["gamma"], spec.trials[i]["seed"]) for i in group} == {
+            (g, s) for g in (0.9, 0.99) for s in (0, 1)
+        }
+
+
+def test_a_vectorized_population_writes_the_sweeps_own_trial_directories(tmp_path):
+    from duetrl.sweeps import population_dir, run_population, summarize
+
+    spec = vectorized_spec()
+    group = next(g for g in spec.populations() if spec.trials[g[0]]["values"]["hidden"] == [8, 8])
+    result = run_population(tmp_path, spec, group)
+    assert len(result.members) == 4
+    rows = {r["config"]: r for r in summarize(tmp_path)}  # the ordinary sweep summary reads the members as trials
+    assert set(rows) == {"gamma=0.9,hidden=_8,_8_", "gamma=0.99,hidden=_8,_8_"}
+    assert all(r["seeds"] == 2 and r["failed"] == 0 and math.isfinite(r["final_mean"]) for r in rows.values())
+    record = json.loads((population_dir(tmp_path, spec, group) / "population.json").read_text())
+    assert sorted(m["run_dir"] for m in record["members"])[0] == "../../trials/gamma=0.9,hidden=_8,_8_/seed_0"
+
+
+def test_vectorize_refuses_trials_that_cannot_be_one_population_in_one_line(tmp_path, capsys):
+    from helpers import assert_user_error
+
+    from duetrl.cli import main
+
+    argv = ["sweep", "Pendulum-v1", "--algo", "ac", "--preset", "none", "--seeds", "0", "1", "--run-dir"]
+    code = main([*argv, str(tmp_path / "s"), "--vectorize", "--steps", "64"])  # ac's default: an update per episode
+    assert_user_error(code, *capsys.readouterr(), match="update_every=0 .* use duetrl sweep .without --vectorize.")
+    assert not (tmp_path / "s").exists()  # refused before anything was written or Ray started

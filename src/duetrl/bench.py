@@ -380,7 +380,7 @@ class DefaultsEnv:
     """One env of the family and its budgets in env steps, the same for both libraries."""
 
     env_id: str
-    discrete: bool  # a discrete action space: sac and td3 cannot act in it and are left out
+    discrete: bool  # a discrete action space: SB3's sac and td3 cannot act in it, so they are left out
     on_policy: int  # ppo, a2c
     off_policy: int = 0  # sac, td3
 
@@ -415,8 +415,8 @@ def defaults_tasks(
     envs: list[str] | None = None, algos: list[str] | None = None, scale: float = 1.0
 ) -> dict[str, Task]:
     """The family's (env, algo) pairs as Tasks named ALGO-ENV, each budget times ``scale`` (rounded up to whole
-    SB3 rollouts). An algorithm that cannot act in the env's action space (sac, td3 on a discrete one) is left out,
-    not an error."""
+    SB3 rollouts). A pair SB3 cannot run (its sac and td3 on a discrete action space; duetrl's sac can) is left
+    out, not an error."""
     envs, algos = envs or list(DEFAULTS_ENVS), algos or list(DEFAULTS_ALGOS)
     for kind, names, known in (("env", envs, DEFAULTS_ENVS), ("algorithm", algos, DEFAULTS_ALGOS)):
         unknown = [n for n in names if n not in known]

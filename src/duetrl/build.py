@@ -59,7 +59,7 @@ def build_agent(cfg: Config, obs_space: gym.Space, act_space: gym.Space, device:
         )
     if not discrete and not spec.continuous:
         raise UserError(f"{setting('algo', spec.name)} needs discrete actions; {cfg.run.env_id} has continuous actions")
-    return spec.agent_cls(cfg.algo, obs_space, act_space, cfg.run.num_envs, device)
+    return spec.agent_class(discrete)(cfg.algo, obs_space, act_space, cfg.run.num_envs, device)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

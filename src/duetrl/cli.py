@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--samples", type=int, default=1, help="configurations drawn with --search random")
     sw.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     sw.add_argument("--cpus-per-trial", type=float, default=1.0)
+    sw.add_argument(
+        "--vectorize",
+        action="store_true",
+        help="train the trials that differ only in per-member settings (seeds, lr, gamma, ...) as one population "
+        "each, one Ray trial per population",
+    )
 
     pl = sub.add_parser("plot", help="learning curves of runs and sweeps")
     pl.add_argument("paths", nargs="+", metavar="RUN_DIR")
@@ -365,6 +371,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             address=args.address,
             cpus_per_trial=args.cpus_per_trial,
             target_return=target,
+            vectorize=args.vectorize,
             **overrides,
         )
     print(format_summary(rows))

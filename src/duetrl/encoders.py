@@ -314,12 +314,19 @@ class CNN(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         batch = obs.shape[: obs.dim() - len(self.shape)]
-        x = obs.reshape(-1, *self.shape).float() * self.scale
+        x = obs.reshape(-1, *self.shape)
         if len(self.shape) == 2:
             x = x.unsqueeze(1)
         elif self.channels_last:  # [..., H, W, C] -> [..., C, H, W]
             x = x.movedim(-1, -3)
         x = x.reshape(x.shape[0], -1, *self.hw)  # stacked frames join the channels
+        # oneDNN's CPU convolutions run fastest on NHWC ("channels_last") inputs; the conv then takes its (small)
+        # weights in that layout too. Nature-CNN forward+backward of 256 84x84x4 images, one thread on this 2-core
+        # CPU: 582 ms NCHW, 380 ms NHWC. The layout is set while still uint8 (a quarter of the bytes to move), then
+        # scaled to [0, 1]. The sums run in another order: results agree with NCHW's to float rounding (2e-8).
+        x = x.contiguous(memory_format=torch.channels_last).float()
+        if self.scale != 1.0:  # uint8 pixels; boolean planes (MinAtar's) are 0/1 already
+            x = x * self.scale
         return self.linear(self.conv(x)).reshape(*batch, self.features)
 
 

@@ -170,6 +170,30 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+def ensemble_mlp(
+    ensemble: int,
+    in_dim: int,
+    hidden: Sequence[int],
+    out_dim: int,
+    activation: str = "relu",
+    layer_norm: bool = False,
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """``ensemble`` independent MLPs ``[E, B, in_dim] -> [E, B, out_dim]`` (dropout, then LayerNorm, then the
+    activation after each hidden layer): the trunk of :class:`EnsembleQ` and :class:`EnsembleQValues`."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers.append(EnsembleLinear(ensemble, in_dim, width))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        if layer_norm:
+            layers.append(nn.LayerNorm(width))
+        layers.append(ACTIVATIONS[activation]())
+        in_dim = width
+    layers.append(EnsembleLinear(ensemble, in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
 class EnsembleQ(nn.Module):
     """``ensemble`` Q(s, a) networks evaluated together (twin critics in one pass): returns ``[E, B]``.
 
@@ -191,23 +215,43 @@ class EnsembleQ(nn.Module):
         super().__init__()
         self.encoder = encoder_or_none(encoder)  # one encoder for every member, as SB3's critics share theirs
         self.ensemble = ensemble
-        layers: list[nn.Module] = []
-        in_dim = obs_dim + act_dim
-        for width in hidden:
-            layers.append(EnsembleLinear(ensemble, in_dim, width))
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            if layer_norm:
-                layers.append(nn.LayerNorm(width))
-            layers.append(ACTIVATIONS[activation]())
-            in_dim = width
-        layers.append(EnsembleLinear(ensemble, in_dim, 1))
-        self.net = nn.Sequential(*layers)
+        self.net = ensemble_mlp(ensemble, obs_dim + act_dim, hidden, 1, activation, layer_norm, dropout)
 
     def forward(self, obs: Tensor, action: Tensor) -> Tensor:
         x = torch.cat([encode(self.encoder, obs), action], dim=-1)
         x = x.unsqueeze(0).expand(self.ensemble, *x.shape) if x.dim() == 2 else x
         return self.net(x).squeeze(-1)
+
+
+class EnsembleQValues(nn.Module):
+    """``ensemble`` critics Q(s, .) with one output per discrete action (discrete SAC's), evaluated together:
+    ``[E, B, A]``. Given action indices ``[B, 1]`` (as the replay buffer stores them), the Q of those actions
+    ``[E, B]``, so that :meth:`duetrl.algos.offpolicy.OffPolicyAgent.critic_step` reads it as an :class:`EnsembleQ`."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        num_actions: int,
+        *,
+        hidden: Sequence[int] = (256, 256),
+        ensemble: int = 2,
+        activation: str = "relu",
+        layer_norm: bool = False,
+        dropout: float = 0.0,
+        encoder: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.encoder = encoder_or_none(encoder)  # one encoder for every member, as EnsembleQ's
+        self.ensemble = ensemble
+        self.net = ensemble_mlp(ensemble, obs_dim, hidden, num_actions, activation, layer_norm, dropout)
+
+    def forward(self, obs: Tensor, action: Tensor | None = None) -> Tensor:
+        x = encode(self.encoder, obs)
+        q = self.net(x.unsqueeze(0).expand(self.ensemble, *x.shape))  # [E, B, A]
+        if action is None:
+            return q
+        index = action.long().reshape(1, -1, 1).expand(self.ensemble, -1, 1)  # [E, B, 1]
+        return q.gather(-1, index).squeeze(-1)
 
 
 class DeterministicActor(nn.Module):

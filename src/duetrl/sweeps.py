@@ -104,6 +104,7 @@ class SweepSpec:
     cpus_per_trial: float = 1.0
     target_return: float | None = None
     trials: list[dict[str, Any]] | None = None  # [{"values": {...}, "seed": s}], fixed when the sweep starts
+    vectorize: bool = False  # trials that differ only in per-member settings train as one population each
 
     def expand(self) -> None:
         """Fix the list of trials: every grid point, or ``samples`` random draws, times every seed."""
@@ -126,6 +127,35 @@ class SweepSpec:
         for key, values in self.grid.items():
             for value in values:
                 resolve(self.env_id, self.algo, self.preset, self.config_file, {**self.base, key: value})
+
+    def trial_config(self, trial: dict[str, Any]) -> Any:
+        """The resolved :class:`~duetrl.config.Config` of one trial."""
+        settings = {**self.base, **trial["values"], "seed": trial["seed"]}
+        return resolve(self.env_id, self.algo, self.preset, self.config_file, settings)[0]
+
+    def populations(self) -> list[list[int]]:
+        """With ``vectorize``: the trials (indices into ``trials``) grouped into populations, one per value of the
+        swept settings that a population cannot vary per member (those that change shapes or branches, e.g.
+        ``hidden``, ``num_envs``); each group is checked to train as one population (UserError if not)."""
+        from duetrl.population.planning import PER_MEMBER, plan
+
+        assert self.trials is not None
+        algo = resolve(self.env_id, self.algo, self.preset, self.config_file, self.base)[0].run.algo
+        if algo not in PER_MEMBER:
+            raise UserError(
+                f"--vectorize packs trials into populations, which train {', '.join(PER_MEMBER)}; not {algo}: "
+                "drop --vectorize"
+            )
+        groups: dict[str, list[int]] = {}
+        for i, trial in enumerate(self.trials):
+            shared = {k: v for k, v in trial["values"].items() if k not in PER_MEMBER[algo]}
+            groups.setdefault(config_label(shared), []).append(i)
+        for indices in groups.values():
+            try:
+                plan([self.trial_config(self.trials[i]) for i in indices])
+            except UserError as e:
+                raise UserError(f"{e} (without --vectorize)") from None
+        return list(groups.values())
 
 
 def _trial(config: dict[str, Any]) -> None:
@@ -167,6 +197,42 @@ def trial_dir(sweep_dir: Path, trial: dict[str, Any]) -> Path:
     return sweep_dir / "trials" / config_label(trial["values"]) / f"seed_{trial['seed']}"
 
 
+def population_dir(sweep_dir: Path, spec: SweepSpec, group: list[int]) -> Path:
+    """Where a vectorized sweep's population keeps population.json and summary.json: ``populations/<label>``,
+    labelled by the settings its members share among the swept ones ("base" if none)."""
+    assert spec.trials is not None
+    first = spec.trials[group[0]]["values"]
+    shared = {k: v for k, v in first.items() if all(spec.trials[i]["values"][k] == v for i in group)}
+    return sweep_dir / "populations" / config_label(shared)
+
+
+def run_population(sweep_dir: Path, spec: SweepSpec, group: list[int]) -> Any:
+    """Train the trials ``group`` as one population whose members write the sweep's own trial directories (so the
+    summary, ``--resume`` and ``duetrl plot`` see ordinary trials); a population stopped after its first
+    checkpoint continues from it. Returns the :class:`~duetrl.population.PopulationResult`."""
+    from duetrl import checkpoint as ckpt
+    from duetrl.api import resume_population
+    from duetrl.population import POPULATION_FILE, PopulationTrainer
+
+    assert spec.trials is not None
+    trials = [spec.trials[i] for i in group]
+    root, dirs = population_dir(sweep_dir, spec, group), [trial_dir(sweep_dir, t) for t in trials]
+    if (root / POPULATION_FILE).exists() and any(ckpt.list_checkpoints(d) for d in dirs):
+        return resume_population(root, quiet=True)
+    return PopulationTrainer([spec.trial_config(t) for t in trials], root, quiet=True, dirs=dirs).train()
+
+
+def _population_trial(config: dict[str, Any]) -> None:
+    """One Ray Tune trial of a vectorized sweep: a population of trials, reporting the mean of its final returns."""
+    from ray import tune
+
+    spec = SweepSpec(**config["spec"])
+    result = run_population(Path(config["sweep_dir"]), spec, config["groups"][config["labels"][config["trial"]]])
+    finals = [m["final"] for m in result.members if "final" in m]
+    mean = sum(finals) / len(finals) if finals else float("nan")
+    tune.report({"env_steps": result.env_steps, "eval_return_mean": mean, "done": True})
+
+
 def sweep(
     run_dir: str | Path,
     env_id: str | None = None,
@@ -180,11 +246,16 @@ def sweep(
     address: str | None = None,
     cpus_per_trial: float = 1.0,
     target_return: float | None = None,
+    vectorize: bool = False,
     **settings: Any,
 ) -> list[dict[str, Any]]:
     """Run every (configuration, seed) trial on Ray Tune and return the summary rows (also in summary.csv).
 
     ``grid`` maps a setting to the values to try (``{"gamma": [0.9, 0.99]}``); ``settings`` apply to every trial.
+    ``vectorize``: trials that differ only in settings a population varies per member (seeds, learning rates,
+    gamma, ...; see :data:`duetrl.population.planning.PER_MEMBER`) train as ONE population in one process, each
+    population a Ray trial; settings that change shapes (``hidden``, ``num_envs``) still make separate trials.
+    The trial directories and the summary are the same either way.
     """
     run_dir = Path(run_dir).resolve()
     if target_return is not None:
@@ -201,9 +272,12 @@ def sweep(
         samples,
         cpus_per_trial,
         target_return,
+        vectorize=vectorize,
     )
     spec.check()
     spec.expand()
+    if vectorize:
+        spec.populations()  # refuses, before anything starts, a group that cannot train as one population
     if (run_dir / "sweep.json").exists():
         raise UserError(f"{run_dir} already holds a sweep; finish it with `duetrl sweep --resume {run_dir}`")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,9 +301,16 @@ def _execute(run_dir: Path, spec: SweepSpec, address: str | None) -> list[dict[s
     pending = [i for i, t in enumerate(spec.trials) if not (trial_dir(run_dir, t) / "result.json").exists()]
     # Trials by name in Ray's live table: "gamma=0.9 seed 1", not an index.
     labels: dict[str, int] = {}
-    for i in pending:
-        label = f"{config_label(spec.trials[i]['values'])} seed {spec.trials[i]['seed']}"
-        labels[label if label not in labels else f"{label} #{i}"] = i
+    groups = spec.populations() if spec.vectorize else []
+    if spec.vectorize:  # a population runs again if any of its members has no result
+        for g, group in enumerate(groups):
+            if any(i in pending for i in group):
+                label = f"{population_dir(run_dir, spec, group).name} population of {len(group)}"
+                labels[label if label not in labels else f"{label} #{g}"] = g
+    else:
+        for i in pending:
+            label = f"{config_label(spec.trials[i]['values'])} seed {spec.trials[i]['seed']}"
+            labels[label if label not in labels else f"{label} #{i}"] = i
     if pending:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic live table of trials
         ray, tune = _ray()
@@ -244,10 +325,11 @@ def _execute(run_dir: Path, spec: SweepSpec, address: str | None) -> list[dict[s
             )
         try:
             tuner = tune.Tuner(
-                tune.with_resources(_trial, {"cpu": spec.cpus_per_trial}),
+                tune.with_resources(_population_trial if spec.vectorize else _trial, {"cpu": spec.cpus_per_trial}),
                 param_space={
                     "trial": tune.grid_search(list(labels)),
                     "labels": labels,
+                    "groups": groups,
                     "spec": spec.__dict__,
                     "sweep_dir": str(run_dir),
                 },
@@ -265,13 +347,13 @@ def _execute(run_dir: Path, spec: SweepSpec, address: str | None) -> list[dict[s
             )
             for result in tuner.fit():
                 if result.error is not None:
-                    trial = spec.trials[labels[result.config["trial"]]]
                     lines = str(result.error).strip().splitlines()
-                    print(
-                        f"duetrl: trial {config_label(trial['values'])} seed {trial['seed']} failed: "
-                        f"{lines[-1] if lines else result.error}",
-                        file=sys.stderr,
-                    )
+                    if spec.vectorize:
+                        name = result.config["trial"]
+                    else:
+                        trial = spec.trials[labels[result.config["trial"]]]
+                        name = f"{config_label(trial['values'])} seed {trial['seed']}"
+                    print(f"duetrl: trial {name} failed: {lines[-1] if lines else result.error}", file=sys.stderr)
         finally:
             if started_here:
                 ray.shutdown()

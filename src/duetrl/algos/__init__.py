@@ -9,7 +9,7 @@ from duetrl.algos.ac import ACConfig, ActorCritic
 from duetrl.algos.base import Agent, AlgoSpec
 from duetrl.algos.ddpg import DDPG, DDPGConfig
 from duetrl.algos.ppo import PPO, PPOConfig
-from duetrl.algos.sac import SAC, SACConfig
+from duetrl.algos.sac import SAC, DiscreteSAC, SACConfig
 from duetrl.algos.td3 import TD3, TD3Config
 from duetrl.errors import UserError
 
@@ -18,7 +18,11 @@ ALGOS: dict[str, AlgoSpec] = {
     "a2c": AlgoSpec("a2c", A2CConfig, ActorCritic, "advantage actor-critic: ac with n-step batches over parallel envs"),
     "ppo": AlgoSpec("ppo", PPOConfig, PPO, "proximal policy optimisation: clipped surrogate, minibatch epochs"),
     "sac": AlgoSpec(
-        "sac", SACConfig, SAC, "soft actor-critic: twin Q critics, squashed Gaussian, auto entropy", discrete=False
+        "sac",
+        SACConfig,
+        SAC,
+        "soft actor-critic: twin Q critics, squashed Gaussian (categorical on Discrete), auto entropy",
+        discrete_agent_cls=DiscreteSAC,
     ),
     "td3": AlgoSpec(
         "td3", TD3Config, TD3, "twin delayed DDPG: clipped double-Q, delayed actor, target smoothing", discrete=False

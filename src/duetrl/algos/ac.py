@@ -20,6 +20,7 @@ from typing import Any
 import gymnasium as gym
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
 from duetrl.algos.base import Decision, anneal_lr, clip_and_step
 from duetrl.algos.onpolicy import (
@@ -34,7 +35,7 @@ from duetrl.encoders import EncoderKeys, Obs
 from duetrl.errors import UserError
 from duetrl.nets import QCritic, ValueCritic, encode, encoder_or_none, orthogonal_init
 from duetrl.optim import adam
-from duetrl.policy import PolicyConfig
+from duetrl.policy import Policy, PolicyConfig
 from duetrl.returns import discounted_returns, gae, normalize, nstep_targets, td_errors
 from duetrl.validate import check_choice, check_range
 
@@ -193,15 +194,9 @@ class ActorCritic(OnPolicyAgent):
         # Critic: estimates for each step (with gradient) and for each next state (as a fixed bootstrap).
         values, next_values = self._critic_values(batch)  # [T, N]
         targets = self._targets(reward, values.detach(), next_values, terminated, truncated)  # [T, N]
-        critic_loss = (values - targets).pow(2).mean()
-
-        # Actor: policy gradient weighted by the advantage.
-        advantages = values.detach() if cfg.critic == "q" else targets - values.detach()
-        if cfg.normalize_advantage:
-            advantages = normalize(advantages)
-        log_prob, entropy, dist = self.policy.evaluate_actions(batch["obs"], raw, self.actor_features(batch))  # [T, N]
-        entropy = entropy.mean()
-        actor_loss = -(log_prob * advantages).mean() - cfg.ent_coef * entropy
+        actor_loss, critic_loss, entropy, dist = ac_loss(
+            self.policy, values, targets, batch["obs"], raw, cfg, self.actor_features(batch)
+        )
 
         actor_grad = clip_and_step(self.optimizers["actor"], actor_loss, self.actor_params, cfg.max_grad_norm)
         critic_grad = clip_and_step(self.optimizers["critic"], critic_loss, self.critic_params, cfg.max_grad_norm)
@@ -230,11 +225,46 @@ class ActorCritic(OnPolicyAgent):
     def _targets(
         self, reward: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, truncated: Tensor
     ) -> Tensor:
-        cfg = self.cfg
-        if cfg.advantage == "mc":
-            return discounted_returns(reward, next_values, terminated, truncated, cfg.gamma)
-        if cfg.advantage == "td":
-            return td_errors(reward, values, next_values, terminated, cfg.gamma) + values
-        if cfg.advantage == "nstep":
-            return nstep_targets(reward, next_values, terminated, truncated, cfg.gamma, cfg.nstep)
-        return gae(reward, values, next_values, terminated, truncated, cfg.gamma, cfg.gae_lambda) + values
+        return ac_targets(self.cfg, reward, values, next_values, terminated, truncated)
+
+
+def ac_targets(
+    cfg: Any, reward: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, truncated: Tensor
+) -> Tensor:
+    """The critic's targets ``[T, N]`` of ``cfg.advantage``: the Monte-Carlo, one-step TD, n-step or GAE(lambda)
+    return, from the (detached) values of each step and of each next state (``cfg``: anything with ACConfig's
+    ``advantage``, ``gamma``, ``nstep``, ``gae_lambda``)."""
+    if cfg.advantage == "mc":
+        return discounted_returns(reward, next_values, terminated, truncated, cfg.gamma)
+    if cfg.advantage == "td":
+        return td_errors(reward, values, next_values, terminated, cfg.gamma) + values
+    if cfg.advantage == "nstep":
+        return nstep_targets(reward, next_values, terminated, truncated, cfg.gamma, cfg.nstep)
+    return gae(reward, values, next_values, terminated, truncated, cfg.gamma, cfg.gae_lambda) + values
+
+
+def ac_loss(
+    policy: Policy,
+    values: Tensor,
+    targets: Tensor,
+    obs: Obs,
+    raw: Tensor,
+    cfg: Any,
+    actor_features: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Distribution]:
+    """(actor loss, critic loss, mean entropy, the policy's distribution) of one batch ``[T, N]``: the critic's
+    squared error to the targets, and the policy gradient -log pi(a|s) * advantage - ent_coef * entropy, the
+    advantage being the target minus V(s) (or Q(s, a) itself with ``cfg.critic == "q"``), normalised if asked.
+
+    A pure function of the policy, the critic's ``values`` (with gradient) and the batch: the ordinary update calls
+    it, and a population (:mod:`duetrl.population`) calls it under ``torch.func.vmap`` (``cfg``: anything with
+    ACConfig's ``critic``, ``normalize_advantage``, ``ent_coef``; ``ent_coef`` may be a 0-d tensor there)."""
+    critic_loss = (values - targets).pow(2).mean()
+    # Actor: policy gradient weighted by the advantage.
+    advantages = values.detach() if cfg.critic == "q" else targets - values.detach()
+    if cfg.normalize_advantage:
+        advantages = normalize(advantages)
+    log_prob, entropy, dist = policy.evaluate_actions(obs, raw, actor_features)  # [T, N]
+    entropy = entropy.mean()
+    actor_loss = -(log_prob * advantages).mean() - cfg.ent_coef * entropy
+    return actor_loss, critic_loss, entropy, dist

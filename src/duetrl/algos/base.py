@@ -21,6 +21,11 @@ class AlgoSpec:
     description: str
     discrete: bool = True
     continuous: bool = True
+    discrete_agent_cls: type[Agent] | None = None  # the agent on discrete actions, when not agent_cls (sac's)
+
+    def agent_class(self, discrete: bool) -> type[Agent]:
+        """The agent that acts in a discrete (or continuous) action space."""
+        return self.discrete_agent_cls if discrete and self.discrete_agent_cls is not None else self.agent_cls
 
 
 @dataclass

@@ -244,18 +244,11 @@ class OffPolicyAgent(Agent):
 
     def __init__(self, cfg: Any, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
-        if action_kind(act_space) != "gaussian":
-            raise UserError(f"--algo {self.name} needs a continuous (Box) action space, not {act_space}")
-        self.act_dim = action_dim(act_space)  # a Box of any shape, flattened: [-1, 1]^act_dim here
-        self.act_shape = tuple(act_space.shape)
-        self.low = torch.as_tensor(act_space.low, dtype=torch.float32, device=device).reshape(-1)
-        self.high = torch.as_tensor(act_space.high, dtype=torch.float32, device=device).reshape(-1)
-        if not (torch.isfinite(self.low).all() and torch.isfinite(self.high).all()):
-            raise UserError(f"--algo {self.name} needs a bounded action space, not {act_space}")
+        replay_width = self.init_actions(act_space)
         self.recurrent = cfg.rnn != "none"
         # With memory the buffer of sequences comes in remember(), once the cores' state widths are known.
         self.buffer: ReplayBuffer | SequenceReplay | None = (
-            None if self.recurrent else ReplayBuffer(cfg.buffer_size, obs_space, self.act_dim, device)
+            None if self.recurrent else ReplayBuffer(cfg.buffer_size, obs_space, replay_width, device)
         )
         # A config that never went through config.resolve (no budget known) keeps the paper's warm-up.
         self.learning_starts = cfg.PAPER_LEARNING_STARTS if cfg.learning_starts is None else cfg.learning_starts
@@ -264,6 +257,23 @@ class OffPolicyAgent(Agent):
         # Exploration noise with memory, when the algorithm uses it: restarted as episodes end (``observe``) and
         # kept in checkpoints.
         self.noise: ColoredNoise | OrnsteinUhlenbeckNoise | None = None
+
+    def init_actions(self, act_space: gym.Space) -> int:
+        """Check the action space and keep what acting in it needs (``act_dim``, ``act_shape``, the bounds);
+        returns the width of a replayed action. Here a bounded Box of any shape, flattened: [-1, 1]^act_dim."""
+        if action_kind(act_space) != "gaussian":
+            raise UserError(f"--algo {self.name} needs a continuous (Box) action space, not {act_space}")
+        self.act_dim = action_dim(act_space)
+        self.act_shape = tuple(act_space.shape)
+        self.low = torch.as_tensor(act_space.low, dtype=torch.float32, device=self.device).reshape(-1)
+        self.high = torch.as_tensor(act_space.high, dtype=torch.float32, device=self.device).reshape(-1)
+        if not (torch.isfinite(self.low).all() and torch.isfinite(self.high).all()):
+            raise UserError(f"--algo {self.name} needs a bounded action space, not {act_space}")
+        return self.act_dim
+
+    def random_action(self, n: int) -> Tensor:
+        """What the agent does before ``learning_starts``: uniform random actions ``[n, act_dim]`` in [-1, 1]."""
+        return torch.rand(n, self.act_dim, device=self.device) * 2 - 1
 
     def make_encoder(self) -> nn.Module:
         """A fresh encoder of the observations (every network owns its own; the critic's members share one)."""
@@ -364,7 +374,7 @@ class OffPolicyAgent(Agent):
             record.update(start=self.memory.starts.clone(), actor_state=states["actor"], critic_state=states["critic"])
             self.memory.carry({"actor": actor_next, "critic": critic_next})
         if env_steps < self.learning_starts:
-            action = torch.rand(batch_size(obs), self.act_dim, device=self.device) * 2 - 1
+            action = self.random_action(batch_size(obs))
         else:
             action = self.exploration_action(actor_in)
         record["action"] = action

@@ -8,6 +8,12 @@ Per gradient step, from a replayed batch:
   targets: Polyak averaging with ``tau``.
 With ``utd`` > 1 (several gradient steps per env step), LayerNorm/dropout in the critics keep it stable.
 Exploration samples the policy with white noise, or with coloured noise (``noise_beta`` > 0, see noise.py).
+
+On a ``Discrete`` action space ``--algo sac`` is discrete SAC (Christodoulou 2019; :class:`DiscreteSAC`): a
+categorical actor, critics Q(s, .) with one output per action, and every expectation over the actions taken exactly
+(the soft target, the actor loss, the entropy), so nothing is sampled or reparameterised in the update. Its entropy
+target is ``target_entropy_scale * log|A|`` (0.89, CleanRL's, by default).
+
 The losses are pure functions (:func:`soft_next_value`, :func:`sac_actor_loss`, :func:`temperature_loss`), so
 that the memoryless update, the population's and the recurrent one (``rnn``, see :mod:`duetrl.algos.offpolicy`:
 the actor and the twin critics each read a recurrent body's features) run the same math on different inputs.
@@ -22,12 +28,12 @@ import gymnasium as gym
 import torch
 from torch import Tensor, nn
 
-from duetrl.algos.base import clip_and_step, linear_schedule
+from duetrl.algos.base import Deployable, clip_and_step, linear_schedule
 from duetrl.algos.offpolicy import Inputs, OffPolicyAgent, OffPolicyConfig, averaged_tensors, frozen_copy, polyak
 from duetrl.errors import UserError
-from duetrl.nets import GaussianActor
+from duetrl.nets import CategoricalActor, EnsembleQValues, GaussianActor
 from duetrl.optim import adam
-from duetrl.policy import PolicyConfig, gaussian_actor, gaussian_log_density, tanh_log_det
+from duetrl.policy import PolicyConfig, action_kind, gaussian_actor, gaussian_log_density, tanh_log_det
 from duetrl.validate import check_range
 
 
@@ -38,7 +44,8 @@ class SACConfig(OffPolicyConfig):
     alpha_lr: float = 3e-4
     alpha: float = 0.2  # initial entropy coefficient
     autotune_alpha: bool = True
-    target_entropy: float | None = None  # None = -act_dim
+    target_entropy: float | None = None  # None = -act_dim (Box), target_entropy_scale * log|A| (Discrete)
+    target_entropy_scale: float = 0.89  # Discrete: the entropy target as a fraction of the uniform policy's
     target_entropy_final: float | None = None  # None = constant; else reached linearly at the end of the run
     log_std_min: float = -5.0
     log_std_max: float = 2.0
@@ -47,6 +54,7 @@ class SACConfig(OffPolicyConfig):
         super().validate()
         check_range("alpha_lr", self.alpha_lr, 0.0)
         check_range("alpha", self.alpha, 0.0)
+        check_range("target_entropy_scale", self.target_entropy_scale, 0.0, 1.0)
         if self.alpha <= 0:
             raise UserError(f"alpha={self.alpha} must be positive (it is learned in log space)")
 
@@ -200,3 +208,153 @@ class SAC(OffPolicyAgent):
             alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
             clip_and_step(self.optimizers["alpha"], alpha_loss, [self.log_alpha], 0.0)
         return {"actor_loss": actor_loss.detach(), "entropy": -log_prob.detach().mean(), "alpha": alpha}
+
+
+# ---------------------------------------------------------------------------------------------- discrete SAC
+# Christodoulou 2019, "Soft Actor-Critic for Discrete Action Settings" (as CleanRL's sac_atari.py): with a finite
+# action set the policy's expectations are sums over the actions, so the actor and the soft target take them exactly
+# (no sampled action, no reparameterisation), and the critics output Q(s, .) for every action at once.
+#   critic:  Q_i(s, a) -> r + gamma * (1 - terminated) * sum_a' pi(a'|s') (min_i Q_targ_i(s', a') - alpha log pi(a'|s'))
+#   actor:   minimise sum_a pi(a|s) (alpha log pi(a|s) - min_i Q_i(s, a))
+#   alpha:   tuned so that the policy's entropy H(pi(.|s)) = -sum_a pi log pi stays near
+#            ``target_entropy_scale * log|A|`` (or ``target_entropy`` when given).
+
+
+def discrete_soft_value(q: Tensor, log_probs: Tensor, alpha: Tensor | float) -> Tensor:
+    """V(s) = sum_a pi(a|s) (Q(s, a) - alpha log pi(a|s)) ``[B]``, from Q ``[B, A]`` and log pi ``[B, A]``: the
+    soft value as an exact expectation over the actions (the soft target's bootstrap, and minus the actor's loss)."""
+    return (log_probs.exp() * (q - alpha * log_probs)).sum(-1)
+
+
+def discrete_actor_loss(q: Tensor, log_probs: Tensor, alpha: Tensor | float) -> Tensor:
+    """mean_s sum_a pi(a|s) (alpha log pi(a|s) - Q(s, a)): minus the mean soft value. Pass Q detached, so that only
+    the actor learns from it (its gradient reaches the logits through pi and log pi)."""
+    return -discrete_soft_value(q, log_probs, alpha).mean()
+
+
+def categorical_entropy(log_probs: Tensor) -> Tensor:
+    """H(pi(.|s)) = -sum_a pi(a|s) log pi(a|s) ``[B]``, exact, from log-probabilities ``[B, A]``."""
+    return -(log_probs.exp() * log_probs).sum(-1)
+
+
+def discrete_temperature_loss(log_alpha: Tensor, entropy: Tensor, target_entropy: float) -> Tensor:
+    """log alpha * (H - target), averaged over states: its gradient raises alpha when the policy's entropy ``[B]``
+    (detached) falls below the target and lowers it above, as SAC's continuous temperature loss with the exact
+    entropy in place of the sampled -log pi(a|s)."""
+    return (log_alpha * (entropy.detach() - target_entropy)).mean()
+
+
+class DeployedCategorical(Deployable):
+    """Discrete SAC's deterministic policy for export: raw observation -> the most probable action (+ the space's
+    start)."""
+
+    def __init__(self, actor: CategoricalActor, start: int):
+        super().__init__()
+        self.actor, self.start = actor, start
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.actor(obs).argmax(-1) + self.start
+
+
+class DiscreteSAC(SAC):
+    """SAC on a ``Discrete`` action space (``--algo sac`` picks it there): a categorical actor and critics with
+    one output per action; the replay buffer holds action indices ``[B, 1]``. Every setting of SACConfig applies
+    except ``log_std_min``/``log_std_max`` (no Gaussian) and ``noise_beta`` (the policy is sampled as it is);
+    ``target_entropy=None`` means ``target_entropy_scale * log|A|``. The critic step, the actor's delay, the
+    Polyak averaging, the entropy schedule and the state are SAC's."""
+
+    def __init__(self, cfg: SACConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
+        # SAC's networks are Gaussian: this builds its own, in the same order (actor, critic, target, temperature).
+        if cfg.rnn != "none":
+            raise UserError(
+                f"rnn={cfg.rnn} works with sac on a continuous (Box) action space; discrete SAC has no recurrent "
+                "core yet: use rnn=none, or ppo, a2c or ac with rnn"
+            )
+        OffPolicyAgent.__init__(self, cfg, obs_space, act_space, num_envs, device)
+        encoder = self.make_encoder()
+        self.actor = CategoricalActor(
+            encoder.features, self.act_dim, hidden=cfg.actor_hidden, activation=cfg.activation, encoder=encoder
+        ).to(device)
+        encoder = self.make_encoder()
+        self.critic = EnsembleQValues(
+            encoder.features,
+            self.act_dim,
+            encoder=encoder,
+            hidden=cfg.critic_hidden,
+            ensemble=cfg.n_critics,
+            activation=cfg.activation,
+            layer_norm=cfg.critic_layer_norm,
+            dropout=cfg.critic_dropout,
+        ).to(device)
+        self.critic_target = frozen_copy(self.critic)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.alpha), device=device))
+        default_target = cfg.target_entropy_scale * math.log(self.act_dim)
+        self.initial_target_entropy = default_target if cfg.target_entropy is None else cfg.target_entropy
+        self.target_entropy = self.initial_target_entropy
+        self.modules = {
+            "actor": self.actor,
+            "critic": self.critic,
+            "critic_target": self.critic_target,
+            "alpha": nn.ParameterList([self.log_alpha]),
+        }
+        self.actor_params, self.critic_params = list(self.actor.parameters()), list(self.critic.parameters())
+        self.polyak_pairs = averaged_tensors(self.critic_target), averaged_tensors(self.critic)
+        self.optimizers = {
+            "actor": adam(self.actor.parameters(), cfg.actor_lr),
+            "critic": adam(self.critic.parameters(), cfg.critic_lr),
+            "alpha": adam([self.log_alpha], cfg.alpha_lr),
+        }
+
+    def init_actions(self, act_space: gym.Space) -> int:
+        if action_kind(act_space) != "categorical":
+            raise UserError(
+                f"--algo {self.name} takes a Box or Discrete action space, not {act_space} (ppo, a2c and ac take "
+                "MultiDiscrete and MultiBinary)"
+            )
+        if act_space.n < 2:
+            raise UserError(f"--algo {self.name} needs at least 2 discrete actions, not {act_space}")
+        self.act_dim, self.act_shape, self.start = int(act_space.n), (), int(act_space.start)
+        return 1  # the buffer keeps the action's index
+
+    def random_action(self, n: int) -> Tensor:
+        return torch.randint(self.act_dim, (n, 1), device=self.device).float()
+
+    def to_env(self, action: Tensor) -> Tensor:
+        """Action indices ``[B, 1]`` as the env takes them: ``[B]`` integers from the space's start."""
+        return action.long().squeeze(-1) + self.start
+
+    def log_probs(self, obs: Tensor) -> Tensor:
+        """log pi(. | s) ``[B, A]``."""
+        return torch.log_softmax(self.actor(obs), -1)
+
+    def exploration_action(self, obs: Tensor) -> Tensor:
+        return torch.multinomial(self.log_probs(obs).exp(), 1).float()
+
+    def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:
+        if deterministic:
+            return self.actor(obs).argmax(-1, keepdim=True).float()
+        return self.exploration_action(obs)
+
+    def next_value(self, next_obs: Tensor, next_critic_in: Tensor | None = None) -> Tensor:
+        """The soft value of s' as the exact expectation over a' of min_i Q_targ_i(s', a') - alpha log pi(a'|s').
+        (Without memory, so the target critic reads ``next_obs`` too: ``next_critic_in`` is the same.)"""
+        q_next = self.critic_target(next_obs).min(0).values  # [B, A]
+        return discrete_soft_value(q_next, self.log_probs(next_obs), self.log_alpha.exp())
+
+    def actor_step(self, obs: Tensor, critic_in: Tensor | None = None) -> dict[str, Tensor]:
+        """The actor, then the temperature, from the exact expectations over the actions at ``obs``."""
+        cfg = self.cfg
+        alpha = self.log_alpha.exp().detach()
+        log_probs = self.log_probs(obs)  # [B, A]
+        with torch.no_grad():
+            q = self.critic(obs).min(0).values  # [B, A], of the just-updated critic
+        actor_loss = discrete_actor_loss(q, log_probs, alpha)
+        clip_and_step(self.optimizers["actor"], actor_loss, self.actor_params, cfg.max_grad_norm)
+        entropy = categorical_entropy(log_probs.detach())
+        if cfg.autotune_alpha:
+            alpha_loss = discrete_temperature_loss(self.log_alpha, entropy, self.target_entropy)
+            clip_and_step(self.optimizers["alpha"], alpha_loss, [self.log_alpha], 0.0)
+        return {"actor_loss": actor_loss.detach(), "entropy": entropy.mean(), "alpha": alpha}
+
+    def deployable(self) -> DeployedCategorical:
+        return DeployedCategorical(self.actor, self.start)

@@ -74,9 +74,12 @@ class GymnasiumBatchEnv(BatchEnv):
             out_info["episode_length"] = self._lengths[done].tolist()
             self._returns[done] = 0.0
             self._lengths[done] = 0
-        out_info["final_obs"] = self._obs(final_obs)
+        obs_tensor = self._obs(obs)
+        # Where no episode ended the final observations are the observations: one tensor (as the native envs do),
+        # not a second copy of every image.
+        out_info["final_obs"] = obs_tensor if final_obs is obs else self._obs(final_obs)
         return (
-            self._obs(obs),
+            obs_tensor,
             self._tensor(reward),
             torch.as_tensor(terminated, device=self.device),
             torch.as_tensor(truncated, device=self.device),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -35,12 +36,20 @@ from duetrl.loop import (
     seed_everything,
     stop_on_signals,
 )
+from duetrl.population.ac import ACPopulation
 from duetrl.population.offpolicy import OffPolicyPopulation, SACPopulation, TD3Population
 from duetrl.population.planning import POPULATION_FILE, check_memory, member_dir, plan
 from duetrl.population.ppo import PPOPopulation
 from duetrl.population.summary import summarize_members
 
-POPULATIONS = {"ppo": PPOPopulation, "sac": SACPopulation, "td3": TD3Population, "ddpg": TD3Population}
+POPULATIONS = {
+    "ac": ACPopulation,
+    "a2c": ACPopulation,
+    "ppo": PPOPopulation,
+    "sac": SACPopulation,
+    "td3": TD3Population,
+    "ddpg": TD3Population,
+}
 
 
 # ---------------------------------------------------------------------------------------------- the driver
@@ -131,6 +140,11 @@ class PopulationTrainer:
                 spaces = env.single_observation_space, env.single_action_space
                 if not self.members:
                     check_spaces(*spaces)
+                    if run.algo == "sac" and isinstance(spaces[1], gym.spaces.Discrete):
+                        raise UserError(
+                            "a population trains sac on Box actions only; discrete SAC trains the seeds as separate "
+                            "runs (duetrl sweep ENV --algo sac --seeds 0 1 2 ...)"
+                        )
                     obs_dim = int(np.prod(spaces[0].shape))
                     act_dim = int(getattr(spaces[1], "n", None) or np.prod(spaces[1].shape))
                     check_memory(cfg, len(configs), obs_dim, act_dim, self.device)
@@ -168,7 +182,7 @@ class PopulationTrainer:
             "algo": run.algo,
             "env_id": run.env_id,
             "members": [
-                {"run_dir": str(m.run_dir.relative_to(self.root)), "seed": m.cfg.run.seed, "label": self._label(m)}
+                {"run_dir": self._relative(m.run_dir), "seed": m.cfg.run.seed, "label": self._label(m)}
                 for m in self.members
             ],
         }
@@ -275,6 +289,11 @@ class PopulationTrainer:
     def _wall_time(self, member: Member | None = None) -> float:
         return (member.elapsed_before if member else 0.0) + time.perf_counter() - self.start
 
+    def _relative(self, path: Path) -> str:
+        """A member's directory relative to the population's (``../trials/...`` when a vectorized sweep puts the
+        members in its own trial directories), as population.json records it for ``resume_population``."""
+        return os.path.relpath(path, self.root)
+
     def _label(self, member: Member) -> str:
         """The member's hyperparameter setting: its directory's parent under the population's, '' for seeds only."""
         parent = member.run_dir.parent
@@ -294,7 +313,7 @@ class PopulationTrainer:
                     self._log(member, member.window.flush())
                 self._save(member, i)
             elif member.stopped:
-                say("warning", f"member {member.run_dir.relative_to(self.root)} stopped: {member.stopped[8:]}")
+                say("warning", f"member {self._relative(member.run_dir)} stopped: {member.stopped[8:]}")
             if member.stopped:
                 self._finish(member)
                 finished.append(member)

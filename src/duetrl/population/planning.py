@@ -12,8 +12,10 @@ import torch
 from duetrl.config import Config
 from duetrl.errors import UserError
 
-# Settings that may differ between the members of a ppo population: numeric, and no change of shape or branch.
+# Settings that may differ between the members of a population: numeric, and no change of shape or branch.
 PER_MEMBER = {
+    "ac": ("seed", "actor_lr", "critic_lr", "gamma", "gae_lambda", "ent_coef", "max_grad_norm"),
+    "a2c": ("seed", "actor_lr", "critic_lr", "gamma", "gae_lambda", "ent_coef", "max_grad_norm"),
     "ppo": ("seed", "lr", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef", "max_grad_norm"),
     "sac": ("seed", "actor_lr", "critic_lr", "alpha_lr", "gamma", "tau", "alpha", "target_entropy", "max_grad_norm"),
     "td3": ("seed", "actor_lr", "critic_lr", "gamma", "tau", "max_grad_norm"),
@@ -29,7 +31,7 @@ def plan(configs: list[Config]) -> None:
     """Check that ``configs`` can train as one population: one algorithm this driver trains, and members that
     differ only in per-member settings; else a UserError saying to use ``duetrl sweep``."""
     algo = configs[0].run.algo
-    if algo not in PER_MEMBER:  # ac and a2c: not yet
+    if algo not in PER_MEMBER:
         raise UserError(
             f"a population (--seeds or a --set grid) trains {', '.join(PER_MEMBER)} for now, not {algo}; "
             f"use duetrl sweep for {algo}"
@@ -48,7 +50,17 @@ def plan(configs: list[Config]) -> None:
     if len(grad_clipped) > 1:
         raise UserError("max_grad_norm is 0 (no clipping) for some members and not others; use duetrl sweep")
     shared = configs[0].algo
+    actor_critic = [
+        (getattr(shared, "critic", "v") != "v", "critic=q (an action-value critic) is not yet trained per member"),
+        (getattr(shared, "update_every", 1) == 0, "update_every=0 (an update per episode) is not yet per member"),
+        (getattr(shared, "optimizer", "adam") != "adam", f"optimizer={getattr(shared, 'optimizer', '')} is not yet "
+         "stacked per member (adam is)"),
+        (getattr(shared, "rnn", "none") != "none", f"rnn={getattr(shared, 'rnn', 'none')} is not yet trained per "
+         "member"),
+    ]  # fmt: skip
     refusals = {
+        "ac": actor_critic,
+        "a2c": actor_critic,
         "ppo": [
             (
                 getattr(shared, "rnn", "none") != "none",
@@ -139,9 +151,9 @@ def memory_estimate(cfg: Config, members: int, obs_dim: int, act_dim: int) -> in
     widths = [obs_dim, *algo.hidden]
     layers = sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
     params = 2 * layers + widths[-1] * (act_dim + 1) + 2 * act_dim  # actor and critic trunks, their heads
-    samples = algo.num_steps * run.num_envs
+    samples = (getattr(algo, "num_steps", None) or algo.update_every) * run.num_envs  # ppo's rollout, or ac's
     rollout = samples * (2 * obs_dim + 2 * act_dim + 8) * 6
-    activations = min(algo.minibatch_size, samples) * sum(algo.hidden) * 2 * 4
+    activations = min(getattr(algo, "minibatch_size", samples), samples) * sum(algo.hidden) * 2 * 4
     return members * 4 * (4 * params + rollout + activations)
 
 

@@ -168,10 +168,12 @@ def fused_adam(
         p.addcdiv_(m, (v.sqrt() / bias2_sqrt).add_(eps), value=-lr / bias1)
 
 
-def clip_per_member(grads: list[Tensor], max_norm: Tensor) -> None:
+def clip_per_member(grads: list[Tensor], max_norm: Tensor) -> Tensor:
     """Each member's gradients ``[M, ...]`` scaled to a total 2-norm of at most ``max_norm[m]``, as
-    ``torch.nn.utils.clip_grad_norm_`` does for one run (the same 1e-6 in the denominator)."""
+    ``torch.nn.utils.clip_grad_norm_`` does for one run (the same 1e-6 in the denominator); returns the norms
+    before clipping ``[M]``, as it returns the run's."""
     norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]), dim=0)
     scale = (max_norm.to(norms) / (norms + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(scale.view((-1,) + (1,) * (g.dim() - 1)))
+    return norms
