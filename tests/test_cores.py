@@ -283,7 +283,7 @@ def test_memoryless_policy_takes_an_empty_state(tmp_path):
         (["--algo", "ppo", "--set", "rnn=lstm", "rnn_hidden=0"], "rnn_hidden"),
         (["--algo", "ppo", "--set", "rnn=lstm", "num_steps=64", "rnn_seq_len=24"], "rnn_seq_len=24 does not divide"),
         (["--algo", "ac", "--set", "rnn=gru", "critic=q"], "critic=v only"),
-        (["--algo", "sac", "--set", "rnn=lstm"], "rnn"),
+        (["--algo", "sac", "--set", "rnn=lstm", "rnn_hidden=0"], "rnn_hidden"),
     ],
 )
 def test_bad_recurrent_settings_are_one_line(capsys, tmp_path, argv, match):

@@ -253,7 +253,7 @@ def test_critic_step_regresses_on_the_bellman_target_of_next_value(cls, cfg_cls)
     agent = make_agent(cls, cfg_cls, gamma=0.9)
     batch = random_batch()
     next_value = torch.randn(8)
-    agent.next_value = lambda next_obs: next_value  # what each algorithm supplies
+    agent.next_value = lambda next_actor_in, next_critic_in: next_value  # what each algorithm supplies
     q = agent.critic(batch["obs"], batch["action"]).detach()  # [E, B]
     target = batch["reward"] + 0.9 * (1 - batch["terminated"]) * next_value
     critic_before, actor_before = snapshot(agent.critic), snapshot(agent.actor)
@@ -269,7 +269,7 @@ def test_sac_next_value_is_the_soft_value_at_a_fresh_action():
     agent = make_agent(SAC, SACConfig, alpha=0.5)
     next_obs = torch.randn(8, 3)
     torch.manual_seed(5)
-    got = agent.next_value(next_obs)
+    got = agent.next_value(next_obs, next_obs)
     torch.manual_seed(5)
     action, log_prob = squashed_sample(agent.actor, next_obs)
     want = agent.critic_target(next_obs, action).min(0).values - 0.5 * log_prob
@@ -280,10 +280,10 @@ def test_td3_next_value_is_the_clipped_double_q_at_the_target_action():
     agent = make_agent(TD3, TD3Config, target_noise=0.0)
     next_obs = torch.randn(8, 3)
     q = agent.critic_target(next_obs, agent.actor_target(next_obs))  # [2, B]
-    torch.testing.assert_close(agent.next_value(next_obs), torch.minimum(q[0], q[1]))
+    torch.testing.assert_close(agent.next_value(next_obs, next_obs), torch.minimum(q[0], q[1]))
     smoothed = make_agent(TD3, TD3Config, target_noise=0.2, target_noise_clip=0.05)
     smoothed.load_state_dict(agent.state_dict())
-    diff = smoothed.next_value(next_obs) - agent.next_value(next_obs)
+    diff = smoothed.next_value(next_obs, next_obs) - agent.next_value(next_obs, next_obs)
     assert diff.abs().max() > 0  # smoothing moves the target action ...
     assert diff.abs().max() < 1.0  # ... by at most the clip, so the value moves a little
 

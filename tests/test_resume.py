@@ -90,6 +90,12 @@ KILL_CASES = {
         ["--algo", "a2c", "--backend", "gymnasium", "--steps", 3072],
         ["rnn=gru", "update_every=16"],
     ),
+    # Off-policy memory: the carried states and the buffer of sequences with its stored states come back.
+    "sac-gru": (
+        "PendulumNoVel-v1",
+        ["--algo", "sac", "--backend", "torch", "--steps", 1280],
+        [*SAC, "rnn=gru", "rnn_hidden=16", "rnn_seq_len=4", "rnn_burn_in=2", "buffer_size=2000"],
+    ),
     # MuJoCo state (qpos, qvel, time limits, RNG) captured from the envs; Hopper also terminates early.
     "ppo-mujoco": ("Hopper-v5", ["--algo", "ppo", "--backend", "gymnasium", "--steps", 3072], PPO),
 }

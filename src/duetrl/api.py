@@ -228,6 +228,12 @@ def train_population(
     configs = grid_configs(
         settings, list(seeds), dict(grid or {}), lambda overrides: resolve(env_id, algo, preset, config, overrides)[0]
     )
+    memory = getattr(configs[0].algo, "rnn", "none")
+    if memory != "none" and configs[0].run.algo in ("sac", "td3", "ddpg"):  # (ppo's refusal is in planning.py)
+        raise UserError(
+            f"rnn={memory} (memory: a recurrent core replayed over sequences) is not yet trained per member in a "
+            "population; change it or use duetrl sweep"
+        )
     return PopulationTrainer(configs, Path(run_dir), quiet=quiet, sinks=sinks).train()
 
 

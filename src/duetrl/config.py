@@ -362,10 +362,8 @@ def resolve(
 
 
 # Keys of a capability some algorithms do not have yet: key -> what to say instead of "unknown setting".
-NOT_YET = {
-    key: "has no recurrent core yet: memory (rnn=lstm or gru) works with ppo, a2c and ac"
-    for key in ("rnn", "rnn_hidden", "rnn_seq_len")
-}
+# (Every algorithm has memory now: rnn, rnn_hidden, rnn_seq_len are known to all.)
+NOT_YET: dict[str, str] = {}
 
 
 def _unknown_key_message(key: str, known: set[str], algo: str, source: str) -> str:

@@ -13,6 +13,10 @@ On a ``Discrete`` action space ``--algo sac`` is discrete SAC (Christodoulou 201
 categorical actor, critics Q(s, .) with one output per action, and every expectation over the actions taken exactly
 (the soft target, the actor loss, the entropy), so nothing is sampled or reparameterised in the update. Its entropy
 target is ``target_entropy_scale * log|A|`` (0.89, CleanRL's, by default).
+
+The losses are pure functions (:func:`soft_next_value`, :func:`sac_actor_loss`, :func:`temperature_loss`), so
+that the memoryless update, the population's and the recurrent one (``rnn``, see :mod:`duetrl.algos.offpolicy`:
+the actor and the twin critics each read a recurrent body's features) run the same math on different inputs.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from duetrl.algos.base import Deployable, clip_and_step, linear_schedule
-from duetrl.algos.offpolicy import OffPolicyAgent, OffPolicyConfig, averaged_tensors, frozen_copy, polyak
+from duetrl.algos.offpolicy import Inputs, OffPolicyAgent, OffPolicyConfig, averaged_tensors, frozen_copy, polyak
 from duetrl.errors import UserError
 from duetrl.nets import CategoricalActor, EnsembleQValues, GaussianActor
 from duetrl.optim import adam
@@ -92,24 +96,37 @@ def squashed_sample(
 
 
 def soft_next_value(
-    actor: GaussianActor, critic_target: nn.Module, next_obs: Tensor, alpha: Tensor, noise: Tensor | None = None
+    actor: GaussianActor,
+    critic_target: nn.Module,
+    next_obs: Tensor,
+    alpha: Tensor,
+    noise: Tensor | None = None,
+    next_critic_in: Tensor | None = None,
 ) -> Tensor:
     """The soft value min_i Q_targ_i(s', a') - alpha * log pi(a'|s') ``[B]`` at a fresh action a' ~ pi(s') (drawn
-    with ``noise``, white unless given): what SAC's critic target bootstraps from."""
+    with ``noise``, white unless given): what SAC's critic target bootstraps from. With memory the target critic
+    reads its own body's features ``next_critic_in`` and the actor ``next_obs``, its body's (both s' without)."""
     next_action, next_log_prob = squashed_sample(actor, next_obs, noise=noise)
-    return critic_target(next_obs, next_action).min(0).values - alpha * next_log_prob
+    next_critic_in = next_obs if next_critic_in is None else next_critic_in
+    return critic_target(next_critic_in, next_action).min(0).values - alpha * next_log_prob
 
 
 def sac_actor_loss(
-    actor: GaussianActor, critic: nn.Module, alpha: Tensor, obs: Tensor, noise: Tensor | None = None
+    actor: GaussianActor,
+    critic: nn.Module,
+    alpha: Tensor,
+    obs: Tensor,
+    noise: Tensor | None = None,
+    critic_in: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The actor's loss mean(alpha * log pi(a|s) - min_i Q_i(s, a)) at its reparameterised actions a ~ pi(s), and
     log pi(a|s) ``[B]`` (for the temperature). Only the actor gets a gradient from the optimiser stepped with it.
+    With memory the critic reads ``critic_in`` (its body's features) and the actor ``obs`` (its body's).
 
     Pure functions of the networks and the batch (this, :func:`soft_next_value`, :func:`temperature_loss`): the
     ordinary update calls them, and a population (:mod:`duetrl.population`) calls them under ``torch.func.vmap``."""
     action, log_prob = squashed_sample(actor, obs, noise=noise)
-    q_pi = critic(obs, action).min(0).values
+    q_pi = critic(obs if critic_in is None else critic_in, action).min(0).values
     return (alpha * log_prob - q_pi).mean(), log_prob
 
 
@@ -124,8 +141,8 @@ class SAC(OffPolicyAgent):
 
     def __init__(self, cfg: SACConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         super().__init__(cfg, obs_space, act_space, num_envs, device)
-        encoder = self.make_encoder()
-        self.actor = gaussian_actor(encoder.features, self.act_dim, cfg.policy_config(), encoder).to(device)
+        width, encoder = self.actor_input()
+        self.actor = gaussian_actor(width, self.act_dim, cfg.policy_config(), encoder).to(device)
         self.critic = self.make_critic()
         self.critic_target = frozen_copy(self.critic)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.alpha), device=device))
@@ -137,13 +154,19 @@ class SAC(OffPolicyAgent):
             "critic_target": self.critic_target,
             "alpha": nn.ParameterList([self.log_alpha]),
         }
-        self.actor_params, self.critic_params = list(self.actor.parameters()), list(self.critic.parameters())
-        self.polyak_pairs = averaged_tensors(self.critic_target), averaged_tensors(self.critic)
+        bodies = self.target_bodies("critic_body")  # with memory: [critic_body_target, critic_body]
+        self.remember()
+        self.actor_params = list(self.actor.parameters()) + self.body_parameters("actor_body")
+        self.critic_params = list(self.critic.parameters()) + self.body_parameters("critic_body")
+        self.polyak_pairs = (
+            averaged_tensors(self.critic_target) + [t for b in bodies[0::2] for t in averaged_tensors(b)],
+            averaged_tensors(self.critic) + [t for b in bodies[1::2] for t in averaged_tensors(b)],
+        )
         if cfg.noise_beta > 0:
             self.noise = self.colored_noise(cfg.noise_beta)
         self.optimizers = {
-            "actor": adam(self.actor.parameters(), cfg.actor_lr),
-            "critic": adam(self.critic.parameters(), cfg.critic_lr),
+            "actor": adam(self.actor_params, cfg.actor_lr),
+            "critic": adam(self.critic_params, cfg.critic_lr),
             "alpha": adam([self.log_alpha], cfg.alpha_lr),
         }
 
@@ -158,24 +181,27 @@ class SAC(OffPolicyAgent):
     def policy_action(self, obs: Tensor, deterministic: bool) -> Tensor:
         return squashed_sample(self.actor, obs, deterministic)[0]
 
-    def next_value(self, next_obs: Tensor) -> Tensor:
+    def next_value(self, next_actor_in: Tensor, next_critic_in: Tensor) -> Tensor:
         """The soft value min_i Q_targ_i(s', a') - alpha * log pi(a'|s') at a fresh action a' ~ pi(s')."""
-        return soft_next_value(self.actor, self.critic_target, next_obs, self.log_alpha.exp())
+        alpha = self.log_alpha.exp()
+        return soft_next_value(self.actor, self.critic_target, next_actor_in, alpha, next_critic_in=next_critic_in)
 
-    def gradient_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        metrics = self.critic_step(batch)
+    def gradient_step(self, batch: dict[str, Tensor], inputs: Inputs | None = None) -> dict[str, Tensor]:
+        inputs = Inputs.of_observations(batch) if inputs is None else inputs
+        metrics = self.critic_step(batch, inputs)
         if self.gradient_steps % self.cfg.policy_delay == 0:
-            metrics.update(self.actor_step(batch["obs"]))
+            metrics.update(self.actor_step(inputs.actor, inputs.critic_for_actor))
         polyak(*self.polyak_pairs, self.cfg.tau)
         return metrics
 
-    def actor_step(self, obs: Tensor) -> dict[str, Tensor]:
-        """The actor, then the temperature: one plain step each, from one sample of the policy."""
+    def actor_step(self, obs: Tensor, critic_in: Tensor | None = None) -> dict[str, Tensor]:
+        """The actor, then the temperature: one plain step each, from one sample of the policy. ``obs`` is what
+        the actor reads and ``critic_in`` what the critic reads (both the observations without memory)."""
         cfg = self.cfg
         alpha = self.log_alpha.exp().detach()
         # Actor: maximise the soft Q (of the just-updated critic) of its own reparameterised actions. Only the
         # actor's weights get a gradient, not the critic's.
-        actor_loss, log_prob = sac_actor_loss(self.actor, self.critic, alpha, obs)
+        actor_loss, log_prob = sac_actor_loss(self.actor, self.critic, alpha, obs, critic_in=critic_in)
         clip_and_step(self.optimizers["actor"], actor_loss, self.actor_params, cfg.max_grad_norm)
         if cfg.autotune_alpha:
             # Alpha: raise it when the policy's entropy (-log_prob) falls below the target, lower it above.
@@ -239,6 +265,11 @@ class DiscreteSAC(SAC):
 
     def __init__(self, cfg: SACConfig, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
         # SAC's networks are Gaussian: this builds its own, in the same order (actor, critic, target, temperature).
+        if cfg.rnn != "none":
+            raise UserError(
+                f"rnn={cfg.rnn} works with sac on a continuous (Box) action space; discrete SAC has no recurrent "
+                "core yet: use rnn=none, or ppo, a2c or ac with rnn"
+            )
         OffPolicyAgent.__init__(self, cfg, obs_space, act_space, num_envs, device)
         encoder = self.make_encoder()
         self.actor = CategoricalActor(
@@ -304,12 +335,13 @@ class DiscreteSAC(SAC):
             return self.actor(obs).argmax(-1, keepdim=True).float()
         return self.exploration_action(obs)
 
-    def next_value(self, next_obs: Tensor) -> Tensor:
-        """The soft value of s' as the exact expectation over a' of min_i Q_targ_i(s', a') - alpha log pi(a'|s')."""
+    def next_value(self, next_obs: Tensor, next_critic_in: Tensor | None = None) -> Tensor:
+        """The soft value of s' as the exact expectation over a' of min_i Q_targ_i(s', a') - alpha log pi(a'|s').
+        (Without memory, so the target critic reads ``next_obs`` too: ``next_critic_in`` is the same.)"""
         q_next = self.critic_target(next_obs).min(0).values  # [B, A]
         return discrete_soft_value(q_next, self.log_probs(next_obs), self.log_alpha.exp())
 
-    def actor_step(self, obs: Tensor) -> dict[str, Tensor]:
+    def actor_step(self, obs: Tensor, critic_in: Tensor | None = None) -> dict[str, Tensor]:
         """The actor, then the temperature, from the exact expectations over the actions at ``obs``."""
         cfg = self.cfg
         alpha = self.log_alpha.exp().detach()
