@@ -194,7 +194,33 @@ def ensemble_mlp(
     return nn.Sequential(*layers)
 
 
-class EnsembleQ(nn.Module):
+class _EnsembleCritic(nn.Module):
+    """What :class:`EnsembleQ` and :class:`EnsembleQValues` share: one encoder for every member (as SB3's critics
+    share theirs) and an :func:`ensemble_mlp` trunk ``in_dim -> out_dim``."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        hidden: Sequence[int],
+        ensemble: int,
+        activation: str,
+        layer_norm: bool,
+        dropout: float,
+        encoder: nn.Module | None,
+    ):
+        super().__init__()
+        self.encoder = encoder_or_none(encoder)
+        self.ensemble = ensemble
+        self.net = ensemble_mlp(ensemble, in_dim, hidden, out_dim, activation, layer_norm, dropout)
+
+    def _members(self, x: Tensor) -> Tensor:
+        """``[B, in]`` -> ``[E, B, in]`` (the same input for every member); ``[E, B, in]`` as it is."""
+        return x.unsqueeze(0).expand(self.ensemble, *x.shape) if x.dim() == 2 else x
+
+
+class EnsembleQ(_EnsembleCritic):
     """``ensemble`` Q(s, a) networks evaluated together (twin critics in one pass): returns ``[E, B]``.
 
     ``layer_norm`` and ``dropout`` after each hidden layer keep Q estimates stable at high update-to-data
@@ -212,18 +238,17 @@ class EnsembleQ(nn.Module):
         dropout: float = 0.0,
         encoder: nn.Module | None = None,
     ):
-        super().__init__()
-        self.encoder = encoder_or_none(encoder)  # one encoder for every member, as SB3's critics share theirs
-        self.ensemble = ensemble
-        self.net = ensemble_mlp(ensemble, obs_dim + act_dim, hidden, 1, activation, layer_norm, dropout)
+        super().__init__(
+            obs_dim + act_dim, 1, hidden=hidden, ensemble=ensemble, activation=activation,
+            layer_norm=layer_norm, dropout=dropout, encoder=encoder,
+        )  # fmt: skip
 
     def forward(self, obs: Tensor, action: Tensor) -> Tensor:
         x = torch.cat([encode(self.encoder, obs), action], dim=-1)
-        x = x.unsqueeze(0).expand(self.ensemble, *x.shape) if x.dim() == 2 else x
-        return self.net(x).squeeze(-1)
+        return self.net(self._members(x)).squeeze(-1)
 
 
-class EnsembleQValues(nn.Module):
+class EnsembleQValues(_EnsembleCritic):
     """``ensemble`` critics Q(s, .) with one output per discrete action (discrete SAC's), evaluated together:
     ``[E, B, A]``. Given action indices ``[B, 1]`` (as the replay buffer stores them), the Q of those actions
     ``[E, B]``, so that :meth:`duetrl.algos.offpolicy.OffPolicyAgent.critic_step` reads it as an :class:`EnsembleQ`."""
@@ -240,14 +265,13 @@ class EnsembleQValues(nn.Module):
         dropout: float = 0.0,
         encoder: nn.Module | None = None,
     ):
-        super().__init__()
-        self.encoder = encoder_or_none(encoder)  # one encoder for every member, as EnsembleQ's
-        self.ensemble = ensemble
-        self.net = ensemble_mlp(ensemble, obs_dim, hidden, num_actions, activation, layer_norm, dropout)
+        super().__init__(
+            obs_dim, num_actions, hidden=hidden, ensemble=ensemble, activation=activation,
+            layer_norm=layer_norm, dropout=dropout, encoder=encoder,
+        )  # fmt: skip
 
     def forward(self, obs: Tensor, action: Tensor | None = None) -> Tensor:
-        x = encode(self.encoder, obs)
-        q = self.net(x.unsqueeze(0).expand(self.ensemble, *x.shape))  # [E, B, A]
+        q = self.net(self._members(encode(self.encoder, obs)))  # [E, B, A]
         if action is None:
             return q
         index = action.long().reshape(1, -1, 1).expand(self.ensemble, -1, 1)  # [E, B, 1]
