@@ -1,6 +1,8 @@
 """The torch-native Pendulum follows Gymnasium's Pendulum-v1 exactly, ``make`` picks it when asked, and its
 Gymnasium twin (for evaluation and video) takes the same arguments."""
 
+import importlib
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 import duetrl
 from duetrl.envs import make
 from duetrl.envs.classic import Pendulum as GymnasiumPendulum
+from duetrl.envs.classic import vector_twin
 from duetrl.envs.gymnasium_vec import GymnasiumBatchEnv
 from duetrl.envs.make import env_factory
 from duetrl.envs.native import NATIVE_ENVS, Pendulum
@@ -315,3 +318,51 @@ def test_twin_rejects_unknown_arguments_and_renders(monkeypatch):
     env.reset(seed=0)
     assert env.render_mode == "rgb_array" and env.render().shape == (500, 500, 3)
     env.close()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"g": 9.81, "m": 1.5, "l": 0.8}])
+def test_the_vector_twin_steps_bit_for_bit_as_gymnasiums_envs(kwargs):
+    """Evaluation's numpy Pendulum: the same starts for the same seeds, and the same observations, rewards, time
+    limit, autoreset and final observations as a SyncVectorEnv of Gymnasium's envs, over two and a half episodes
+    of random actions (also outside [-2, 2])."""
+    n, seeds = 64, [1_000_000 + i for i in range(64)]
+    ref = gym.vector.SyncVectorEnv(
+        [env_factory("Pendulum-v1", **kwargs)] * n, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    twin = vector_twin("Pendulum-v1", n, kwargs)
+    assert twin.single_observation_space == ref.single_observation_space
+    assert twin.single_action_space == ref.single_action_space
+    (a, _), (b, _) = ref.reset(seed=seeds), twin.reset(seed=seeds)
+    assert a.dtype == b.dtype and np.array_equal(a, b)
+    rng, ends = np.random.default_rng(0), 0
+    for _ in range(450):
+        action = rng.uniform(-3.0, 3.0, size=(n, 1)).astype(np.float32)
+        ours, theirs = twin.step(action), ref.step(action)
+        for x, y in zip(ours[:4], theirs[:4], strict=True):
+            assert x.dtype == y.dtype and np.array_equal(x, y)
+        if theirs[3].any():
+            ends += 1
+            assert np.array_equal(ours[4]["_final_obs"], theirs[4]["_final_obs"])
+            assert all(np.array_equal(x, y) for x, y in zip(ours[4]["final_obs"], theirs[4]["final_obs"], strict=True))
+    assert ends == 2
+    ref.close()
+
+
+def test_only_pendulum_with_its_own_arguments_has_a_vector_twin():
+    assert vector_twin("Pendulum-v1", 2, {"g": 0.0}) is not None
+    assert vector_twin("CartPole-v1", 2, {}) is None
+    assert vector_twin("PendulumNoVel-v1", 2, {}) is None
+    assert vector_twin("Pendulum-v1", 2, {"max_episode_steps": 50}) is None
+
+
+def test_evaluation_on_the_twin_equals_evaluation_on_gymnasiums_envs(monkeypatch):
+    """The same held-out episodes either way, to the bit: a policy whose actions depend on every observation."""
+    evaluate = importlib.import_module("duetrl.evaluate")  # the package's ``duetrl.evaluate`` is a function
+
+    def act(obs):
+        return torch.tanh(obs @ torch.tensor([[1.5], [-0.7], [0.3]])) * 2.5
+
+    fast = evaluate.evaluate_policy(act, "Pendulum-v1", {"g": 10.0}, episodes=7)
+    monkeypatch.setattr(evaluate, "vector_twin", lambda *args: None)
+    slow = evaluate.evaluate_policy(act, "Pendulum-v1", {"g": 10.0}, episodes=7)
+    assert fast.returns == slow.returns and fast.lengths == slow.lengths == [200] * 7

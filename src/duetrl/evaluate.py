@@ -17,6 +17,7 @@ from torch import Tensor
 
 from duetrl.encoders import batch_of_one, to_tensor
 from duetrl.envs.base import env_actions
+from duetrl.envs.classic import vector_twin
 from duetrl.envs.make import env_factory
 from duetrl.errors import UserError, setting
 
@@ -76,10 +77,30 @@ class EvalResult:
         )
 
 
-def step_cap(env: gym.Env, max_steps: int) -> int:
-    """Steps after which an evaluation episode is cut: the env's own time limit, else ``max_steps``."""
+def step_cap(env: gym.Env | gym.vector.VectorEnv, max_steps: int) -> int:
+    """Steps after which an evaluation episode is cut: the env's own time limit (a vector env's first copy's),
+    else ``max_steps``."""
+    if isinstance(env, gym.vector.SyncVectorEnv):
+        env = env.envs[0]
     limit = env.spec.max_episode_steps if env.spec is not None else None
     return int(limit) if limit else int(max_steps)
+
+
+def eval_vector_env(
+    factory: Callable[[], gym.Env],
+    n: int,
+    env_id: Any = None,
+    env_kwargs: dict[str, Any] | None = None,
+    wrappers: list[str] | tuple[str, ...] = (),
+    frame_stack: int = 1,
+) -> gym.vector.VectorEnv:
+    """``n`` copies of ``factory``'s env for evaluation, autoreset ``SAME_STEP``: the env's exact numpy twin
+    (:func:`duetrl.envs.classic.vector_twin`: the same episodes, many times faster) where ``env_id`` has one and
+    nothing wraps it, else a ``SyncVectorEnv``."""
+    twin = None if wrappers or frame_stack > 1 else vector_twin(env_id, n, env_kwargs or {})
+    if twin is not None:
+        return twin
+    return gym.vector.SyncVectorEnv([factory] * n, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
 def evaluate_policy(
@@ -105,10 +126,10 @@ def evaluate_policy(
     lengths: list[int] = []
     capped, cap = 0, None
     while len(returns) < episodes:
-        n = min(MAX_PARALLEL, episodes - len(returns))
-        vec = gym.vector.SyncVectorEnv([factory] * n, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        n = min(MAX_PARALLEL, episodes - len(returns))  # the policy's batch as before: its rounding is kept
+        vec = eval_vector_env(factory, n, env_id, env_kwargs, wrappers, frame_stack)
         try:
-            cap = step_cap(vec.envs[0], max_steps)
+            cap = step_cap(vec, max_steps)
             space, act_space = vec.single_observation_space, vec.single_action_space
             obs, _ = vec.reset(seed=[seed + len(returns) + i for i in range(n)])
             _reset_memory(act, np.ones(n, dtype=bool))

@@ -25,7 +25,7 @@ from duetrl.config import Config
 from duetrl.envs.base import BatchEnv
 from duetrl.envs.make import env_factory
 from duetrl.errors import UserError, say
-from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, step_cap
+from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, eval_vector_env, step_cap
 from duetrl.logs import Logger, Progress, make_logger
 from duetrl.loop import (
     MetricWindow,
@@ -405,13 +405,11 @@ def evaluate_members(
 ) -> list[EvalResult] | None:
     """Each member of ``population`` on ``run.eval_episodes`` held-out episodes of Gymnasium's env, seeded as a
     solo run's evaluation (``EVAL_SEED_BASE`` on), all members' episodes in one vector env; None if stopped."""
-    import gymnasium as gym
-
     members, episodes = len(population), run.eval_episodes
     factory = env_factory(run.env_id, **run.env_kwargs)
-    vec = gym.vector.SyncVectorEnv([factory] * (members * episodes), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    vec = eval_vector_env(factory, members * episodes, run.env_id, run.env_kwargs)
     try:
-        cap = step_cap(vec.envs[0], run.eval_max_steps)
+        cap = step_cap(vec, run.eval_max_steps)
         seeds = [EVAL_SEED_BASE + i for i in range(episodes)] * members
         obs, _ = vec.reset(seed=seeds)
         total, length = np.zeros(members * episodes), np.zeros(members * episodes, dtype=np.int64)
