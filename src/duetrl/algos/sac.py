@@ -74,7 +74,7 @@ class SACConfig(OffPolicyConfig):
         ignored = super().ignored_settings()
         if not self.autotune_alpha:
             why = "it tunes alpha, and autotune_alpha is false (alpha stays at its initial value)"
-            for key in ("alpha_lr", "target_entropy", "target_entropy_final"):
+            for key in ("alpha_lr", "target_entropy", "target_entropy_scale", "target_entropy_final"):
                 ignored[key] = why
         if self.noise_beta == 0:
             ignored["noise_length"] = "it applies only to coloured exploration noise, and noise_beta=0 (white)"
