@@ -248,6 +248,7 @@ def ignored_for(algo, preset="none", **settings):
         ("sac", {"noise_length": 500}, "noise_length=500 is ignored: .*noise_beta=0"),
         ("sac", {"autotune_alpha": False, "alpha_lr": 1e-3}, "alpha_lr=0.001 is ignored: .*autotune_alpha is false"),
         ("sac", {"autotune_alpha": False, "target_entropy": -2}, "target_entropy=-2.0 is ignored"),
+        ("sac", {"autotune_alpha": False, "target_entropy_scale": 0.5}, "target_entropy_scale=0.5 is ignored"),
         ("ac", {"gae_lambda": 0.9}, "gae_lambda=0.9 is ignored: .*only with advantage=gae, and advantage=mc"),
         ("ac", {"advantage": "td", "nstep": 3}, "nstep=3 is ignored: .*only with advantage=nstep, and advantage=td"),
         ("a2c", {"nstep": 3}, "nstep=3 is ignored: .*advantage=gae"),

@@ -12,7 +12,9 @@ Exploration samples the policy with white noise, or with coloured noise (``noise
 On a ``Discrete`` action space ``--algo sac`` is discrete SAC (Christodoulou 2019; :class:`DiscreteSAC`): a
 categorical actor, critics Q(s, .) with one output per action, and every expectation over the actions taken exactly
 (the soft target, the actor loss, the entropy), so nothing is sampled or reparameterised in the update. Its entropy
-target is ``target_entropy_scale * log|A|`` (0.89, CleanRL's, by default).
+target is ``target_entropy_scale * log|A|`` (0.89, CleanRL's, by default). With few actions that target can sit above
+what a good policy keeps, and alpha then keeps growing (CartPole at UTD 1: 0.2 to 41 in 24k steps): its preset fixes
+alpha instead (``autotune_alpha=false``; its comments give the figures).
 
 The losses are pure functions (:func:`soft_next_value`, :func:`sac_actor_loss`, :func:`temperature_loss`), so
 that the memoryless update, the population's and the recurrent one (``rnn``, see :mod:`duetrl.algos.offpolicy`:
@@ -74,7 +76,7 @@ class SACConfig(OffPolicyConfig):
         ignored = super().ignored_settings()
         if not self.autotune_alpha:
             why = "it tunes alpha, and autotune_alpha is false (alpha stays at its initial value)"
-            for key in ("alpha_lr", "target_entropy", "target_entropy_final"):
+            for key in ("alpha_lr", "target_entropy", "target_entropy_scale", "target_entropy_final"):
                 ignored[key] = why
         if self.noise_beta == 0:
             ignored["noise_length"] = "it applies only to coloured exploration noise, and noise_beta=0 (white)"
