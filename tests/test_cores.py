@@ -147,9 +147,11 @@ def collect(agent, env, steps, after_reset=lambda env: None):
         agent.observe(decision, reward, terminated, truncated, info["final_obs"])
 
 
-@pytest.mark.parametrize("rnn", ["lstm", "gru"])
-def test_ppo_first_epoch_replays_the_rollouts_log_probs(rnn):
-    agent, env = agent_and_env(rnn=rnn, rnn_hidden=16, num_steps=64, rnn_seq_len=16, minibatch_size=32)
+@pytest.mark.parametrize("rnn, prev_action", [("lstm", False), ("gru", False), ("lstm", True), ("gru", True)])
+def test_ppo_first_epoch_replays_the_rollouts_log_probs(rnn, prev_action):
+    agent, env = agent_and_env(
+        rnn=rnn, rnn_hidden=16, num_steps=64, rnn_seq_len=16, minibatch_size=32, rnn_prev_action=prev_action
+    )
     collect(agent, env, 64)
     batch = agent.rollout.stack()
     assert batch["start"][1:].any()  # CartPole episodes end inside the rollout: the replay must reset there
@@ -184,6 +186,36 @@ def test_states_reset_at_episode_starts_for_terminations_and_truncations():
     torch.testing.assert_close(next_features[:49], features[1:50], rtol=0, atol=1e-6)  # continuing: next = t+1
     assert not torch.allclose(next_features[49, 1], features[50, 1], atol=1e-3)  # env 1's next episode starts fresh
     torch.testing.assert_close(next_features[49, 0], features[50, 0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("env_id, width", [("CartPoleNoVel-v1", 2), ("PendulumNoVel-v1", 1)])
+def test_prev_action_is_what_the_cores_read_beside_the_features(env_id, width):
+    """rnn_prev_action: the cores read the previous action (one-hot for a Discrete), zeros where an episode
+    starts; the rollout records it, and act_step carries it at the end of the state."""
+    agent, env = agent_and_env(env_id=env_id, rnn="gru", rnn_hidden=8, num_steps=300, rnn_prev_action=True)
+    plain, _ = agent_and_env(env_id=env_id, rnn="gru", rnn_hidden=8, num_steps=300)
+    assert agent.prev_action_dim == width
+    assert agent.actor_core.cell.input_size == plain.actor_core.cell.input_size + width
+    collect(agent, env, 60, lambda env: env.elapsed.__setitem__(1, 470 if width == 2 else 170))
+    batch = agent.rollout.stack()
+    starts, prev_action = batch["start"], batch["prev_action"]  # [T, N], [T, N, A]
+    assert starts[1:].any()  # an episode ends inside (env 1's time limit at least)
+    assert not prev_action[starts].any()
+    previous = agent.policy.one_hot(batch["action"][:-1])  # [T - 1, N, A]
+    torch.testing.assert_close(prev_action[1:][~starts[1:]], previous[~starts[1:]], rtol=0, atol=0)
+    assert prev_action[1:][~starts[1:]].abs().sum() > 0
+
+    obs = env.reset(seed=1)[0][:3]
+    state = agent.initial_state(3)
+    assert state.shape == (3, agent.actor_core.state_dim + width) and not state.any()
+    action, next_state = agent.act_step(obs, state, deterministic=True)
+    torch.testing.assert_close(next_state[:, -width:], agent.policy.one_hot(action), rtol=0, atol=0)
+    # The same observation and memory after another action (the other category; a push 1 - a): another input,
+    # so another next state.
+    other = next_state.clone()
+    other[:, -width:] = 1 - other[:, -width:]
+    after = agent.act_step(obs, next_state, deterministic=True)[1][:, :-width]
+    assert not torch.allclose(after, agent.act_step(obs, other, deterministic=True)[1][:, :-width], atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------ a memory task

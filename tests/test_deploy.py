@@ -138,7 +138,9 @@ def recurrent(tmp_path_factory):
     root = tmp_path_factory.mktemp("recurrent")
     for rnn in ("gru", "lstm"):
         duetrl.train("Pendulum-v1", "ppo", run_dir=root / rnn, quiet=True, rnn=rnn, normalize_obs=True, **RECURRENT)
-    return {rnn: root / rnn for rnn in ("gru", "lstm")}
+    # The core also reads the previous action, which the state carries after h and c.
+    duetrl.train("Pendulum-v1", "ppo", run_dir=root / "prev", quiet=True, rnn="lstm", rnn_prev_action=True, **RECURRENT)
+    return {name: root / name for name in ("gru", "lstm", "prev")}
 
 
 def test_a_recurrent_policy_carries_its_state_without_torch_and_scores_as_duetrl_eval(recurrent, tmp_path, capsys):
@@ -185,6 +187,22 @@ def test_an_lstms_state_is_h_and_c_side_by_side_and_acts_as_the_loaded_agent(rec
         policy.act(obs[0])
     with pytest.raises(UserError, match=r"a state of shape \(8,\) does not fit"):
         policy.act(obs[0], np.zeros(8))
+
+
+def test_a_state_with_the_previous_action_exports_and_acts_as_the_loaded_agent(recurrent, tmp_path):
+    """rnn_prev_action: the state is h, c, then the last action; the file (checked step by step against the agent
+    on export) carries it as the loaded agent does."""
+    loaded = duetrl.load(recurrent["prev"])
+    policy = exporting.ExportedPolicy(duetrl.export(recurrent["prev"], tmp_path / "p.onnx").path)
+    assert policy.state_dim == 17 == loaded.initial_state(1).shape[-1]
+    obs = np.array([[1.0, 0.0, 0.0], [-0.5, 0.8, 3.0]], dtype=np.float32)
+    ours, theirs = policy.initial_state(2), loaded.initial_state(2)
+    for _ in range(3):
+        action, ours = policy.act(obs, ours)
+        expected, theirs = loaded.act(obs, theirs, deterministic=True)
+        np.testing.assert_allclose(action, expected, atol=1e-5)
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+        np.testing.assert_allclose(ours[:, -1:], action, atol=1e-6)  # the action just taken, carried
 
 
 def test_the_parity_check_steps_the_state_so_a_file_that_forgets_it_is_refused(

@@ -79,11 +79,12 @@ KILL_CASES = {
     # Exploration with memory: the pink noise sequences and TD3's OU state must come back too.
     "sac-pink-noise": ("Pendulum-v1", ["--algo", "sac", "--backend", "torch", "--steps", 1280], [*SAC, "noise_beta=1"]),
     "td3-ou-noise": ("Pendulum-v1", ["--algo", "td3", "--backend", "torch", "--steps", 1280], [*SAC, "noise_type=ou"]),
-    # Memory: the cores' carried states and episode starts come back (issue 20), on both backends.
+    # Memory: the cores' carried states and episode starts come back (issue 20), on both backends; with
+    # rnn_prev_action also the last action each env's cores read.
     "ppo-lstm": (
         "PendulumNoVel-v1",
         ["--algo", "ppo", "--backend", "torch", "--steps", 3072],
-        [*PPO, "rnn=lstm", "rnn_hidden=16", "rnn_seq_len=16"],
+        [*PPO, "rnn=lstm", "rnn_hidden=16", "rnn_seq_len=16", "rnn_prev_action=true"],
     ),
     "a2c-gru": (
         "CartPoleNoVel-v1",

@@ -83,19 +83,26 @@ class DeployedPolicy(Deployable):
     """The on-policy agents' deterministic policy for export: raw observation -> (normaliser, when the run
     normalised observations) -> encoder -> (the actor's recurrent core, with ``rnn``) -> the policy's mode in env
     units (argmax, or the mean clipped or squashed). With a core it is ``(obs, state) -> (action, next_state)``,
-    as :meth:`OnPolicyAgent.act_step` with ``deterministic=True``."""
+    as :meth:`OnPolicyAgent.act_step` with ``deterministic=True`` (the state ends with the previous action when the
+    core reads it: ``prev_action_dim`` > 0)."""
 
-    def __init__(self, policy: Policy, obs_norm: nn.Module | None, core: Core | None = None):
+    def __init__(self, policy: Policy, obs_norm: nn.Module | None, core: Core | None = None, prev_action_dim: int = 0):
         super().__init__()
         self.policy, self.obs_norm, self.core = policy, obs_norm, core
-        self.state_dim = core.state_dim if core is not None else 0
+        self.prev_action_dim = prev_action_dim
+        self.state_dim = core.state_dim + prev_action_dim if core is not None else 0
 
     def forward(self, obs: Obs, state: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         obs = obs if self.obs_norm is None else self.obs_norm(obs)
         if self.core is None:
             return self.policy.mode(obs)
-        features, next_state = self.core.step(self.policy.encode(obs), state)
-        return self.policy.mode(obs, features), next_state
+        if not self.prev_action_dim:
+            features, next_state = self.core.step(self.policy.encode(obs), state)
+            return self.policy.mode(obs, features), next_state
+        core_state, prev_action = state.split([self.core.state_dim, self.prev_action_dim], dim=-1)
+        features, next_state = self.core.step(torch.cat([self.policy.encode(obs), prev_action], -1), core_state)
+        action = self.policy.mode(obs, features)
+        return action, torch.cat([next_state, self.policy.one_hot(action)], -1)
 
 
 class OnPolicyAgent(Agent):
@@ -103,8 +110,14 @@ class OnPolicyAgent(Agent):
     core (``rnn``) also each core's state before the step and whether the step starts an episode, so the update
     replays the rollout's cores exactly (see :mod:`duetrl.cores`).
 
+    With ``rnn_prev_action`` the cores read the previous step's action (one-hot for discrete; zeros at an episode
+    start) beside the encoder's features: a memory that sees what it did can tell velocity from the change of
+    position that its push explains. The action is carried per env as the cores' states are, and recorded per step
+    (``prev_action``), so the replay reads what the rollout read.
+
     Config fields used: ``policy_config()`` (the policy's settings, passed whole), ``gamma``, ``normalize_obs``,
-    ``normalize_reward``, ``rnn``, ``rnn_hidden``. Subclasses build their critic on ``critic_core.out_dim`` inputs.
+    ``normalize_reward``, ``rnn``, ``rnn_hidden``, ``rnn_prev_action`` (if the config has it). Subclasses build
+    their critic on ``critic_core.out_dim`` inputs.
     """
 
     def __init__(self, cfg: Any, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
@@ -114,9 +127,12 @@ class OnPolicyAgent(Agent):
         # They read the encoder's features (encoder, then core, then heads); the width is measured on an encoder
         # built outside the run's random stream, so the policy's own encoder draws the same weights as without rnn.
         width = 0  # a core of none is the identity of any width
+        self.prev_action_dim = 0  # width of the previous action that the cores read (rnn_prev_action)
         if cfg.rnn != "none":
             with torch.random.fork_rng(devices=[]):
                 width = make_encoder(obs_space, cfg.encoder_config()).features
+            self.prev_action_dim = self.act_dim if getattr(cfg, "rnn_prev_action", False) else 0
+            width += self.prev_action_dim
         self.actor_core = Core(cfg.rnn, width, cfg.rnn_hidden).to(device)
         self.critic_core = Core(cfg.rnn, width, cfg.rnn_hidden).to(device)
         self.recurrent = self.actor_core.recurrent
@@ -130,6 +146,8 @@ class OnPolicyAgent(Agent):
         self.modules = {"policy": self.policy, "obs_norm": self.obs_norm, "reward_scaler": self.reward_scaler}
         if self.recurrent:
             states = {"actor": self.actor_core.state_dim, "critic": self.critic_core.state_dim}
+            if self.prev_action_dim:
+                states["prev_action"] = self.prev_action_dim
             self.memory = CarriedState(states, num_envs).to(device)
             self.modules.update(actor_core=self.actor_core, critic_core=self.critic_core, memory=self.memory)
         self.rollout = Rollout()
@@ -153,13 +171,19 @@ class OnPolicyAgent(Agent):
             raw, action, log_prob = self.policy.sample(obs)
             return Decision(env_steps, action, {"obs": obs, "raw": raw, "action": action, "log_prob": log_prob})
         states = self.memory.current()  # [N, S] each, zeroed where an episode starts
+        prev_action = states.get("prev_action")  # [N, A] or None
         encoded = self.policy.encode(obs)
-        features, actor_next = self.actor_core.step(encoded, states["actor"])
-        _, critic_next = self.critic_core.step(self.critic_encode(obs, encoded), states["critic"])
+        features, actor_next = self.actor_core.step(self._core_input(encoded, prev_action), states["actor"])
+        critic_in = self._core_input(self.critic_encode(obs, encoded), prev_action)
+        _, critic_next = self.critic_core.step(critic_in, states["critic"])
         raw, action, log_prob = self.policy.sample(obs, features)
         record = {"obs": obs, "raw": raw, "action": action, "log_prob": log_prob, "start": self.memory.starts.clone()}
         record.update(actor_state=states["actor"], critic_state=states["critic"])
-        self.memory.carry({"actor": actor_next, "critic": critic_next})
+        carried = {"actor": actor_next, "critic": critic_next}
+        if prev_action is not None:
+            record["prev_action"] = prev_action
+            carried["prev_action"] = self.policy.one_hot(action)
+        self.memory.carry(carried)
         return Decision(env_steps, action, record)
 
     def observe(
@@ -189,19 +213,31 @@ class OnPolicyAgent(Agent):
 
     def deployable(self) -> DeployedPolicy:
         norm = self.obs_norm if self.normalizes_obs else None
-        return DeployedPolicy(self.policy, norm, self.actor_core if self.recurrent else None)
+        return DeployedPolicy(self.policy, norm, self.actor_core if self.recurrent else None, self.prev_action_dim)
 
     # ------------------------------------------------------------------------------------------ memory
     def initial_state(self, n: int) -> Tensor:
-        """The actor core's state of ``n`` envs at an episode start (zeros ``[n, S]``); ``[n, 0]`` without rnn."""
-        return self.actor_core.initial_state(n, self.device)
+        """The actor's state of ``n`` envs at an episode start (zeros ``[n, S]``; ``[n, 0]`` without rnn): its
+        core's state, followed by the previous action with ``rnn_prev_action``."""
+        return torch.zeros(n, self.actor_core.state_dim + self.prev_action_dim, device=self.device)
 
     @torch.no_grad()
     def act_step(self, obs: Obs, state: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
         """(env actions, next state) for a batch of observations ``[B, ...]`` seen with ``state [B, S]``."""
         obs = self._normalize(to_device(obs, self.device))
-        features, state = self.actor_core.step(self.policy.encode(obs), state.to(self.device))
-        return self.policy.act(obs, deterministic, features), state
+        state = state.to(self.device)
+        if not self.prev_action_dim:
+            features, state = self.actor_core.step(self.policy.encode(obs), state)
+            return self.policy.act(obs, deterministic, features), state
+        core_state, prev_action = state.split([self.actor_core.state_dim, self.prev_action_dim], dim=-1)
+        features, core_state = self.actor_core.step(self._core_input(self.policy.encode(obs), prev_action), core_state)
+        action = self.policy.act(obs, deterministic, features)
+        return action, torch.cat([core_state, self.policy.one_hot(action)], -1)
+
+    def _core_input(self, encoded: Tensor, prev_action: Tensor | None) -> Tensor:
+        """What a core reads: the encoder's features ``[..., F]``, and the previous action ``[..., A]`` beside
+        them with ``rnn_prev_action``."""
+        return encoded if prev_action is None else torch.cat([encoded, prev_action], -1)
 
     def critic_encode(self, obs: Obs, actor_encoded: Tensor | None = None) -> Tensor:
         """What the critic's core reads: the policy's encoder features (PPO's critic shares the encoder;
@@ -216,18 +252,22 @@ class OnPolicyAgent(Agent):
         encoded = self.policy.encode(seq["obs"])
         if not self.recurrent:
             return encoded
+        encoded = self._core_input(encoded, seq.get("prev_action"))
         return self.actor_core.replay(encoded, seq["actor_state"][0], seq["start"])
 
     def critic_features(self, seq: dict[str, Any], with_next: bool = False) -> tuple[Tensor, Tensor | None]:
         """What the critic's head sees at each step ``[T, B, features]`` (as :meth:`actor_features`) and, if
         ``with_next``, at each step's next observation: the state after the step carried on, not reset, so an
-        episode cut by a time limit is bootstrapped from its final observation seen with its own memory."""
+        episode cut by a time limit is bootstrapped from its final observation seen with its own memory (and, with
+        ``rnn_prev_action``, the step's action)."""
         encoded = self.critic_encode(seq["obs"])
         if not self.recurrent:
             return encoded, self.critic_encode(seq["next_obs"]) if with_next else None
+        encoded = self._core_input(encoded, seq.get("prev_action"))
         if not with_next:  # the features alone: the fused replay
             return self.critic_core.replay(encoded, seq["critic_state"][0], seq["start"]), None
         features, after = self.critic_core.sequence(encoded, seq["critic_state"][0], seq["start"])
-        next_encoded = self.critic_encode(seq["next_obs"]).flatten(0, 1)
+        next_action = self.policy.one_hot(seq["action"]) if self.prev_action_dim else None
+        next_encoded = self._core_input(self.critic_encode(seq["next_obs"]), next_action).flatten(0, 1)
         next_features, _ = self.critic_core.step(next_encoded, after.flatten(0, 1))
         return features, next_features.view(*features.shape)

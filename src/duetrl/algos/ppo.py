@@ -71,6 +71,7 @@ class PPOConfig(EncoderKeys):
     rnn: str = "none"  # memory: none, lstm or gru (a recurrent core for the actor and one for the critic)
     rnn_hidden: int = 64  # width of each recurrent core (rnn=lstm or gru)
     rnn_seq_len: int = 0  # minibatches of whole sequences this many steps long (0 = num_steps: whole rollouts)
+    rnn_prev_action: bool = False  # the cores also read the previous action (zeros at an episode start)
 
     def validate(self) -> None:
         check_range("gamma", self.gamma, 0.0, 1.0)
@@ -107,7 +108,7 @@ class PPOConfig(EncoderKeys):
         """Keys that the other settings make ignored: key -> why (see config.ignored_settings_warnings)."""
         ignored = ignored_policy_settings(self.policy_config())
         if self.rnn == "none":
-            for key in ("rnn_hidden", "rnn_seq_len"):
+            for key in ("rnn_hidden", "rnn_seq_len", "rnn_prev_action"):
                 ignored[key] = "it applies only with a recurrent core, and rnn=none"
         return ignored
 
@@ -191,7 +192,7 @@ class PPO(OnPolicyAgent):
         ``[L, (T / L) * N, ...]`` that keep the state recorded before their first step and the episode starts."""
         keys = ("obs", "raw", "log_prob")
         if self.recurrent:
-            keys += ("start", "actor_state", "critic_state")
+            keys += ("start", "actor_state", "critic_state") + (("prev_action",) if self.prev_action_dim else ())
         samples = {k: batch[k] for k in keys}
         samples.update(advantages=advantages, returns=returns, values=values)
         if self.recurrent:
