@@ -163,9 +163,10 @@ SB3_NAMES = {  # duetrl's parameter -> SB3 ActorCriticPolicy's (separate [64, 64
 
 def test_update_equals_sb3_ppo_train_on_the_same_rollout_and_weights():
     """SB3's PPO with its defaults except the rollout size, one minibatch per epoch (so the shuffle order cannot
-    matter), and duetrl's PPO with ``vf_coef=1.0`` (SB3's 0.5 on plain MSE) and no lr annealing, from the same
-    weights on SB3's own rollout: the same values, GAE advantages and weights after three epochs, to float rounding.
-    Whatever separates the two libraries' untuned results is the settings, not the update."""
+    matter), and duetrl's PPO with ``vf_coef=1.0`` (SB3's 0.5 on plain MSE), no lr annealing and unscaled rewards
+    (SB3's defaults have no VecNormalize), from the same weights on SB3's own rollout: the same values, GAE
+    advantages and weights after three epochs, to float rounding. What separated the two libraries' untuned results
+    was the settings, not the update."""
     sb3 = pytest.importorskip("stable_baselines3")
     import gymnasium as gym
     from stable_baselines3.common.env_util import make_vec_env
@@ -202,7 +203,9 @@ def test_update_equals_sb3_ppo_train_on_the_same_rollout_and_weights():
     after = dict(model.policy.named_parameters())
 
     env = gym.make("Pendulum-v1")
-    cfg = PPOConfig(num_steps=steps, minibatch_size=steps, epochs=epochs, vf_coef=1.0, anneal_lr=False)
+    cfg = PPOConfig(
+        num_steps=steps, minibatch_size=steps, epochs=epochs, vf_coef=1.0, anneal_lr=False, normalize_reward=False
+    )
     cfg.validate()
     agent = PPO(cfg, env.observation_space, env.action_space, 1, CPU)
     ours = {
