@@ -404,8 +404,9 @@ DEFAULTS_ENVS = {
 }
 DEFAULTS_ALGOS = ("ppo", "a2c", "sac", "td3")
 # SB3 trains in whole rollouts (its defaults: PPO n_steps=2048, A2C n_steps=5), so the budgets are rounded up to
-# them for both libraries to take the same env steps; duetrl's own defaults (PPO num_steps=256, A2C
-# update_every=5) divide them.
+# them for both libraries to take the same env steps; duetrl's own defaults (PPO num_steps=2048, A2C
+# update_every=5) divide them. PPO's measured table, before and after its defaults changed (issue 16), is in
+# docs/benchmarks.md ("Untuned: PPO's defaults on envs nobody tuned for").
 SB3_ROLLOUT = {"ppo": 2048, "a2c": 5}
 DEFAULTS_SEEDS = (0, 1, 2)
 DEFAULTS_EPISODES = 20
