@@ -512,3 +512,17 @@ def test_an_ac_population_of_one_follows_its_solo_run_to_float_rounding(algo):
         assert torch.allclose(mine, solo_param, atol=1e-6)
     for mine, solo_param in zip(member.critic.parameters(), solo.critic.parameters(), strict=True):
         assert torch.allclose(mine, solo_param, atol=1e-6)
+
+
+def test_auto_threads_give_one_agent_one_thread_and_a_population_the_cores():
+    """torch_threads=0 (the default): a single agent's small MLPs run fastest on one thread; a population's
+    batched matmuls use up to the cores torch found (or OMP_NUM_THREADS, which Ray sets per trial). An explicit
+    value is kept either way."""
+    from duetrl.config import RunConfig
+    from duetrl.loop import TORCH_DEFAULT_THREADS, torch_threads
+
+    auto, two = RunConfig(env_id="Pendulum-v1"), RunConfig(env_id="Pendulum-v1", torch_threads=2)
+    assert auto.torch_threads == 0 and torch_threads(auto) == 1 and torch_threads(auto, members=1) == 1
+    assert torch_threads(auto, members=16) == min(16, TORCH_DEFAULT_THREADS)
+    assert torch_threads(auto, members=2) == min(2, TORCH_DEFAULT_THREADS)
+    assert torch_threads(two) == 2 and torch_threads(two, members=16) == 2

@@ -26,7 +26,7 @@ from duetrl.deploy import export as write_policy
 from duetrl.envs.make import EnvSource, env_name
 from duetrl.errors import UserError, say
 from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, evaluate_policy, render_episodes
-from duetrl.loop import Trainer, TrainResult
+from duetrl.loop import Trainer, TrainResult, torch_threads
 
 
 def resolve(
@@ -160,7 +160,7 @@ def evaluate(
     loaded = agent if isinstance(agent, LoadedAgent) else load(agent, env=env)
     source = loaded.env if env is None else env
     run: RunConfig = loaded.config.run
-    torch.set_num_threads(run.torch_threads)  # as in training: a busy machine starves multi-threaded small MLPs
+    torch.set_num_threads(torch_threads(run))  # as in training: a busy machine starves multi-threaded small MLPs
     if deterministic is None:
         deterministic = run.eval_deterministic
     kwargs = run.env_kwargs if env_kwargs is None else env_kwargs

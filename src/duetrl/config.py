@@ -59,7 +59,7 @@ class RunConfig:
     backend: str = "auto"  # what steps the envs: torch-native (where duetrl has the env), Gymnasium, or auto
     vector: str = "sync"  # Gymnasium's envs all in this process (sync) or a process each (async)
     device: str = "auto"  # where the networks run: auto = CUDA when present, else CPU
-    torch_threads: int = 1  # CPU threads of torch (small MLPs run fastest single-threaded)
+    torch_threads: int = 0  # CPU threads of torch; 0 = auto: 1 for one agent, up to the cores for a population
     eval_every: int = 10_000  # env steps between evaluations; 0 = only at the end
     eval_episodes: int = 10  # held-out episodes per evaluation
     eval_deterministic: bool = True  # evaluate the policy's most likely action (false: sampled actions)
@@ -85,7 +85,7 @@ class RunConfig:
         check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be >= 0")
         check(self.checkpoint_seconds > 0, "checkpoint_seconds", self.checkpoint_seconds, "must be > 0")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "must be at least 1")
-        check(self.torch_threads >= 1, "torch_threads", self.torch_threads, "must be at least 1")
+        check(self.torch_threads >= 0, "torch_threads", self.torch_threads, "must be >= 0 (0 = auto)")
         check(self.frame_stack >= 1, "frame_stack", self.frame_stack, "must be at least 1 (1 = no stacking)")
         for name in self.wrappers:
             check(isinstance(name, str) and ":" in name, "wrappers", name, "must be module:Name")

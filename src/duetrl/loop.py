@@ -43,6 +43,19 @@ class TrainResult:
     agent: LoadedAgent | None = field(default=None, repr=False)
 
 
+# torch's own thread count in this process before any run set it: the physical cores, or OMP_NUM_THREADS (which Ray
+# sets to a trial's CPUs). What ``torch_threads=0`` (auto) gives a population.
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+
+def torch_threads(run: RunConfig, members: int = 1) -> int:
+    """The CPU threads a run gives torch: ``run.torch_threads``, or for 0 (auto) one thread for one agent (its small
+    MLPs run fastest single-threaded: the Pendulum ppo preset took 3.05 s to train at one thread and 4.0 s at two on
+    an idle 2-core machine) and up to the cores for a population, whose batched matmuls use them (16 ppo members
+    of that preset: 41.3 s at one thread, 27.2 s at two, ``benchmarks/population.py``)."""
+    return run.torch_threads or (1 if members == 1 else min(members, TORCH_DEFAULT_THREADS))
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators: a run is reproducible from its seed."""
     random.seed(seed)
@@ -221,7 +234,7 @@ class Trainer:
         self.window = MetricWindow()
         self.env_source = cfg.run.env_id if env is None else env
         run = cfg.run
-        torch.set_num_threads(run.torch_threads)
+        torch.set_num_threads(torch_threads(run))
         seed_everything(run.seed)
         self.device = resolve_device(run.device)
         # Environment and agent first: a mistake there must not leave a run directory behind.

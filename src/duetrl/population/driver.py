@@ -35,6 +35,7 @@ from duetrl.loop import (
     saved_backend,
     seed_everything,
     stop_on_signals,
+    torch_threads,
 )
 from duetrl.population.ac import ACPopulation
 from duetrl.population.offpolicy import OffPolicyPopulation, SACPopulation, TD3Population
@@ -120,7 +121,7 @@ class PopulationTrainer:
         plan(configs)
         self.configs, self.root, self.quiet = configs, Path(root), quiet
         run = configs[0].run
-        torch.set_num_threads(run.torch_threads)
+        torch.set_num_threads(torch_threads(run, members=len(configs)))
         self.device = resolve_device(run.device)
         if self.device.type != "cpu":  # each member's RNG stream continues its solo run's CPU generator
             raise UserError(
