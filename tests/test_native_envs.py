@@ -366,3 +366,16 @@ def test_evaluation_on_the_twin_equals_evaluation_on_gymnasiums_envs(monkeypatch
     monkeypatch.setattr(evaluate, "vector_twin", lambda *args: None)
     slow = evaluate.evaluate_policy(act, "Pendulum-v1", {"g": 10.0}, episodes=7)
     assert fast.returns == slow.returns and fast.lengths == slow.lengths == [200] * 7
+
+
+def test_a_pendulum_registered_again_with_other_arguments_has_no_twin():
+    """A user module may register Pendulum-v1 anew (other defaults, wrappers): evaluation must then make that env,
+    not the twin of Gymnasium's."""
+    original = gym.envs.registration.registry["Pendulum-v1"]
+    try:
+        with pytest.warns(UserWarning, match="Overriding"):
+            gym.register("Pendulum-v1", entry_point=original.entry_point, max_episode_steps=200, kwargs={"g": 2.0})
+        assert vector_twin("Pendulum-v1", 2, {}) is None
+    finally:
+        gym.envs.registration.registry["Pendulum-v1"] = original
+    assert vector_twin("Pendulum-v1", 2, {}) is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import sys
@@ -43,17 +44,20 @@ class TrainResult:
     agent: LoadedAgent | None = field(default=None, repr=False)
 
 
-# torch's own thread count in this process before any run set it: the physical cores, or OMP_NUM_THREADS (which Ray
-# sets to a trial's CPUs). What ``torch_threads=0`` (auto) gives a population.
-TORCH_DEFAULT_THREADS = torch.get_num_threads()
+# torch's own thread count in this process before any run set it (the physical cores, or OMP_NUM_THREADS, which Ray
+# sets to a trial's CPUs), capped by the CPUs this process may run on: what ``torch_threads=0`` gives a population.
+TORCH_DEFAULT_THREADS = min(
+    torch.get_num_threads(), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+)
+MEMBERS_PER_THREAD = 8  # auto: a thread per 8 members (16 ppo members gained 1.5x from 2 threads; fewer: unmeasured)
 
 
 def torch_threads(run: RunConfig, members: int = 1) -> int:
     """The CPU threads a run gives torch: ``run.torch_threads``, or for 0 (auto) one thread for one agent (its small
     MLPs run fastest single-threaded: the Pendulum ppo preset took 3.05 s to train at one thread and 4.0 s at two on
-    an idle 2-core machine) and up to the cores for a population, whose batched matmuls use them (16 ppo members
-    of that preset: 41.3 s at one thread, 27.2 s at two, ``benchmarks/population.py``)."""
-    return run.torch_threads or (1 if members == 1 else min(members, TORCH_DEFAULT_THREADS))
+    an idle 2-core machine) and, for a population, one per 8 members up to the CPUs, because its batched matmuls
+    use them (16 ppo members of that preset: 41.3 s at one thread, 27.2 s at two, ``benchmarks/population.py``)."""
+    return run.torch_threads or max(1, min(members // MEMBERS_PER_THREAD, TORCH_DEFAULT_THREADS))
 
 
 def seed_everything(seed: int) -> None:

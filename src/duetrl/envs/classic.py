@@ -118,4 +118,7 @@ def vector_twin(env_id: Any, num_envs: int, env_kwargs: dict[str, Any]) -> gym.v
     if ``env_id`` has none (only Pendulum-v1 has one)."""
     if env_id != "Pendulum-v1" or set(env_kwargs) - {"g", "m", "l"}:
         return None
+    spec = gym.spec(env_id)  # a user may have registered Pendulum-v1 again, with other arguments or wrappers
+    if spec.kwargs or spec.additional_wrappers or spec.max_episode_steps != 200:
+        return None
     return PendulumVector(num_envs, **env_kwargs)

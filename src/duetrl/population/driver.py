@@ -407,8 +407,8 @@ def evaluate_members(
     """Each member of ``population`` on ``run.eval_episodes`` held-out episodes of Gymnasium's env, seeded as a
     solo run's evaluation (``EVAL_SEED_BASE`` on), all members' episodes in one vector env; None if stopped."""
     members, episodes = len(population), run.eval_episodes
-    factory = env_factory(run.env_id, **run.env_kwargs)
-    vec = eval_vector_env(factory, members * episodes, run.env_id, run.env_kwargs)
+    factory = env_factory(run.env_id, wrappers=run.wrappers, frame_stack=run.frame_stack, **run.env_kwargs)
+    vec = eval_vector_env(factory, members * episodes, run.env_id, run.env_kwargs, run.wrappers, run.frame_stack)
     try:
         cap = step_cap(vec, run.eval_max_steps)
         seeds = [EVAL_SEED_BASE + i for i in range(episodes)] * members
