@@ -200,6 +200,8 @@ def warnings_for(algo, **settings):
         ("ppo", {"steps": 5_000, "eval_every": 20_000}, "no periodic evaluation, only the final one"),
         ("ppo", {"target_return": -200, "eval_every": 0}, "target_return=-200.0 can never stop the run early"),
         ("ppo", {"target_return": -200, "steps": 5_000}, "eval_every=10000 gives none within steps=5000"),
+        ("ppo", {"rnn": "lstm"}, r"whole sequences of 2048 steps \(rnn_seq_len=0 = num_steps\)"),
+        ("ppo", {"rnn": "gru", "num_steps": 512, "rnn_seq_len": 512}, "sequences of 512 steps.*at most 256"),
     ],
 )
 def test_budget_warnings(algo, settings, match):
@@ -217,6 +219,11 @@ def test_clean_config_gives_no_budget_warning(algo):
     assert warnings_for(algo, steps=30_000, eval_every=30_000) == []
     assert warnings_for(algo, steps=30_000, eval_every=0) == []
     assert warnings_for(algo, steps=30_000, eval_every=29_999, target_return=0) == []
+
+
+def test_a_recurrent_ppo_with_short_sequences_gives_no_budget_warning():
+    assert warnings_for("ppo", rnn="lstm", rnn_seq_len=128) == []
+    assert warnings_for("ppo", rnn="gru", num_steps=256) == []  # whole rollouts of 256 steps: long, not too long
 
 
 def test_borderline_budgets_give_no_budget_warning():

@@ -38,6 +38,8 @@ from duetrl.policy import Policy, PolicyConfig
 from duetrl.returns import gae, normalize
 from duetrl.validate import check_range
 
+LONG_SEQUENCE = 256  # recurrent minibatch sequences longer than this get a warning (the new num_steps is 2048)
+
 
 @dataclass
 class PPOConfig(EncoderKeys):
@@ -136,6 +138,13 @@ class PPOConfig(EncoderKeys):
                 f"minibatch_size={self.minibatch_size} is larger than a rollout (num_steps * num_envs = {batch} "
                 "samples), so each epoch is one gradient step on the whole rollout; set minibatch_size to at most "
                 f"{batch}, or raise num_steps or num_envs"
+            )
+        if self.rnn != "none" and self.sequence_length() > LONG_SEQUENCE:
+            out.append(
+                f"rnn={self.rnn} replays minibatches of whole sequences of {self.sequence_length()} steps "
+                f"(rnn_seq_len={self.rnn_seq_len}{' = num_steps' if not self.rnn_seq_len else ''}): backpropagation "
+                f"through that many steps is slow and its gradients unstable; set rnn_seq_len to a divisor of "
+                f"num_steps={self.num_steps} of at most {LONG_SEQUENCE} (the shipped recurrent presets use 32)"
             )
         return out
 
