@@ -74,6 +74,21 @@ class NeverEnds(gym.Env):
 '''
 
 
+# ------------------------------------------------------------------------------------------ parameters that moved
+
+
+def snapshot(module: Any) -> list[Any]:
+    """Copies of ``module``'s parameters, to tell later whether a step changed them."""
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(module: Any, before: list[Any]) -> bool:
+    """Whether any parameter of ``module`` differs from its ``snapshot``."""
+    import torch
+
+    return any(not torch.equal(p, b) for p, b in zip(module.parameters(), before, strict=True))
+
+
 # ------------------------------------------------------------------------------------------ a run paused at a step
 
 

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers import assert_user_error
+from helpers import assert_user_error, changed, snapshot
 from torch import nn
 
 import duetrl
@@ -59,14 +59,6 @@ def random_batch(n=8, obs_dim=4, actions=3):
         "next_obs": torch.randn(n, obs_dim),
         "terminated": (torch.rand(n) < 0.2).float(),
     }
-
-
-def snapshot(module: nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in module.parameters()]
-
-
-def changed(module: nn.Module, before: list[torch.Tensor]) -> bool:
-    return any(not torch.equal(p, b) for p, b in zip(module.parameters(), before, strict=True))
 
 
 class Fixed(nn.Module):

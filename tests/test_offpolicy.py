@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import read_metrics
+from helpers import changed, read_metrics, snapshot
 from torch import nn
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
@@ -48,14 +48,6 @@ def random_batch(n=8, obs_dim=3, act_dim=1):
         "next_obs": torch.randn(n, obs_dim),
         "terminated": (torch.rand(n) < 0.2).float(),
     }
-
-
-def snapshot(module: nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in module.parameters()]
-
-
-def changed(module: nn.Module, before: list[torch.Tensor]) -> bool:
-    return any(not torch.equal(p, b) for p, b in zip(module.parameters(), before, strict=True))
 
 
 # ------------------------------------------------------------------------------------------ target networks

@@ -32,11 +32,12 @@ TINY_SETS = [
 ]
 
 
-def members(seeds: list[int], **overrides):
-    """Solo-built PPO agents, their configs, RNG streams and env batches, as PopulationTrainer builds them."""
+def members(seeds: list[int], algo: str = "ppo", settings: dict = TINY, **overrides):
+    """Solo-built agents (PPO's ``TINY`` unless told), their configs, RNG streams and env batches, as
+    PopulationTrainer builds them."""
     agents, configs, generators, envs = [], [], [], []
     for seed in seeds:
-        cfg, _ = resolve("Pendulum-v1", "ppo", "none", None, {**TINY, **overrides, "seed": seed})
+        cfg, _ = resolve("Pendulum-v1", algo, "none", None, {**settings, **overrides, "seed": seed})
         seed_everything(seed)
         env = make_env(cfg, torch.device("cpu"))
         agents.append(build_agent(cfg, env.single_observation_space, env.single_action_space, torch.device("cpu")))
@@ -442,19 +443,8 @@ TINY_AC = {"num_envs": 4, "update_every": 8, "hidden": [16, 16], "steps": 512, "
 def ac_members(algo: str, seeds: list[int]):
     """Solo-built ac/a2c agents (reward and observation normalisation on, clipping on), as PopulationTrainer builds
     them."""
-    agents, configs, generators, envs = [], [], [], []
-    for seed in seeds:
-        settings = {**TINY_AC, "normalize_obs": True, "normalize_reward": True, "max_grad_norm": 0.5, "seed": seed}
-        cfg, _ = resolve("Pendulum-v1", algo, "none", None, settings)
-        seed_everything(seed)
-        env = make_env(cfg, torch.device("cpu"))
-        agents.append(build_agent(cfg, env.single_observation_space, env.single_action_space, torch.device("cpu")))
-        generator = torch.Generator()
-        generator.set_state(torch.get_rng_state())
-        configs.append(cfg)
-        generators.append(generator)
-        envs.append(env)
-    return agents, configs, generators, envs
+    settings = {**TINY_AC, "normalize_obs": True, "normalize_reward": True, "max_grad_norm": 0.5}
+    return members(seeds, algo, settings)
 
 
 @pytest.mark.parametrize("algo", ["ac", "a2c"])

@@ -28,7 +28,7 @@ from duetrl.config import RunConfig
 from duetrl.cores import RNN_KINDS, CarriedState, Core
 from duetrl.encoders import EncoderKeys, Obs, batch_size, leaves, make_encoder, select, to_device, tree_map
 from duetrl.errors import UserError
-from duetrl.nets import ACTIVATIONS, EnsembleQ
+from duetrl.nets import ACTIVATIONS, EnsembleQ, EnsembleQValues
 from duetrl.noise import ColoredNoise, OrnsteinUhlenbeckNoise
 from duetrl.policy import action_dim, action_kind, rescale
 from duetrl.returns import td_targets
@@ -305,14 +305,15 @@ class OffPolicyAgent(Agent):
         """Per-env noise sequences of colour ``beta``."""
         return ColoredNoise(beta, self.num_envs, self.act_dim, self.cfg.noise_length, self.device, scale)
 
-    def make_critic(self) -> EnsembleQ:
-        """The ensemble of Q critics every off-policy algorithm here trains (twin by default); with memory their
-        shared body becomes ``critic_body``."""
+    def make_critic(self, kind: type[EnsembleQ] | type[EnsembleQValues] = EnsembleQ) -> EnsembleQ | EnsembleQValues:
+        """The ensemble of Q critics every off-policy algorithm here trains (twin by default): Q(s, a), or with
+        ``kind=EnsembleQValues`` Q(s, .) over discrete actions (discrete SAC); with memory their shared body becomes
+        ``critic_body``."""
         cfg = self.cfg
         width, encoder, body = self.make_body()
         if body is not None:
             self.critic_body = body
-        return EnsembleQ(
+        return kind(
             width,
             self.act_dim,
             encoder=encoder,

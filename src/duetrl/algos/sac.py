@@ -277,17 +277,7 @@ class DiscreteSAC(SAC):
         self.actor = CategoricalActor(
             encoder.features, self.act_dim, hidden=cfg.actor_hidden, activation=cfg.activation, encoder=encoder
         ).to(device)
-        encoder = self.make_encoder()
-        self.critic = EnsembleQValues(
-            encoder.features,
-            self.act_dim,
-            encoder=encoder,
-            hidden=cfg.critic_hidden,
-            ensemble=cfg.n_critics,
-            activation=cfg.activation,
-            layer_norm=cfg.critic_layer_norm,
-            dropout=cfg.critic_dropout,
-        ).to(device)
+        self.critic = self.make_critic(EnsembleQValues)
         self.critic_target = frozen_copy(self.critic)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.alpha), device=device))
         default_target = cfg.target_entropy_scale * math.log(self.act_dim)
