@@ -44,6 +44,24 @@ def test_random_search_draws_fixed_trials_times_seeds():
     assert again.trials == spec.trials  # a resumed sweep runs the same draws
 
 
+def test_a_resumed_sweep_runs_its_trials_as_resolved_when_it_started(tmp_path):
+    """sweep.json keeps each trial's resolved config: editing the config file (or a new duetrl's defaults, or a
+    preset file) between the start and --resume does not move the trials still to run."""
+    config = tmp_path / "base.yaml"
+    config.write_text("gamma: 0.9\nlr: 0.001\n")
+    spec = SweepSpec("Pendulum-v1", "ppo", None, str(config), {"steps": 64}, {"gae_lambda": [0.8, 0.9]}, [0])
+    spec.expand()
+    saved = json.loads(json.dumps(spec.__dict__))  # as sweep.json holds it
+    config.write_text("gamma: 0.5\nlr: 0.1\n")
+    resumed = SweepSpec(**saved)
+    for trial, lam in zip(resumed.trials, (0.8, 0.9), strict=True):
+        cfg = resumed.trial_config(trial)
+        assert (cfg.algo.gamma, cfg.algo.lr, cfg.algo.gae_lambda, cfg.run.steps) == (0.9, 0.001, lam, 64)
+        assert cfg.to_dict() == spec.trial_config(spec.trials[0 if lam == 0.8 else 1]).to_dict()
+    legacy = SweepSpec(**{**saved, "trials": [{k: t[k] for k in ("values", "seed")} for t in saved["trials"]]})
+    assert legacy.trial_config(legacy.trials[0]).algo.gamma == 0.5  # an older sweep.json: resolved afresh
+
+
 def test_sweep_rejects_a_bad_setting_before_starting_ray(tmp_path):
     from duetrl import sweeps as sweep
 

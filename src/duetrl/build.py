@@ -81,14 +81,24 @@ def read_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(Path(path), state)
 
 
+def resolved_config(values: dict[str, Any]) -> Config:
+    """A :class:`Config` from its ``to_dict()``: every key is taken as saved and no preset is applied on top (the
+    ``preset`` key only records which one the values came from). Checkpoints and sweeps keep configs this way, so a
+    later change of duetrl's defaults or of a preset file does not move a run that already started."""
+    values = dict(values)
+    preset = values.pop("preset", None)
+    cfg, _ = resolve(config_file=values, lookup=get_algo)
+    cfg.run.preset = preset
+    return cfg
+
+
 def saved_config(checkpoint: Checkpoint, changes: dict[str, Any] | None = None) -> Config:
     """The run's config as saved, with ``changes`` to the settings a resumed run may change (``RESUMABLE``: its
     length, evaluation, logging and checkpoint cadence); a change to any other is a UserError naming them all.
     Every key was saved resolved, so no preset is applied on top; ``run.preset`` still names the run's own."""
     values = dict(checkpoint.state["config"])
     preset = values.pop("preset", None)
-    cfg, _ = resolve(config_file=values, lookup=get_algo)
-    cfg.run.preset = preset
+    cfg = resolved_config({**values, "preset": preset})
     if not changes:
         return cfg
     refused, rest, saved_and_asked = [], {}, []

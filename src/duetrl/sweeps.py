@@ -1,7 +1,8 @@
 """Multi-seed runs and hyperparameter sweeps, each trial a normal duetrl run executed by Ray Tune.
 
-A sweep directory holds ``sweep.json`` (what was asked), ``trials/<config>/seed_<s>/`` (ordinary run
-directories), ``tune/`` (Ray Tune's own state, used by ``--resume``) and ``summary.csv``.
+A sweep directory holds ``sweep.json`` (what was asked, and each trial's config as resolved at the start),
+``trials/<config>/seed_<s>/`` (ordinary run directories), ``tune/`` (Ray Tune's own state, used by ``--resume``) and
+``summary.csv``.
 By default Ray starts a local cluster for the sweep (all cores) and shuts it down after; ``address`` joins an
 existing cluster instead.
 """
@@ -103,7 +104,9 @@ class SweepSpec:
     samples: int = 1  # configurations drawn when search=random
     cpus_per_trial: float = 1.0
     target_return: float | None = None
-    trials: list[dict[str, Any]] | None = None  # [{"values": {...}, "seed": s}], fixed when the sweep starts
+    # [{"values": {...}, "seed": s, "config": {...}}], fixed when the sweep starts; "config" is the trial's resolved
+    # config (Config.to_dict), so a sweep resumed after duetrl's defaults or a preset changed runs what it started
+    trials: list[dict[str, Any]] | None = None
     vectorize: bool = False  # trials that differ only in per-member settings train as one population each
 
     def expand(self) -> None:
@@ -115,6 +118,8 @@ class SweepSpec:
             rng = random.Random(0)
             points = [{k: rng.choice(v) for k, v in self.grid.items()} for _ in range(self.samples)]
         self.trials = [{"values": point, "seed": seed} for point in points for seed in self.seeds]
+        for trial in self.trials:
+            trial["config"] = self._resolve(trial).to_dict()
 
     def check(self) -> None:
         """Resolve one configuration per swept value up front, so a typo fails before any trial starts."""
@@ -129,7 +134,13 @@ class SweepSpec:
                 resolve(self.env_id, self.algo, self.preset, self.config_file, {**self.base, key: value})
 
     def trial_config(self, trial: dict[str, Any]) -> Any:
-        """The resolved :class:`~duetrl.config.Config` of one trial."""
+        """The :class:`~duetrl.config.Config` of one trial as it was resolved when the sweep started (a sweep.json
+        written before configs were kept there: resolved now)."""
+        from duetrl.build import resolved_config
+
+        return resolved_config(trial["config"]) if "config" in trial else self._resolve(trial)
+
+    def _resolve(self, trial: dict[str, Any]) -> Any:
         settings = {**self.base, **trial["values"], "seed": trial["seed"]}
         return resolve(self.env_id, self.algo, self.preset, self.config_file, settings)[0]
 
@@ -167,27 +178,16 @@ def _trial(config: dict[str, Any]) -> None:
 
     spec = SweepSpec(**config["spec"])
     trial = spec.trials[config["labels"][config["trial"]]]
-    values, seed = trial["values"], trial["seed"]
     run_dir = trial_dir(Path(config["sweep_dir"]), trial)
 
     class ReportToTune(Callback):
         def on_evaluation(self, state: TrainingState, result: EvalResult) -> None:
             tune.report({"env_steps": state.env_steps, "eval_return_mean": result.mean})
 
-    settings = {**spec.base, **values, "seed": seed}
     if ckpt.list_checkpoints(run_dir) and not (run_dir / "result.json").exists():
         result = api.resume(run_dir, quiet=True, callbacks=[ReportToTune()])  # an interrupted trial continues
     else:
-        result = api.train(
-            spec.env_id,
-            spec.algo,
-            preset=spec.preset,
-            config=spec.config_file,
-            run_dir=run_dir,
-            quiet=True,
-            callbacks=[ReportToTune()],
-            **settings,
-        )
+        result = api.train(config=spec.trial_config(trial), run_dir=run_dir, quiet=True, callbacks=[ReportToTune()])
     final = result.final_eval.mean if result.final_eval else float("nan")
     (run_dir / "result.json").write_text(json.dumps({"env_steps": result.env_steps, "final_eval": final}))
     tune.report({"env_steps": result.env_steps, "eval_return_mean": final, "done": True})
