@@ -121,3 +121,54 @@ def test_a_window_without_a_display_is_a_user_error(run_dir, monkeypatch):
         monkeypatch.delenv(key, raising=False)
     with pytest.raises(duetrl.UserError, match="needs a display"):
         duetrl.evaluate(run_dir, episodes=1, render="human")
+
+
+# ------------------------------------------------------------------------------------------ validation and test seeds
+SEED_RECORDER = '''
+import gymnasium as gym
+import numpy as np
+
+
+class SeedRecorder(gym.Env):
+    """Five-step episodes that write down every seed they are reset with."""
+
+    seeds: list = []
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:
+            SeedRecorder.seeds.append(seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(2, np.float32), 1.0, self.t >= 5, False, {}
+'''
+
+
+def test_evaluations_inside_training_never_play_the_test_episodes(tmp_path, monkeypatch):
+    """The runs' own evaluations (periodic and final), which pick best.safetensors and stop at target_return, play
+    validation seeds; duetrl.evaluate plays the test seeds; training's envs play neither."""
+    from duetrl.evaluate import EVAL_SEED_BASE, VALIDATION_SEED_BASE
+
+    (tmp_path / "duetrl_test_seeds.py").write_text(SEED_RECORDER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import duetrl_test_seeds
+
+    recorder = duetrl_test_seeds.SeedRecorder
+    recorder.seeds.clear()
+    env = "duetrl_test_seeds:SeedRecorder"
+    run = tmp_path / "run"
+    settings = dict(num_envs=2, num_steps=16, minibatch_size=32, eval_every=32, eval_episodes=3)
+    duetrl.train(env, "ppo", steps=64, **settings, run_dir=run, quiet=True)
+    during = list(recorder.seeds)
+    recorder.seeds.clear()
+    duetrl.evaluate(run, episodes=4)
+    validation = [s for s in during if s >= VALIDATION_SEED_BASE]
+    assert sorted(set(validation)) == [VALIDATION_SEED_BASE + k for k in range(3)]
+    assert len(validation) == 2 * 3  # the evaluation at 32 steps, and the final one at 64
+    assert all(s < 1000 for s in during if s < VALIDATION_SEED_BASE)  # training's envs: seeded from the run's seed
+    assert recorder.seeds == [EVAL_SEED_BASE + k for k in range(4)]

@@ -61,7 +61,7 @@ class RunConfig:
     device: str = "auto"  # where the networks run: auto = CUDA when present, else CPU
     torch_threads: int = 0  # CPU threads of torch; 0 = auto: 1 for one agent, up to the cores for a population
     eval_every: int = 10_000  # env steps between evaluations; 0 = only at the end
-    eval_episodes: int = 10  # held-out episodes per evaluation
+    eval_episodes: int = 10  # validation episodes per evaluation during training (duetrl eval scores others)
     eval_deterministic: bool = True  # evaluate the policy's most likely action (false: sampled actions)
     eval_max_steps: int = 10_000  # step cap of an evaluation episode on an env without its own time limit
     log_every: int = 1000  # env steps between metric rows (at the next update); 0 = after every update

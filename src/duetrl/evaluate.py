@@ -21,7 +21,13 @@ from duetrl.envs.classic import vector_twin
 from duetrl.envs.make import env_factory
 from duetrl.errors import UserError, setting
 
-EVAL_SEED_BASE = 1_000_000  # evaluation episodes use seeds from here on, never used by training
+# Two disjoint ranges of episode seeds, neither used by training's own envs (seeded from the run's seed up):
+# - validation: the evaluations *inside* training (periodic, final), whose scores choose things: best.safetensors,
+#   a target_return stop, a sweep's or a population's ranking;
+# - test: what ``duetrl eval``, ``duetrl bench`` and ``duetrl.evaluate`` score. Training never plays these, so a run
+#   stopped or a checkpoint picked on its validation score is not graded on the episodes that picked it.
+VALIDATION_SEED_BASE = 500_000
+EVAL_SEED_BASE = 1_000_000  # the test episodes: seeds from here on
 MAX_PARALLEL = 50
 DEFAULT_MAX_STEPS = 10_000  # RunConfig.eval_max_steps: the step cap of an episode on an env without a time limit
 

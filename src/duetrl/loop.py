@@ -27,7 +27,7 @@ from duetrl.encoders import ObservationError, to_device
 from duetrl.envs import BatchEnv, import_modules, make
 from duetrl.envs.make import EnvSource
 from duetrl.errors import TrainingError, UserError, on_command_line, say, setting
-from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, EvaluationStopped, evaluate_policy
+from duetrl.evaluate import VALIDATION_SEED_BASE, EvalResult, EvaluationStopped, evaluate_policy
 from duetrl.logs import Logger, Progress, make_logger
 
 
@@ -404,8 +404,9 @@ class Trainer:
         self.logger.write({**where, "updates": self.updates, "episodes": self.episodes, **fields})
 
     def _evaluate(self, signals: dict[str, bool]) -> EvalResult | None:
-        """Evaluate the current policy on held-out seeds, log it, and keep it as best.safetensors if it is; None
-        if a signal stopped the evaluation."""
+        """Evaluate the current policy on the validation episodes (``VALIDATION_SEED_BASE`` on: never the test
+        episodes ``duetrl eval`` scores), log it, and keep it as best.safetensors if it is; None if a signal stopped
+        the evaluation."""
         run = self.cfg.run
         self.agent.train_mode(False)
         try:
@@ -414,7 +415,7 @@ class Trainer:
                 self.env_source,
                 run.env_kwargs,
                 run.eval_episodes,
-                seed=EVAL_SEED_BASE,
+                seed=VALIDATION_SEED_BASE,
                 device=self.device,
                 max_steps=run.eval_max_steps,
                 stop=lambda: signals["stop"],

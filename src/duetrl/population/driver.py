@@ -25,7 +25,7 @@ from duetrl.config import Config
 from duetrl.envs.base import BatchEnv
 from duetrl.envs.make import env_factory
 from duetrl.errors import UserError, say
-from duetrl.evaluate import EVAL_SEED_BASE, EvalResult, eval_vector_env, step_cap
+from duetrl.evaluate import VALIDATION_SEED_BASE, EvalResult, eval_vector_env, step_cap
 from duetrl.logs import Logger, Progress, make_logger
 from duetrl.loop import (
     MetricWindow,
@@ -404,14 +404,15 @@ class PopulationTrainer:
 def evaluate_members(
     population: PPOPopulation | OffPolicyPopulation, run: Any, stop: Callable[[], bool] | None = None
 ) -> list[EvalResult] | None:
-    """Each member of ``population`` on ``run.eval_episodes`` held-out episodes of Gymnasium's env, seeded as a
-    solo run's evaluation (``EVAL_SEED_BASE`` on), all members' episodes in one vector env; None if stopped."""
+    """Each member of ``population`` on ``run.eval_episodes`` validation episodes of Gymnasium's env, seeded as a
+    solo run's evaluation during training (``VALIDATION_SEED_BASE`` on), all members' episodes in one vector env;
+    None if stopped."""
     members, episodes = len(population), run.eval_episodes
     factory = env_factory(run.env_id, wrappers=run.wrappers, frame_stack=run.frame_stack, **run.env_kwargs)
     vec = eval_vector_env(factory, members * episodes, run.env_id, run.env_kwargs, run.wrappers, run.frame_stack)
     try:
         cap = step_cap(vec, run.eval_max_steps)
-        seeds = [EVAL_SEED_BASE + i for i in range(episodes)] * members
+        seeds = [VALIDATION_SEED_BASE + i for i in range(episodes)] * members
         obs, _ = vec.reset(seed=seeds)
         total, length = np.zeros(members * episodes), np.zeros(members * episodes, dtype=np.int64)
         running = np.ones(members * episodes, dtype=bool)
