@@ -193,8 +193,11 @@ def test_a_state_with_the_previous_action_exports_and_acts_as_the_loaded_agent(r
     """rnn_prev_action: the state is h, c, then the last action; the file (checked step by step against the agent
     on export) carries it as the loaded agent does."""
     loaded = duetrl.load(recurrent["prev"])
-    policy = exporting.ExportedPolicy(duetrl.export(recurrent["prev"], tmp_path / "p.onnx").path)
+    exported = duetrl.export(recurrent["prev"], tmp_path / "p.onnx")
+    policy = exporting.ExportedPolicy(exported.path)
     assert policy.state_dim == 17 == loaded.initial_state(1).shape[-1]
+    layout = json.loads(exported.sidecar.read_text())["state"]["layout"]  # the sidecar names each part
+    assert [(p["name"], p["offset"], p["size"]) for p in layout] == [("h", 0, 8), ("c", 8, 8), ("prev_action", 16, 1)]
     obs = np.array([[1.0, 0.0, 0.0], [-0.5, 0.8, 3.0]], dtype=np.float32)
     ours, theirs = policy.initial_state(2), loaded.initial_state(2)
     for _ in range(3):

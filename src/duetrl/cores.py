@@ -53,6 +53,11 @@ class Core(nn.Module):
         if self.cell is not None:
             self.cell = self.cell(in_dim, hidden)  # the cells' parameters in the cells' order and initial draws
 
+    def state_parts(self) -> list[tuple[str, int]]:
+        """What the flat state holds, in order: a GRU's ``h``; an LSTM's ``h`` then ``c`` (none without a cell)."""
+        hidden = self.out_dim
+        return {"none": [], "gru": [("h", hidden)], "lstm": [("h", hidden), ("c", hidden)]}[self.kind]
+
     def initial_state(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         """The state of ``n`` envs at the start of an episode: zeros ``[n, state_dim]``."""
         return torch.zeros(n, self.state_dim, device=device)

@@ -228,6 +228,16 @@ class PolicyGraph(nn.Module):
             return tuple(self._tree(part, tensors) for part in space.spaces)
         return next(tensors)
 
+    def state_layout(self) -> list[dict[str, Any]]:
+        """Where each part of the flat state sits: ``[{"name": "h", "offset": 0, "size": 64}, ...]`` (a GRU's h; an
+        LSTM's h then c; then ``prev_action``, the last action taken, when the core reads it)."""
+        layout, offset = [], 0
+        for name, size in self.policy.state_parts():
+            layout.append({"name": name, "offset": offset, "size": size})
+            offset += size
+        assert offset == self.state_dim, (layout, self.state_dim)
+        return layout
+
     def initial_state(self, batch: int) -> np.ndarray | None:
         """Zeros ``[batch, state_dim]`` for a recurrent policy (an episode's start), None for a memoryless one."""
         return np.zeros((batch, self.state_dim), np.float32) if self.state_dim else None
@@ -477,6 +487,7 @@ def describe(
             "initial": "zeros",
             "reset": STATE_RESET,
             "rnn": getattr(loaded.config.algo, "rnn", None),
+            "layout": graph.state_layout(),
         }
     return {
         "format": SIDECAR_FORMAT,

@@ -123,6 +123,11 @@ class Deployable(nn.Module):
 
     state_dim: int = 0  # the width of the carried state; 0 for a memoryless policy
 
+    def state_parts(self) -> list[tuple[str, int]]:
+        """What the flat state holds, in order, as (name, width) pairs summing to ``state_dim`` (the sidecar of an
+        exported file lists them); empty for a memoryless policy."""
+        return [("state", self.state_dim)] if self.state_dim else []
+
 
 def linear_schedule(start: float, end: float, fraction: float) -> float:
     """The value ``fraction`` (clamped to 0..1) of the way from ``start`` to ``end``: every schedule here."""

@@ -37,17 +37,27 @@ from duetrl.validate import check_choice, check_range, check_widths
 
 
 class DeployedActor(Deployable):
-    """The off-policy agents' deterministic policy for export: raw observation -> the actor's deterministic action
-    in [-1, 1] (SAC's tanh of the mean, TD3's and DDPG's mu) -> rescaled onto the env's bounds."""
+    """The off-policy agents' deterministic policy for export: raw observation -> (with ``rnn``, the actor's
+    encoder and recurrent core) -> the actor's deterministic action in [-1, 1] (SAC's tanh of the mean, TD3's and
+    DDPG's mu) -> rescaled onto the env's bounds. With a core it is ``(obs, state) -> (action, next_state)``, as
+    :meth:`OffPolicyAgent.act_step` with ``deterministic=True``."""
 
-    def __init__(self, actor: nn.Module, unit_action: Any, low: Tensor, high: Tensor):
+    def __init__(self, actor: nn.Module, unit_action: Any, low: Tensor, high: Tensor, body: Recurrent | None = None):
         super().__init__()
-        self.actor, self.unit_action = actor, unit_action  # unit_action(obs): the agent's, through this actor
+        # unit_action(x): the agent's, through this actor; x is the observation, or with a body its core's features
+        self.actor, self.unit_action, self.body = actor, unit_action, body
+        self.state_dim = body.core.state_dim if body is not None else 0
         self.register_buffer("low", low.clone())
         self.register_buffer("high", high.clone())
 
-    def forward(self, obs: Tensor) -> Tensor:
-        return rescale(self.unit_action(obs), self.low, self.high)
+    def forward(self, obs: Obs, state: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        if self.body is None:
+            return rescale(self.unit_action(obs), self.low, self.high)
+        features, next_state = self.body.step(obs, state)
+        return rescale(self.unit_action(features), self.low, self.high), next_state
+
+    def state_parts(self) -> list[tuple[str, int]]:
+        return self.body.core.state_parts() if self.body is not None else []
 
 
 @dataclass
@@ -421,14 +431,10 @@ class OffPolicyAgent(Agent):
         return self.to_env(self.policy_action(features, deterministic)), state
 
     def deployable(self) -> DeployedActor:
-        if self.recurrent:
-            raise UserError(
-                f"export of recurrent policies is not supported yet (this run has rnn={self.cfg.rnn}); "
-                "evaluate it with duetrl eval, or act with duetrl.load(run).act(obs, state)"
-            )
-        # Every off-policy agent keeps its policy in ``self.actor``; its weights are the module's, so torch.export
-        # sees them as parameters while policy_action reads them.
-        return DeployedActor(self.actor, lambda obs: self.policy_action(obs, True), self.low, self.high)
+        # Every off-policy agent keeps its policy in ``self.actor`` (and its memory in ``self.actor_body``); their
+        # weights are the module's, so torch.export sees them as parameters while policy_action reads them.
+        body = self.actor_body if self.recurrent else None
+        return DeployedActor(self.actor, lambda x: self.policy_action(x, True), self.low, self.high, body)
 
     # ------------------------------------------------------------------------------------------ learning
     @abstractmethod

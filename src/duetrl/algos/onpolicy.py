@@ -104,6 +104,11 @@ class DeployedPolicy(Deployable):
         action = self.policy.mode(obs, features)
         return action, torch.cat([next_state, self.policy.one_hot(action)], -1)
 
+    def state_parts(self) -> list[tuple[str, int]]:
+        if self.core is None:
+            return []
+        return self.core.state_parts() + ([("prev_action", self.prev_action_dim)] if self.prev_action_dim else [])
+
 
 class OnPolicyAgent(Agent):
     """Collects ``obs, raw, action, log_prob, reward, terminated, truncated, next_obs`` per step; with a recurrent
