@@ -89,6 +89,32 @@ def changed(module: Any, before: list[Any]) -> bool:
     return any(not torch.equal(p, b) for p, b in zip(module.parameters(), before, strict=True))
 
 
+# ------------------------------------------------------------------------------------------ exported recurrent policies
+
+
+def state_layout(sidecar: Path) -> list[tuple[str, int, int]]:
+    """An exported policy's state layout from its sidecar: (name, offset, size) of each part."""
+    import json
+
+    return [(p["name"], p["offset"], p["size"]) for p in json.loads(sidecar.read_text())["state"]["layout"]]
+
+
+def steps_side_by_side(policy: Any, loaded: Any, obs: Any, steps: int = 3) -> list[tuple[Any, Any]]:
+    """Act ``steps`` times with an exported recurrent ``policy`` and the ``loaded`` agent from zeros, each carrying
+    its own state; asserts that their actions and next states agree at every step, and returns the file's
+    (action, next state) of each step."""
+    import numpy as np
+
+    ours, theirs, seen = policy.initial_state(len(obs)), loaded.initial_state(len(obs)), []
+    for _ in range(steps):
+        action, ours = policy.act(obs, ours)
+        expected, theirs = loaded.act(obs, theirs, deterministic=True)
+        np.testing.assert_allclose(action, expected, atol=1e-5)
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+        seen.append((action, ours))
+    return seen
+
+
 # ------------------------------------------------------------------------------------------ a run paused at a step
 
 

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers import assert_user_error, run
+from helpers import assert_user_error, run, state_layout, steps_side_by_side
 
 import duetrl
 from duetrl.algos import ALGOS
@@ -177,8 +177,11 @@ def test_bad_recurrent_settings_are_one_line(capsys, tmp_path, argv, match):
     assert_user_error(code, out, err, match)
 
 
-@pytest.mark.parametrize("algo, rnn, parts", [("sac", "gru", [("h", 0, 8)]), ("td3", "lstm", [("h", 0, 8), ("c", 8, 8)])])
-def test_a_recurrent_off_policy_actor_exports_and_acts_as_the_loaded_agent(capsys, tmp_path, algo, rnn, parts):
+LAYOUTS = {"gru": [("h", 0, 8)], "lstm": [("h", 0, 8), ("c", 8, 8)]}  # rnn_hidden 8
+
+
+@pytest.mark.parametrize("algo, rnn", [("sac", "gru"), ("td3", "lstm")])
+def test_a_recurrent_off_policy_actor_exports_and_acts_as_the_loaded_agent(capsys, tmp_path, algo, rnn):
     """``(obs, state) -> (action, next_state)`` with the actor's own core: the file passes the export's parity check
     (each side carrying its state through episodes), names the parts of its state, and acts as duetrl.load."""
     pytest.importorskip("onnxruntime")
@@ -190,18 +193,14 @@ def test_a_recurrent_off_policy_actor_exports_and_acts_as_the_loaded_agent(capsy
     code, _, err = run(capsys, "train", *argv, tmp_path / "r", "--set", *settings)
     assert code == 0, err
     exported = duetrl.export(tmp_path / "r", tmp_path / "p.onnx")
+    parts = LAYOUTS[rnn]
+    assert state_layout(exported.sidecar) == parts
     state = json.loads(exported.sidecar.read_text())["state"]
-    assert [(p["name"], p["offset"], p["size"]) for p in state["layout"]] == parts
     assert state["size"] == sum(size for *_, size in parts) and state["rnn"] == rnn
     policy, loaded = ExportedPolicy(exported.path), duetrl.load(tmp_path / "r")
     obs = np.array([[1.0, 0.0, 0.0], [-0.5, 0.8, 0.0]], dtype=np.float32)
-    ours, theirs = policy.initial_state(2), loaded.initial_state(2)
-    for _ in range(3):
-        action, ours = policy.act(obs, ours)
-        expected, theirs = loaded.act(obs, theirs, deterministic=True)
-        np.testing.assert_allclose(action, expected, atol=1e-5)
-        np.testing.assert_allclose(ours, theirs, atol=1e-5)
-    assert np.abs(ours).max() > 0.01  # the state moved, so the comparison said something
+    _, last_state = steps_side_by_side(policy, loaded, obs)[-1]
+    assert np.abs(last_state).max() > 0.01  # the state moved, so the comparison said something
 
 
 def test_pendulum_novel_picks_the_recurrent_sac_preset():
