@@ -187,7 +187,7 @@ def test_export_of_recurrent_sac_is_refused(capsys, tmp_path):
 def test_pendulum_novel_picks_the_recurrent_sac_preset():
     cfg, preset_id = duetrl.resolve("PendulumNoVel-v1", "sac")
     assert preset_id == "PendulumNoVel-v1/sac/default"
-    assert cfg.algo.rnn == "gru" and cfg.run.steps == 10_000
+    assert cfg.algo.rnn == "gru" and cfg.run.steps == 10_000 and cfg.algo.rnn_input_scale == 5.0
     assert cfg.algo.sequences_per_batch() == 16 and cfg.algo.buffer_size // cfg.run.num_envs >= 12
 
 
