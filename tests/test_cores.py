@@ -101,6 +101,40 @@ def test_fused_replay_is_the_steps_and_their_gradients(kind, pattern):
         torch.testing.assert_close(fused_grad, stepped_grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_input_scale_is_input_weights_that_many_times_larger(kind):
+    """A core that reads its input times k computes what the same core with k times its input weights computes,
+    stepping and in the fused replay with resets; the gradient of those weights is k times the unscaled core's,
+    so one Adam step (which normalises the gradient's size) moves W * k by k times more than W."""
+    torch.manual_seed(0)
+    scaled = Core(kind, in_dim=3, hidden=4, input_scale=5.0)
+    plain = Core(kind, in_dim=3, hidden=4)
+    plain.load_state_dict(scaled.state_dict())
+    with torch.no_grad():
+        plain.cell.weight_ih_l0.mul_(5.0)
+    x, state = torch.randn(6, 2, 3), torch.randn(2, scaled.state_dim)
+    starts = torch.zeros(6, 2, dtype=torch.bool)
+    starts[3, 1] = True
+    for method in ("sequence", "replay"):
+        expected = getattr(plain, method)(x, state, starts)
+        torch.testing.assert_close(getattr(scaled, method)(x, state, starts), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(scaled.step(x[0], state), plain.step(x[0], state), rtol=0, atol=1e-6)
+    assert not torch.allclose(Core(kind, 3, 4).step(x[0], state)[0], plain.step(x[0], state)[0])
+    scaled.replay(x, state, starts).sum().backward()
+    plain.replay(x, state, starts).sum().backward()
+    torch.testing.assert_close(scaled.cell.weight_ih_l0.grad, 5.0 * plain.cell.weight_ih_l0.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "sac"])
+def test_agents_pass_rnn_input_scale_to_every_core(algo):
+    cfg, _ = duetrl.resolve("PendulumNoVel-v1", algo, preset="none", overrides={"rnn": "gru", "rnn_input_scale": 3})
+    env = make("PendulumNoVel-v1", 2, backend="torch")
+    agent = ALGOS[algo].agent_cls(cfg.algo, env.single_observation_space, env.single_action_space, 2, "cpu")
+    modules = [module for network in agent.modules.values() for module in network.modules()]
+    cores = [module for module in modules if isinstance(module, Core)]
+    assert len(cores) >= 2 and all(core.input_scale == 3.0 for core in cores)
+
+
 @pytest.mark.parametrize("kind, cell", [("gru", torch.nn.GRUCell), ("lstm", torch.nn.LSTMCell)])
 def test_cores_load_the_weights_of_the_earlier_cells(kind, cell):
     """Checkpoints of the cores that held an nn.GRUCell/nn.LSTMCell load into the fused layer, and it steps as that
@@ -316,6 +350,8 @@ def test_memoryless_policy_takes_an_empty_state(tmp_path):
         (["--algo", "ppo", "--set", "rnn=lstm", "num_steps=64", "rnn_seq_len=24"], "rnn_seq_len=24 does not divide"),
         (["--algo", "ac", "--set", "rnn=gru", "critic=q"], "critic=v only"),
         (["--algo", "sac", "--set", "rnn=lstm", "rnn_hidden=0"], "rnn_hidden"),
+        (["--algo", "ppo", "--set", "rnn=lstm", "rnn_input_scale=0"], "rnn_input_scale"),
+        (["--algo", "sac", "--set", "rnn=gru", "rnn_input_scale=-1"], "rnn_input_scale"),
     ],
 )
 def test_bad_recurrent_settings_are_one_line(capsys, tmp_path, argv, match):

@@ -136,8 +136,9 @@ def recurrent(tmp_path_factory):
     actions (continuous ones, so a state carried wrongly shows in the returns). Pendulum-v1 rather than a
     velocity-masked id, which only ``import duetrl`` registers: the example script runs without duetrl."""
     root = tmp_path_factory.mktemp("recurrent")
-    for rnn in ("gru", "lstm"):
-        duetrl.train("Pendulum-v1", "ppo", run_dir=root / rnn, quiet=True, rnn=rnn, normalize_obs=True, **RECURRENT)
+    for rnn, scale in (("gru", 1.0), ("lstm", 5.0)):  # the LSTM's core reads its input times 5 (rnn_input_scale)
+        duetrl.train("Pendulum-v1", "ppo", run_dir=root / rnn, quiet=True, rnn=rnn, normalize_obs=True,
+                     rnn_input_scale=scale, **RECURRENT)  # fmt: skip
     # The core also reads the previous action, which the state carries after h and c.
     duetrl.train("Pendulum-v1", "ppo", run_dir=root / "prev", quiet=True, rnn="lstm", rnn_prev_action=True, **RECURRENT)
     return {name: root / name for name in ("gru", "lstm", "prev")}

@@ -206,7 +206,7 @@ def test_a_recurrent_off_policy_actor_exports_and_acts_as_the_loaded_agent(capsy
 def test_pendulum_novel_picks_the_recurrent_sac_preset():
     cfg, preset_id = duetrl.resolve("PendulumNoVel-v1", "sac")
     assert preset_id == "PendulumNoVel-v1/sac/default"
-    assert cfg.algo.rnn == "gru" and cfg.run.steps == 10_000
+    assert cfg.algo.rnn == "gru" and cfg.run.steps == 10_000 and cfg.algo.rnn_input_scale == 5.0
     assert cfg.algo.sequences_per_batch() == 16 and cfg.algo.buffer_size // cfg.run.num_envs >= 12
 
 

@@ -19,6 +19,12 @@ while acting. A replay (:meth:`Core.replay`) runs that same layer fused over tim
 cells: the sequences are split at episode starts into segments, each from its own first state (the recorded one,
 or zeros at an episode start), padded to one length (or packed, when their lengths differ a lot) and run in one
 call, then put back in place; so the resets stay exact, and a sequence with no episode start inside runs as it is.
+A core may read its input multiplied by ``input_scale`` (``rnn_input_scale``): the same as input weights initialised
+``input_scale`` times larger and moved ``input_scale`` times further by each Adam step (Adam's steps do not grow with
+the gradient). It is for memories that must read small changes of their input: PendulumNoVel-v1's velocity is the
+change of (cos, sin) between two steps, about 0.05 * angular velocity, and the default init (weights within
+1/sqrt(hidden)) took PPO most of 100k steps to grow weights that see it (the preset's notes give the figures).
+
 Checkpoints of the earlier ``nn.GRUCell``/``nn.LSTMCell`` cores (keys ``cell.weight_ih`` ...) load unchanged: the
 keys are renamed on load (the parameters, their order and their initial draws are the same).
 """
@@ -41,11 +47,13 @@ class Core(nn.Module):
     """The recurrent core of one network (the actor's or the critic's): ``none`` passes features through.
 
     ``cell`` is a one-layer ``nn.GRU`` or ``nn.LSTM`` (``[time, batch, features]``): one time step of it is the
-    cell's step, and a whole sequence of it the fused replay."""
+    cell's step, and a whole sequence of it the fused replay. ``input_scale`` multiplies what the cell reads (see the
+    module docstring; 1 leaves it as it is)."""
 
-    def __init__(self, kind: str, in_dim: int, hidden: int):
+    def __init__(self, kind: str, in_dim: int, hidden: int, input_scale: float = 1.0):
         super().__init__()
         self.kind = kind
+        self.input_scale = float(input_scale)
         self.recurrent = kind != "none"
         self.out_dim = hidden if self.recurrent else in_dim
         self.state_dim = {"none": 0, "gru": hidden, "lstm": 2 * hidden}[kind]
@@ -66,7 +74,7 @@ class Core(nn.Module):
         """One step of every row: (features for the heads ``[B, out_dim]``, next state ``[B, state_dim]``)."""
         if self.kind == "none":
             return features, state
-        outputs, last = self.cell(features.unsqueeze(0), self._layer_state(state))
+        outputs, last = self.cell(self._scaled(features).unsqueeze(0), self._layer_state(state))
         return outputs[0], self._flat_state(last)
 
     def sequence(self, features: Tensor, state: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
@@ -94,6 +102,7 @@ class Core(nn.Module):
         call (padded to the longest, or packed when padding would more than double the work)."""
         if not self.recurrent:
             return features
+        features = self._scaled(features)
         state = reset(state, starts[0])
         if not starts[1:].any():  # no episode starts inside: the sequences as they are
             return self.cell(features, self._layer_state(state))[0]
@@ -122,6 +131,10 @@ class Core(nn.Module):
             outputs = self.cell(packed, self._layer_state(first_states))[0]
             outputs = pad_packed_sequence(outputs, total_length=length)[0]
         return outputs.reshape(length * num_segments, -1)[slot].view(steps, sequences, -1)
+
+    def _scaled(self, features: Tensor) -> Tensor:
+        """What the cell reads: ``features`` times ``input_scale`` (as they are at 1)."""
+        return features if self.input_scale == 1.0 else features * self.input_scale
 
     def _layer_state(self, state: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """A flat state ``[B, state_dim]`` as the layer takes it: ``[1, B, hidden]`` (GRU) or a pair (LSTM)."""

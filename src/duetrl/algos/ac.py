@@ -73,6 +73,7 @@ class ACConfig(EncoderKeys):
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return
     rnn: str = "none"  # memory: none, lstm or gru (a recurrent core for the actor and one for the critic)
     rnn_hidden: int = 64  # width of each recurrent core (rnn=lstm or gru)
+    rnn_input_scale: float = 1.0  # the cores read their input times this: larger steps on small input changes
 
     def validate(self) -> None:
         check_range("gamma", self.gamma, 0.0, 1.0)
@@ -107,7 +108,8 @@ class ACConfig(EncoderKeys):
         if self.advantage != "nstep":
             ignored["nstep"] = f"it applies only with advantage=nstep, and advantage={self.advantage}"
         if self.rnn == "none":
-            ignored["rnn_hidden"] = "it applies only with a recurrent core, and rnn=none"
+            for key in ("rnn_hidden", "rnn_input_scale"):
+                ignored[key] = "it applies only with a recurrent core, and rnn=none"
         return ignored
 
     def budget_warnings(self, run: RunConfig) -> list[str]:

@@ -90,6 +90,7 @@ class OffPolicyConfig(EncoderKeys):
     anneal_lr: bool = False  # actor and critic learning rates fall linearly to 0 over the run
     rnn: str = "none"  # memory: none, lstm or gru (a recurrent core for the actor and one the critics share)
     rnn_hidden: int = 64  # width of each recurrent core (rnn=lstm or gru)
+    rnn_input_scale: float = 1.0  # the cores read their input times this: larger steps on small input changes
     rnn_seq_len: int = 16  # steps of each replayed sequence the losses learn from; batch_size // this sequences
     rnn_burn_in: int = 8  # steps before them that only refresh the stored core states, without loss (R2D2)
 
@@ -111,6 +112,7 @@ class OffPolicyConfig(EncoderKeys):
         self.validate_encoder()
         check_choice("rnn", self.rnn, RNN_KINDS)
         check_range("rnn_hidden", self.rnn_hidden, 1)
+        check_range("rnn_input_scale", self.rnn_input_scale, 1e-3, 1e3)
         check_range("rnn_seq_len", self.rnn_seq_len, 1)
         check_range("rnn_burn_in", self.rnn_burn_in, 0)
         if self.buffer_size < self.batch_size:
@@ -126,7 +128,7 @@ class OffPolicyConfig(EncoderKeys):
         algorithm adds its own."""
         if self.rnn == "none":
             why = "it applies only with a recurrent core, and rnn=none"
-            return {key: why for key in ("rnn_hidden", "rnn_seq_len", "rnn_burn_in")}
+            return {key: why for key in ("rnn_hidden", "rnn_input_scale", "rnn_seq_len", "rnn_burn_in")}
         return {}
 
     def sequences_per_batch(self) -> int:
@@ -237,7 +239,7 @@ class Inputs:
 class OffPolicyAgent(Agent):
     """Config fields used: ``buffer_size``, ``batch_size``, ``learning_starts``, ``utd`` (gradient steps per env
     step), ``save_buffer``, the critic's (``critic_*``, ``n_critics``, ``gamma``, ``max_grad_norm``) and memory's
-    (``rnn``, ``rnn_hidden``, ``rnn_seq_len``, ``rnn_burn_in``).
+    (``rnn``, ``rnn_hidden``, ``rnn_input_scale``, ``rnn_seq_len``, ``rnn_burn_in``).
 
     An algorithm builds its actor on :meth:`actor_input`, then its critic with :meth:`make_critic` (in that order:
     the initial weights follow the seed), then its target networks (with :meth:`target_bodies` under memory) and
@@ -296,7 +298,7 @@ class OffPolicyAgent(Agent):
         encoder = self.make_encoder()
         if not self.recurrent:
             return encoder.features, encoder, None
-        body = Recurrent(encoder, Core(self.cfg.rnn, encoder.features, self.cfg.rnn_hidden)).to(self.device)
+        body = Recurrent(encoder, Core(self.cfg.rnn, encoder.features, self.cfg.rnn_hidden, self.cfg.rnn_input_scale)).to(self.device)
         return body.core.out_dim, None, body
 
     def actor_input(self) -> tuple[int, nn.Module | None]:

@@ -33,6 +33,7 @@ class PolicyKeys(Protocol):
     ortho_init: bool
     rnn: str
     rnn_hidden: int
+    rnn_input_scale: float
 
     def encoder_config(self) -> EncoderConfig: ...
 
@@ -63,9 +64,10 @@ def validate_policy(policy: PolicyConfig) -> None:
 
 
 def validate_memory(cfg: PolicyKeys) -> None:
-    """Checks of an on-policy config's recurrent core (``rnn``, ``rnn_hidden``)."""
+    """Checks of an on-policy config's recurrent core (``rnn``, ``rnn_hidden``, ``rnn_input_scale``)."""
     check_choice("rnn", cfg.rnn, RNN_KINDS)
     check_range("rnn_hidden", cfg.rnn_hidden, 1)
+    check_range("rnn_input_scale", cfg.rnn_input_scale, 1e-3, 1e3)
 
 
 def ignored_policy_settings(policy: PolicyConfig) -> dict[str, str]:
@@ -121,7 +123,7 @@ class OnPolicyAgent(Agent):
     (``prev_action``), so the replay reads what the rollout read.
 
     Config fields used: ``policy_config()`` (the policy's settings, passed whole), ``gamma``, ``normalize_obs``,
-    ``normalize_reward``, ``rnn``, ``rnn_hidden``, ``rnn_prev_action`` (if the config has it). Subclasses build
+    ``normalize_reward``, ``rnn``, ``rnn_hidden``, ``rnn_input_scale``, ``rnn_prev_action`` (if the config has it). Subclasses build
     their critic on ``critic_core.out_dim`` inputs.
     """
 
@@ -138,8 +140,8 @@ class OnPolicyAgent(Agent):
                 width = make_encoder(obs_space, cfg.encoder_config()).features
             self.prev_action_dim = self.act_dim if getattr(cfg, "rnn_prev_action", False) else 0
             width += self.prev_action_dim
-        self.actor_core = Core(cfg.rnn, width, cfg.rnn_hidden).to(device)
-        self.critic_core = Core(cfg.rnn, width, cfg.rnn_hidden).to(device)
+        self.actor_core = Core(cfg.rnn, width, cfg.rnn_hidden, cfg.rnn_input_scale).to(device)
+        self.critic_core = Core(cfg.rnn, width, cfg.rnn_hidden, cfg.rnn_input_scale).to(device)
         self.recurrent = self.actor_core.recurrent
         head_in = self.actor_core.out_dim if self.recurrent else None
         self.policy = Policy(obs_space, act_space, cfg.policy_config(), in_dim=head_in).to(device)

@@ -81,6 +81,7 @@ class PPOConfig(EncoderKeys):
     ortho_init: bool = True
     rnn: str = "none"  # memory: none, lstm or gru (a recurrent core for the actor and one for the critic)
     rnn_hidden: int = 64  # width of each recurrent core (rnn=lstm or gru)
+    rnn_input_scale: float = 1.0  # the cores read their input times this: larger steps on small input changes
     rnn_seq_len: int = 0  # minibatches of whole sequences this many steps long (0 = num_steps: whole rollouts)
     rnn_prev_action: bool = False  # the cores also read the previous action (zeros at an episode start)
 
@@ -119,7 +120,7 @@ class PPOConfig(EncoderKeys):
         """Keys that the other settings make ignored: key -> why (see config.ignored_settings_warnings)."""
         ignored = ignored_policy_settings(self.policy_config())
         if self.rnn == "none":
-            for key in ("rnn_hidden", "rnn_seq_len", "rnn_prev_action"):
+            for key in ("rnn_hidden", "rnn_input_scale", "rnn_seq_len", "rnn_prev_action"):
                 ignored[key] = "it applies only with a recurrent core, and rnn=none"
         return ignored
 
