@@ -53,10 +53,11 @@ MEMBERS_PER_THREAD = 8  # auto: a thread per 8 members (16 ppo members gained 1.
 
 
 def torch_threads(run: RunConfig, members: int = 1) -> int:
-    """The CPU threads a run gives torch: ``run.torch_threads``, or for 0 (auto) one thread for one agent (its small
-    MLPs run fastest single-threaded: the Pendulum ppo preset took 3.05 s to train at one thread and 4.0 s at two on
-    an idle 2-core machine) and, for a population, one per 8 members up to the CPUs, because its batched matmuls
-    use them (16 ppo members of that preset: 41.3 s at one thread, 27.2 s at two, ``benchmarks/population.py``)."""
+    """The CPU threads a run gives torch: ``run.torch_threads``, or for 0 (auto) one thread for one agent and, for a
+    population, one per 8 members up to the CPUs, because its batched matmuls use them (16 ppo members of the
+    Pendulum preset: 41.3 s at one thread, 27.2 s at two, ``benchmarks/population.py``). One agent gains from two
+    only on an idle machine (that preset, 1,024-row minibatches, trained in 1.6 s at two threads and 2.3 s at one)
+    and collapses beside other jobs (15-25 s at two against 4-6 s at one, its threads waiting for each other)."""
     return run.torch_threads or max(1, min(members // MEMBERS_PER_THREAD, TORCH_DEFAULT_THREADS))
 
 
