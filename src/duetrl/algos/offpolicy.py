@@ -298,7 +298,8 @@ class OffPolicyAgent(Agent):
         encoder = self.make_encoder()
         if not self.recurrent:
             return encoder.features, encoder, None
-        body = Recurrent(encoder, Core(self.cfg.rnn, encoder.features, self.cfg.rnn_hidden, self.cfg.rnn_input_scale)).to(self.device)
+        core = Core(self.cfg.rnn, encoder.features, self.cfg.rnn_hidden, self.cfg.rnn_input_scale)
+        body = Recurrent(encoder, core).to(self.device)
         return body.core.out_dim, None, body
 
     def actor_input(self) -> tuple[int, nn.Module | None]:

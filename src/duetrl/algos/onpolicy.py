@@ -123,8 +123,8 @@ class OnPolicyAgent(Agent):
     (``prev_action``), so the replay reads what the rollout read.
 
     Config fields used: ``policy_config()`` (the policy's settings, passed whole), ``gamma``, ``normalize_obs``,
-    ``normalize_reward``, ``rnn``, ``rnn_hidden``, ``rnn_input_scale``, ``rnn_prev_action`` (if the config has it). Subclasses build
-    their critic on ``critic_core.out_dim`` inputs.
+    ``normalize_reward``, ``rnn``, ``rnn_hidden``, ``rnn_input_scale``, ``rnn_prev_action`` (if the config has it).
+    Subclasses build their critic on ``critic_core.out_dim`` inputs.
     """
 
     def __init__(self, cfg: Any, obs_space: gym.Space, act_space: gym.Space, num_envs: int, device: torch.device):
