@@ -81,13 +81,13 @@ def read_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(Path(path), state)
 
 
-def resolved_config(values: dict[str, Any]) -> Config:
-    """A :class:`Config` from its ``to_dict()``: every key is taken as saved and no preset is applied on top (the
-    ``preset`` key only records which one the values came from). Checkpoints and sweeps keep configs this way, so a
-    later change of duetrl's defaults or of a preset file does not move a run that already started."""
+def resolved_config(values: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
+    """A :class:`Config` from its ``to_dict()`` (with ``overrides`` on top): every key is taken as saved and no
+    preset is applied (the ``preset`` key only records which one the values came from). Checkpoints and sweeps keep
+    configs this way, so a later change of duetrl's defaults or of a preset file does not move a run that started."""
     values = dict(values)
     preset = values.pop("preset", None)
-    cfg, _ = resolve(config_file=values, lookup=get_algo)
+    cfg, _ = resolve(config_file=values, overrides=overrides, lookup=get_algo)
     cfg.run.preset = preset
     return cfg
 
@@ -96,9 +96,9 @@ def saved_config(checkpoint: Checkpoint, changes: dict[str, Any] | None = None) 
     """The run's config as saved, with ``changes`` to the settings a resumed run may change (``RESUMABLE``: its
     length, evaluation, logging and checkpoint cadence); a change to any other is a UserError naming them all.
     Every key was saved resolved, so no preset is applied on top; ``run.preset`` still names the run's own."""
-    values = dict(checkpoint.state["config"])
-    preset = values.pop("preset", None)
-    cfg = resolved_config({**values, "preset": preset})
+    saved = checkpoint.state["config"]
+    cfg = resolved_config(saved)
+    preset = cfg.run.preset
     if not changes:
         return cfg
     refused, rest, saved_and_asked = [], {}, []
@@ -117,7 +117,7 @@ def saved_config(checkpoint: Checkpoint, changes: dict[str, Any] | None = None) 
     if refused:  # another algorithm or env: the other keys are named as given, not resolved against the old one
         refused += [key for key in rest if key not in RESUMABLE]
     else:
-        changed, _ = resolve(config_file=values, overrides=rest, lookup=get_algo)
+        changed = resolved_config(saved, rest)
         before, after = cfg.to_dict(), changed.to_dict()
         refused = [key for key in after if key != "preset" and after[key] != before[key] and key not in RESUMABLE]
         saved_and_asked = [f"{key} {before[key]!r} -> {after[key]!r}" for key in refused]  # e.g. rnn 'lstm' -> 'gru'
@@ -128,7 +128,6 @@ def saved_config(checkpoint: Checkpoint, changes: dict[str, Any] | None = None) 
             f"{', '.join(sorted(RESUMABLE))} can change); start a new run from its settings instead "
             f"({checkpoint.path.parent.parent / 'config.yaml'} as the config file)"
         )
-    changed.run.preset = preset
     return changed
 
 
