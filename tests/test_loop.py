@@ -4,6 +4,9 @@ checkpoints (the loop itself runs in test_train.py and test_resume.py)."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -60,3 +63,14 @@ def test_checkpoints_come_by_steps_or_by_time(monkeypatch):
     assert not schedule.checkpoint_due(300)  # the clock restarts at each checkpoint
     clock[0] = 62.0
     assert schedule.checkpoint_due(400)
+
+
+def test_importing_duetrl_makes_waiting_openmp_threads_sleep():
+    """duetrl sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP (spinning threads made a two-thread run 20x
+    slower beside another job), and keeps a value the user set."""
+    code = "import os, duetrl; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        run_env = env if given is None else {**env, "OMP_WAIT_POLICY": given}
+        out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected

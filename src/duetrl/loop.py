@@ -56,8 +56,11 @@ def torch_threads(run: RunConfig, members: int = 1) -> int:
     """The CPU threads a run gives torch: ``run.torch_threads``, or for 0 (auto) one thread for one agent and, for a
     population, one per 8 members up to the CPUs, because its batched matmuls use them (16 ppo members of the
     Pendulum preset: 41.3 s at one thread, 27.2 s at two, ``benchmarks/population.py``). One agent gains from two
-    only on an idle machine (that preset, 1,024-row minibatches, trained in 1.6 s at two threads and 2.3 s at one)
-    and collapses beside other jobs (15-25 s at two against 4-6 s at one, its threads waiting for each other)."""
+    only on an idle machine (the old 128x128 Pendulum PPO preset trained in 1.6 s at two threads and 2.3 s at one)
+    and loses beside one other job, even with the passive OpenMP wait that duetrl sets (``duetrl/__init__.py``;
+    torch's spinning default made it 20x slower): Pendulum PPO 3.2-4.5 s at two against 3.0-3.4 s at one, MinAtar
+    PPO's first 200k steps 55 s against 32 s. Two threads also sum in another order, so the thread count must not
+    depend on the machine's load: the same seed and config give the same numbers."""
     return run.torch_threads or max(1, min(members // MEMBERS_PER_THREAD, TORCH_DEFAULT_THREADS))
 
 
